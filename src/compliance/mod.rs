@@ -1,0 +1,1 @@
+//! Compliance engine: the catalogue of checks per security measure.

@@ -1,0 +1,17 @@
+//! moat: a Kubernetes operator for hardened Eclipse Mosquitto brokers.
+//!
+//! The crate is split into a pure core (`crd`, `validate`, `render`, `pki`, `compliance`,
+//! `upgrade`) that never touches the network or the clock, and thin I/O shells (`controller`,
+//! `agent`, `probe`) around it.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod compliance;
+pub mod controller;
+pub mod crd;
+pub mod names;
+pub mod pki;
+pub mod probe;
+pub mod render;
+pub mod upgrade;
+pub mod validate;

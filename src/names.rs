@@ -1,0 +1,68 @@
+//! Names and labels of everything moat generates, in one place.
+
+use std::collections::BTreeMap;
+
+/// Field manager of every server-side apply moat makes.
+pub const FIELD_MANAGER: &str = "moat";
+/// `app.kubernetes.io/managed-by` value on every generated object.
+pub const MANAGED_BY: &str = "moat";
+/// Label on generated objects naming the MqttBroker they belong to.
+pub const BROKER_LABEL: &str = "mqtt.moat.dev/broker";
+/// Label put on Secrets referenced by `MqttUser.spec.authentication.password.secretRef`, so the
+/// operator's Secret watch stays bounded to Secrets it needs.
+pub const WATCH_LABEL: &str = "mqtt.moat.dev/watch";
+/// Annotation that asks for a new generated password (any new value).
+pub const ROTATE_PASSWORD_ANNOTATION: &str = "mqtt.moat.dev/rotate-password";
+
+/// Secret holding the broker CA (and a rollover predecessor); never mounted into pods.
+pub fn ca_secret(broker: &str) -> String {
+    format!("{broker}-ca")
+}
+/// Secret with the server certificate/key, the trust bundle and the CRLs (mounted into the agent).
+pub fn tls_secret(broker: &str) -> String {
+    format!("{broker}-tls")
+}
+/// Secret with mosquitto.conf.
+pub fn config_secret(broker: &str) -> String {
+    format!("{broker}-config")
+}
+/// Secret with the ACL file.
+pub fn acl_secret(broker: &str) -> String {
+    format!("{broker}-acl")
+}
+/// Shard `n` of the password file.
+pub fn passwd_secret(broker: &str, n: usize) -> String {
+    format!("{broker}-passwd-{n}")
+}
+/// The broker's default-deny NetworkPolicy.
+pub fn default_deny_policy(broker: &str) -> String {
+    format!("{broker}-default-deny")
+}
+/// Secret with a generated user's `username` and `password`.
+pub fn credentials_secret(user_object: &str) -> String {
+    format!("{user_object}-mqtt-credentials")
+}
+/// Secret with a certificate user's `tls.crt`, `tls.key` and `ca.crt`.
+pub fn certificate_secret(user_object: &str) -> String {
+    format!("{user_object}-mqtt-tls")
+}
+
+/// Standard labels of objects generated for `broker`; `component` says what the object is.
+pub fn labels(broker: &str, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "mosquitto".to_string()),
+        ("app.kubernetes.io/instance".to_string(), broker.to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+        ("app.kubernetes.io/component".to_string(), component.to_string()),
+        (BROKER_LABEL.to_string(), broker.to_string()),
+    ])
+}
+
+/// Labels that select the broker's pods (a stable subset of [`labels`]).
+pub fn selector_labels(broker: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), "mosquitto".to_string()),
+        ("app.kubernetes.io/instance".to_string(), broker.to_string()),
+        (BROKER_LABEL.to_string(), broker.to_string()),
+    ])
+}

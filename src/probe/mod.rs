@@ -1,0 +1,1 @@
+//! Active TLS/MQTT probe of a broker endpoint (used by compliance and `moat probe`).

@@ -1,0 +1,1 @@
+//! Security-patch catalog, maintenance windows and the health-gated rollout state machine.

@@ -1,0 +1,1 @@
+//! Cluster tests against the local control plane (real kube-apiserver, controller-manager, scheduler, kwok).
