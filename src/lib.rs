@@ -9,6 +9,7 @@ pub mod agent;
 pub mod compliance;
 pub mod controller;
 pub mod crd;
+pub mod model;
 pub mod names;
 pub mod pki;
 pub mod probe;

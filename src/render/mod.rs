@@ -1,4 +1,14 @@
 //! Pure renderers: every file and Kubernetes object moat produces, deterministic and testable.
 
 pub mod acl;
+pub mod config;
+pub mod network;
 pub mod passwd;
+pub mod workload;
+
+/// Directory in the broker pod where `moat agent` installs the files Mosquitto reads (emptyDir).
+pub const RUN_DIR: &str = "/moat/run";
+/// Directory in the broker pod where the Secret volumes are mounted (read by the agent only).
+pub const SECRETS_DIR: &str = "/moat/secrets";
+/// Persistence directory in the broker pod.
+pub const DATA_DIR: &str = "/mosquitto/data";

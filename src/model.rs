@@ -1,0 +1,271 @@
+//! The validated broker model: what the build step renders from, derived once from the spec.
+//!
+//! `BrokerModel::new` is the broker half of the pipeline's *validate* step: everything the CRD
+//! schema cannot express is checked here (and reported as `Ready=False, reason=InvalidSpec` with
+//! a message naming the field); everything downstream may assume a consistent spec.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::crd::broker::{ListenerAuthentication, MqttBrokerSpec};
+use crate::crd::{GoDuration, MqttBroker};
+use crate::names;
+use crate::validate::FieldError;
+
+/// Kubernetes cluster domain used in generated DNS names.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// A broker spec that passed validation, with its durations parsed and its identity resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BrokerModel {
+    /// Name of the MqttBroker.
+    pub name: String,
+    /// Namespace of the MqttBroker.
+    pub namespace: String,
+    /// The validated spec.
+    pub spec: MqttBrokerSpec,
+    /// Parsed durations of the spec.
+    pub durations: Durations,
+}
+
+/// Every duration of a broker spec, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Durations {
+    /// CA lifetime.
+    pub ca_validity: Duration,
+    /// CA renewal margin.
+    pub ca_renew_before: Duration,
+    /// Server certificate lifetime.
+    pub server_validity: Duration,
+    /// Server certificate renewal margin.
+    pub server_renew_before: Duration,
+    /// Delay between trusting a new CA and signing with it.
+    pub trust_propagation: Duration,
+    /// Compliance audit period.
+    pub audit_interval: Duration,
+    /// Upgrade: time a pod has to become Ready.
+    pub rollout_timeout: Duration,
+    /// Upgrade: time an updated pod must stay Ready.
+    pub ready_grace: Duration,
+    /// Persistence autosave period.
+    pub autosave_interval: Duration,
+}
+
+fn duration(field: &str, d: &GoDuration) -> Result<Duration, FieldError> {
+    let parsed = d.parse().map_err(|message| FieldError { field: field.into(), message })?;
+    if parsed.is_zero() {
+        return Err(FieldError { field: field.into(), message: "must be greater than zero".into() });
+    }
+    Ok(parsed)
+}
+
+impl BrokerModel {
+    /// Validates a broker and builds its model.
+    pub fn new(broker: &MqttBroker) -> Result<Self, FieldError> {
+        let name = broker.metadata.name.clone().unwrap_or_default();
+        let namespace = broker.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        Self::from_spec(&name, &namespace, &broker.spec)
+    }
+
+    /// Validates a spec for the broker `namespace/name` and builds its model.
+    pub fn from_spec(name: &str, namespace: &str, spec: &MqttBrokerSpec) -> Result<Self, FieldError> {
+        if name.is_empty() || name.len() > 52 {
+            return Err(FieldError { field: "metadata.name".into(), message: "must be 1 to 52 characters".into() });
+        }
+        let tls = &spec.tls;
+        let durations = Durations {
+            ca_validity: duration("spec.tls.ca.validity", &tls.ca.validity)?,
+            ca_renew_before: duration("spec.tls.ca.renewBefore", &tls.ca.renew_before)?,
+            server_validity: duration("spec.tls.server.validity", &tls.server.validity)?,
+            server_renew_before: duration("spec.tls.server.renewBefore", &tls.server.renew_before)?,
+            trust_propagation: duration("spec.tls.trustPropagationDelay", &tls.trust_propagation_delay)?,
+            audit_interval: duration("spec.audit.interval", &spec.audit.interval)?,
+            rollout_timeout: duration("spec.upgrade.rolloutTimeout", &spec.upgrade.rollout_timeout)?,
+            ready_grace: duration("spec.upgrade.readyGracePeriod", &spec.upgrade.ready_grace_period)?,
+            autosave_interval: duration("spec.persistence.autosaveInterval", &spec.persistence.autosave_interval)?,
+        };
+        if durations.ca_renew_before >= durations.ca_validity {
+            return Err(FieldError {
+                field: "spec.tls.ca.renewBefore".into(),
+                message: "must be shorter than spec.tls.ca.validity".into(),
+            });
+        }
+        if durations.server_renew_before >= durations.server_validity {
+            return Err(FieldError {
+                field: "spec.tls.server.renewBefore".into(),
+                message: "must be shorter than spec.tls.server.validity".into(),
+            });
+        }
+        if durations.audit_interval < Duration::from_secs(10) {
+            return Err(FieldError { field: "spec.audit.interval".into(), message: "must be at least 10s".into() });
+        }
+        if spec.listeners.is_empty() {
+            return Err(FieldError { field: "spec.listeners".into(), message: "at least one listener is required".into() });
+        }
+        for (i, l) in spec.listeners.iter().enumerate() {
+            let field = |f: &str| format!("spec.listeners[{i}].{f}");
+            if spec.listeners.iter().filter(|m| m.name == l.name).count() > 1 {
+                return Err(FieldError { field: field("name"), message: format!("duplicate listener name {:?}", l.name) });
+            }
+            if spec.listeners.iter().filter(|m| m.port == l.port).count() > 1 {
+                return Err(FieldError { field: field("port"), message: format!("duplicate listener port {}", l.port) });
+            }
+            if !(1024..=65535).contains(&l.port) {
+                return Err(FieldError { field: field("port"), message: "must be within 1024-65535".into() });
+            }
+            if !l.tls.enabled && !l.insecure_plaintext {
+                return Err(FieldError {
+                    field: field("insecurePlaintext"),
+                    message: "a plaintext listener (tls.enabled: false) requires insecurePlaintext: true".into(),
+                });
+            }
+            if !l.tls.enabled && l.authentication == ListenerAuthentication::Certificate {
+                return Err(FieldError {
+                    field: field("authentication"),
+                    message: "certificate authentication needs TLS (tls.enabled: true)".into(),
+                });
+            }
+        }
+        if spec.limits.message_size_limit > spec.limits.max_packet_size {
+            return Err(FieldError {
+                field: "spec.limits.messageSizeLimit".into(),
+                message: "must not exceed spec.limits.maxPacketSize".into(),
+            });
+        }
+        for (i, ip) in spec.tls.server.ip_addresses.iter().enumerate() {
+            if ip.parse::<IpAddr>().is_err() {
+                return Err(FieldError {
+                    field: format!("spec.tls.server.ipAddresses[{i}]"),
+                    message: format!("{ip:?} is not an IP address"),
+                });
+            }
+        }
+        Ok(Self { name: name.to_string(), namespace: namespace.to_string(), spec: spec.clone(), durations })
+    }
+
+    /// Name of the client-facing Service (same as the broker).
+    pub fn service_name(&self) -> String {
+        self.name.clone()
+    }
+
+    /// Name of the headless Service that gives each pod a stable DNS name.
+    pub fn headless_service_name(&self) -> String {
+        format!("{}-headless", self.name)
+    }
+
+    /// DNS names the server certificate must cover: the Service in all its forms, every pod's
+    /// stable name, then the extra names from the spec (deduplicated, in a stable order).
+    pub fn server_dns_names(&self) -> Vec<String> {
+        let svc = self.service_name();
+        let ns = &self.namespace;
+        let headless = self.headless_service_name();
+        let mut out = vec![
+            svc.clone(),
+            format!("{svc}.{ns}"),
+            format!("{svc}.{ns}.svc"),
+            format!("{svc}.{ns}.svc.{CLUSTER_DOMAIN}"),
+        ];
+        for i in 0..self.spec.replicas {
+            out.push(format!("{}-{i}.{headless}.{ns}.svc", self.name));
+            out.push(format!("{}-{i}.{headless}.{ns}.svc.{CLUSTER_DOMAIN}", self.name));
+        }
+        for extra in &self.spec.tls.server.dns_names {
+            if !out.contains(extra) {
+                out.push(extra.clone());
+            }
+        }
+        out
+    }
+
+    /// Extra IP addresses of the server certificate.
+    pub fn server_ip_addresses(&self) -> Vec<IpAddr> {
+        self.spec.tls.server.ip_addresses.iter().filter_map(|ip| ip.parse().ok()).collect()
+    }
+
+    /// Whether any listener uses client certificate authentication (needs the CA bundle + CRL).
+    pub fn has_certificate_listener(&self) -> bool {
+        self.spec.listeners.iter().any(|l| l.authentication == ListenerAuthentication::Certificate)
+    }
+
+    /// Whether any listener uses password authentication.
+    pub fn has_password_listener(&self) -> bool {
+        self.spec.listeners.iter().any(|l| l.authentication == ListenerAuthentication::Password)
+    }
+
+    /// Common name of this broker's CA (a generation timestamp is added by the PKI).
+    pub fn ca_common_name(&self) -> String {
+        format!("moat CA {}/{}", self.namespace, self.name)
+    }
+
+    /// Standard labels for a generated object of this broker.
+    pub fn labels(&self, component: &str) -> std::collections::BTreeMap<String, String> {
+        names::labels(&self.name, component)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::crd::broker::{Listener, ListenerTls};
+
+    /// A broker spec with only `version` set, as the apiserver would default it.
+    pub(crate) fn minimal_spec() -> MqttBrokerSpec {
+        serde_json::from_value(serde_json::json!({"version": "2.0.22"})).unwrap()
+    }
+
+    #[test]
+    fn minimal_spec_is_valid_and_secure_by_default() {
+        let m = BrokerModel::from_spec("plant-a", "iot", &minimal_spec()).unwrap();
+        assert_eq!(m.spec.listeners.len(), 1);
+        let l = &m.spec.listeners[0];
+        assert!(l.tls.enabled && !l.insecure_plaintext);
+        assert_eq!(l.port, 8883);
+        assert_eq!(m.durations.ca_validity, Duration::from_secs(8760 * 3600));
+    }
+
+    #[test]
+    fn server_names_cover_service_forms_and_pods() {
+        let mut spec = minimal_spec();
+        spec.replicas = 2;
+        spec.tls.server.dns_names = vec!["mqtt.example.com".into(), "plant-a".into()];
+        let m = BrokerModel::from_spec("plant-a", "iot", &spec).unwrap();
+        assert_eq!(
+            m.server_dns_names(),
+            vec![
+                "plant-a",
+                "plant-a.iot",
+                "plant-a.iot.svc",
+                "plant-a.iot.svc.cluster.local",
+                "plant-a-0.plant-a-headless.iot.svc",
+                "plant-a-0.plant-a-headless.iot.svc.cluster.local",
+                "plant-a-1.plant-a-headless.iot.svc",
+                "plant-a-1.plant-a-headless.iot.svc.cluster.local",
+                "mqtt.example.com",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_specs_name_the_field() {
+        let cases: Vec<(Box<dyn Fn(&mut MqttBrokerSpec)>, &str)> = vec![
+            (Box::new(|s| s.tls.ca.renew_before = GoDuration::new("9000h")), "spec.tls.ca.renewBefore"),
+            (Box::new(|s| s.tls.server.validity = GoDuration::new("banana")), "spec.tls.server.validity"),
+            (Box::new(|s| s.limits.message_size_limit = s.limits.max_packet_size + 1), "spec.limits.messageSizeLimit"),
+            (
+                Box::new(|s| {
+                    s.listeners.push(Listener { name: "plain".into(), port: 1883, tls: ListenerTls { enabled: false, ..Default::default() }, ..s.listeners[0].clone() })
+                }),
+                "spec.listeners[1].insecurePlaintext",
+            ),
+            (Box::new(|s| s.listeners.push(Listener { name: "dup".into(), ..s.listeners[0].clone() })), "spec.listeners[0].port"),
+            (Box::new(|s| s.audit.interval = GoDuration::new("1s")), "spec.audit.interval"),
+            (Box::new(|s| s.tls.server.ip_addresses = vec!["10.0.0.300".into()]), "spec.tls.server.ipAddresses[0]"),
+        ];
+        for (mutate, field) in cases {
+            let mut spec = minimal_spec();
+            mutate(&mut spec);
+            let err = BrokerModel::from_spec("b", "ns", &spec).unwrap_err();
+            assert_eq!(err.field, field, "{err:?}");
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Services and NetworkPolicies of a broker: default-deny, firewall allows, the operator's probe path.
+
+use std::collections::BTreeMap;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::crd::broker::ServiceType;
+use crate::crd::firewall::MqttFirewallSpec;
+use crate::model::BrokerModel;
+use crate::names;
+use crate::validate::FieldError;
+
+fn meta(model: &BrokerModel, name: String, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(model.namespace.clone()),
+        labels: Some(model.labels(component)),
+        ..Default::default()
+    }
+}
+
+fn service_ports(model: &BrokerModel) -> Vec<ServicePort> {
+    model
+        .spec
+        .listeners
+        .iter()
+        .map(|l| ServicePort {
+            name: Some(l.name.clone()),
+            port: l.port,
+            target_port: Some(IntOrString::Int(l.port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The client-facing Service. A LoadBalancer only admits `source_ranges` (from the broker's
+/// MqttFirewall CIDRs) and keeps client source addresses (`externalTrafficPolicy: Local`) so the
+/// NetworkPolicies' ipBlock rules see real client IPs.
+pub fn service(model: &BrokerModel, source_ranges: &[String]) -> Service {
+    let s = &model.spec.service;
+    let external = s.type_ != ServiceType::ClusterIP;
+    let mut metadata = meta(model, model.service_name(), "broker");
+    if !s.annotations.is_empty() {
+        metadata.annotations = Some(s.annotations.clone());
+    }
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(s.type_.as_str().into()),
+            selector: Some(names::selector_labels(&model.name)),
+            ports: Some(service_ports(model)),
+            external_traffic_policy: external.then(|| "Local".into()),
+            load_balancer_source_ranges: (s.type_ == ServiceType::LoadBalancer).then(|| source_ranges.to_vec()),
+            load_balancer_class: (s.type_ == ServiceType::LoadBalancer).then(|| s.load_balancer_class.clone()).flatten(),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// The headless Service giving each broker pod a stable DNS name (covered by the server certificate).
+pub fn headless_service(model: &BrokerModel) -> Service {
+    Service {
+        metadata: meta(model, model.headless_service_name(), "broker"),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(names::selector_labels(&model.name)),
+            ports: Some(service_ports(model)),
+            publish_not_ready_addresses: Some(false),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+fn pod_selector(model: &BrokerModel) -> LabelSelector {
+    LabelSelector { match_labels: Some(names::selector_labels(&model.name)), match_expressions: None }
+}
+
+/// Denies all ingress and egress of the broker pods; MqttFirewalls add allow policies next to it.
+/// The broker needs no egress at all (no bridges, no DNS lookups), so none is opened.
+pub fn default_deny(model: &BrokerModel) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: meta(model, names::default_deny_policy(&model.name), "firewall"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector(model)),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: None,
+            egress: None,
+        }),
+    }
+}
+
+/// Where the operator runs, for the active-probe path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorIdentity {
+    /// Namespace of the operator pods.
+    pub namespace: String,
+    /// Labels of the operator pods.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// Name of the policy that lets the operator's probe reach the listeners.
+pub fn probe_policy_name(broker: &str) -> String {
+    format!("{broker}-moat-probe")
+}
+
+/// Allows only the operator's pods (by namespace name and pod labels) to reach the listeners,
+/// for the active compliance probe. Never opens the broker to anything else.
+pub fn probe_policy(model: &BrokerModel, operator: &OperatorIdentity) -> NetworkPolicy {
+    let peer = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("kubernetes.io/metadata.name".into(), operator.namespace.clone())])),
+            match_expressions: None,
+        }),
+        pod_selector: Some(LabelSelector { match_labels: Some(operator.pod_labels.clone()), match_expressions: None }),
+        ip_block: None,
+    };
+    NetworkPolicy {
+        metadata: meta(model, probe_policy_name(&model.name), "firewall"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector(model)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule { from: Some(vec![peer]), ports: Some(ports(model, &[])) }]),
+            egress: None,
+        }),
+    }
+}
+
+fn ports(model: &BrokerModel, listener_names: &[String]) -> Vec<NetworkPolicyPort> {
+    model
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| listener_names.is_empty() || listener_names.contains(&l.name))
+        .map(|l| NetworkPolicyPort { port: Some(IntOrString::Int(l.port)), protocol: Some("TCP".into()), end_port: None })
+        .collect()
+}
+
+/// Name of the allow policy generated from the MqttFirewall `firewall`.
+pub fn firewall_policy_name(broker: &str, firewall: &str) -> String {
+    format!("{broker}-fw-{firewall}")
+}
+
+/// Parses and normalizes a CIDR (host bits cleared).
+fn normalize(cidr: &str) -> Result<IpNet, String> {
+    cidr.parse::<IpNet>().map(|n| n.trunc()).map_err(|e| format!("{cidr:?} is not a CIDR: {e}"))
+}
+
+/// One normalized CIDR peer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct CidrPeer {
+    net: IpNet,
+    except: Vec<IpNet>,
+}
+
+fn normalize_peers(spec: &MqttFirewallSpec, rule: usize) -> Result<Vec<NetworkPolicyPeer>, FieldError> {
+    let mut peers = vec![];
+    let mut selectors: BTreeMap<String, NetworkPolicyPeer> = BTreeMap::new();
+    for (j, p) in spec.ingress[rule].from.iter().enumerate() {
+        let field = |f: &str| format!("spec.ingress[{rule}].from[{j}]{f}");
+        match &p.cidr {
+            Some(c) => {
+                let net = normalize(c).map_err(|message| FieldError { field: field(".cidr"), message })?;
+                let mut except = vec![];
+                for (k, e) in p.except.iter().flatten().enumerate() {
+                    let e = normalize(e).map_err(|message| FieldError { field: field(&format!(".except[{k}]")), message })?;
+                    if !net.contains(&e) || e.prefix_len() <= net.prefix_len() {
+                        return Err(FieldError {
+                            field: field(&format!(".except[{k}]")),
+                            message: format!("{e} is not strictly inside {net}"),
+                        });
+                    }
+                    except.push(e);
+                }
+                except.sort();
+                except.dedup();
+                peers.push(CidrPeer { net, except });
+            }
+            None => {
+                let peer = NetworkPolicyPeer {
+                    ip_block: None,
+                    namespace_selector: p.namespace_selector.clone(),
+                    pod_selector: p.pod_selector.clone(),
+                };
+                // selectors are keyed by their JSON form: stable order, duplicates merged
+                let key = serde_json::to_string(&peer).unwrap_or_default();
+                selectors.insert(key, peer);
+            }
+        }
+    }
+    peers.sort();
+    peers.dedup();
+    // A plain CIDR inside another plain CIDR adds nothing.
+    let plain: Vec<IpNet> = peers.iter().filter(|p| p.except.is_empty()).map(|p| p.net).collect();
+    peers.retain(|p| !p.except.is_empty() || !plain.iter().any(|outer| *outer != p.net && outer.contains(&p.net)));
+    let mut out: Vec<NetworkPolicyPeer> = peers
+        .into_iter()
+        .map(|p| NetworkPolicyPeer {
+            ip_block: Some(IPBlock {
+                cidr: p.net.to_string(),
+                except: (!p.except.is_empty()).then(|| p.except.iter().map(ToString::to_string).collect()),
+            }),
+            namespace_selector: None,
+            pod_selector: None,
+        })
+        .collect();
+    out.extend(selectors.into_values());
+    Ok(out)
+}
+
+/// The allow policy of one MqttFirewall: its peers (normalized, deduplicated, in a stable order)
+/// may reach the named listeners' ports (every listener when none are named).
+pub fn firewall_policy(model: &BrokerModel, firewall: &str, spec: &MqttFirewallSpec) -> Result<NetworkPolicy, FieldError> {
+    let mut ingress = vec![];
+    for (i, rule) in spec.ingress.iter().enumerate() {
+        for (j, name) in rule.listeners.iter().enumerate() {
+            if !model.spec.listeners.iter().any(|l| &l.name == name) {
+                return Err(FieldError {
+                    field: format!("spec.ingress[{i}].listeners[{j}]"),
+                    message: format!("broker {} has no listener named {name:?}", model.name),
+                });
+            }
+        }
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(normalize_peers(spec, i)?),
+            ports: Some(ports(model, &rule.listeners)),
+        });
+    }
+    let mut metadata = meta(model, firewall_policy_name(&model.name, firewall), "firewall");
+    metadata.labels.get_or_insert_with(Default::default).insert(FIREWALL_LABEL.into(), firewall.into());
+    Ok(NetworkPolicy {
+        metadata,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector(model)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(ingress),
+            egress: None,
+        }),
+    })
+}
+
+/// Label on a firewall's NetworkPolicy naming the MqttFirewall it came from.
+pub const FIREWALL_LABEL: &str = "mqtt.moat.dev/firewall";
+
+/// `loadBalancerSourceRanges` for a broker: every CIDR peer of its firewalls, normalized,
+/// deduplicated and sorted (exceptions cannot be expressed there; the NetworkPolicies enforce them).
+pub fn load_balancer_source_ranges<'a>(firewalls: impl IntoIterator<Item = &'a MqttFirewallSpec>) -> Vec<String> {
+    let mut nets: Vec<IpNet> = firewalls
+        .into_iter()
+        .flat_map(|f| f.ingress.iter())
+        .flat_map(|r| r.from.iter())
+        .filter_map(|p| p.cidr.as_deref())
+        .filter_map(|c| normalize(c).ok())
+        .collect();
+    nets.sort();
+    nets.dedup();
+    let all = nets.clone();
+    nets.retain(|n| !all.iter().any(|outer| outer != n && outer.contains(n)));
+    nets.iter().map(ToString::to_string).collect()
+}
+
+/// A pure evaluator of NetworkPolicy ingress semantics, for tests: would `source` (an IP with its
+/// namespace/pod labels when it is a pod) reach `port` on a broker pod given these policies?
+#[cfg(test)]
+pub(crate) mod eval {
+    use super::*;
+    use std::net::IpAddr;
+
+    pub struct Source<'a> {
+        pub ip: IpAddr,
+        pub namespace: Option<(&'a str, BTreeMap<String, String>)>,
+        pub pod_labels: Option<BTreeMap<String, String>>,
+    }
+
+    fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+        assert!(sel.match_expressions.is_none(), "evaluator supports matchLabels only");
+        sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
+    }
+
+    fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, src: &Source) -> bool {
+        if let Some(b) = &peer.ip_block {
+            let net: IpNet = b.cidr.parse().unwrap();
+            let excepted = b.except.iter().flatten().any(|e| e.parse::<IpNet>().unwrap().contains(&src.ip));
+            return net.contains(&src.ip) && !excepted;
+        }
+        let Some((ns_name, ns_labels)) = &src.namespace else { return false };
+        let Some(pod_labels) = &src.pod_labels else { return false };
+        let ns_ok = match &peer.namespace_selector {
+            Some(sel) => selector_matches(sel, ns_labels),
+            None => *ns_name == policy_ns,
+        };
+        let pod_ok = peer.pod_selector.as_ref().is_none_or(|sel| selector_matches(sel, pod_labels));
+        ns_ok && pod_ok
+    }
+
+    pub fn allowed(policies: &[NetworkPolicy], src: &Source, port: i32) -> bool {
+        let mut isolated = false;
+        for p in policies {
+            let spec = p.spec.as_ref().unwrap();
+            if !spec.policy_types.iter().flatten().any(|t| t == "Ingress") {
+                continue;
+            }
+            isolated = true;
+            for rule in spec.ingress.iter().flatten() {
+                let port_ok = rule
+                    .ports
+                    .as_ref()
+                    .is_none_or(|ps| ps.iter().any(|pp| pp.port == Some(IntOrString::Int(port))));
+                let ns = p.metadata.namespace.as_deref().unwrap();
+                let from_ok = rule.from.as_ref().is_none_or(|f| f.iter().any(|peer| peer_matches(peer, ns, src)));
+                if port_ok && from_ok {
+                    return true;
+                }
+            }
+        }
+        !isolated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eval::{Source, allowed};
+    use super::*;
+    use crate::crd::broker::{Listener, ListenerAuthentication};
+    use crate::crd::firewall::{IngressRule, Peer};
+    use crate::model::tests::minimal_spec;
+
+    fn model(f: impl FnOnce(&mut crate::crd::MqttBrokerSpec)) -> BrokerModel {
+        let mut spec = minimal_spec();
+        spec.listeners.push(Listener {
+            name: "mtls".into(),
+            port: 8884,
+            authentication: ListenerAuthentication::Certificate,
+            ..spec.listeners[0].clone()
+        });
+        f(&mut spec);
+        BrokerModel::from_spec("plant-a", "iot", &spec).unwrap()
+    }
+
+    fn cidr(c: &str, except: &[&str]) -> Peer {
+        Peer {
+            cidr: Some(c.into()),
+            except: (!except.is_empty()).then(|| except.iter().map(|s| s.to_string()).collect()),
+            namespace_selector: None,
+            pod_selector: None,
+        }
+    }
+
+    fn fw(rules: Vec<(Vec<Peer>, Vec<&str>)>) -> MqttFirewallSpec {
+        MqttFirewallSpec {
+            broker_ref: crate::crd::BrokerRef { name: "plant-a".into() },
+            ingress: rules
+                .into_iter()
+                .map(|(from, l)| IngressRule { from, listeners: l.into_iter().map(String::from).collect() })
+                .collect(),
+            allow_public_internet: false,
+        }
+    }
+
+    fn ip(s: &str) -> Source<'static> {
+        Source { ip: s.parse().unwrap(), namespace: None, pod_labels: None }
+    }
+
+    #[test]
+    fn default_deny_selects_broker_pods_both_directions() {
+        let p = default_deny(&model(|_| {}));
+        assert_eq!(p.metadata.name.as_deref(), Some("plant-a-default-deny"));
+        let s = p.spec.unwrap();
+        assert_eq!(s.policy_types.unwrap(), vec!["Ingress", "Egress"]);
+        assert!(s.ingress.is_none() && s.egress.is_none());
+        assert_eq!(s.pod_selector.unwrap().match_labels.unwrap(), names::selector_labels("plant-a"));
+    }
+
+    #[test]
+    fn cidr_peers_are_normalized_deduplicated_and_ordered() {
+        let m = model(|_| {});
+        let spec = fw(vec![(
+            vec![
+                cidr("10.20.1.7/16", &["10.20.9.1/24"]),
+                cidr("192.168.1.0/24", &[]),
+                cidr("192.168.1.128/25", &[]),
+                cidr("10.20.0.0/16", &["10.20.9.0/24"]),
+                cidr("fd00:10::1/64", &[]),
+            ],
+            vec![],
+        )]);
+        let p = firewall_policy(&m, "office", &spec).unwrap();
+        let from = p.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap();
+        let blocks: Vec<(String, Option<Vec<String>>)> =
+            from.iter().map(|p| (p.ip_block.as_ref().unwrap().cidr.clone(), p.ip_block.as_ref().unwrap().except.clone())).collect();
+        assert_eq!(
+            blocks,
+            vec![
+                ("10.20.0.0/16".into(), Some(vec!["10.20.9.0/24".into()])),
+                ("192.168.1.0/24".into(), None),
+                ("fd00:10::/64".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn listener_scoping_and_semantics() {
+        let m = model(|_| {});
+        let spec = fw(vec![
+            (vec![cidr("10.20.0.0/16", &["10.20.9.0/24"])], vec!["mqtts"]),
+            (vec![cidr("fd00:10::/64", &[])], vec![]),
+        ]);
+        let policies = vec![default_deny(&m), firewall_policy(&m, "office", &spec).unwrap()];
+        assert!(allowed(&policies, &ip("10.20.1.5"), 8883));
+        assert!(!allowed(&policies, &ip("10.20.1.5"), 8884), "scoped to mqtts");
+        assert!(!allowed(&policies, &ip("10.20.9.7"), 8883), "excepted");
+        assert!(!allowed(&policies, &ip("10.21.0.1"), 8883));
+        assert!(allowed(&policies, &ip("fd00:10::99"), 8884), "no listeners = all listeners");
+        assert!(!allowed(&[default_deny(&m)], &ip("10.20.1.5"), 8883), "default deny alone blocks");
+    }
+
+    #[test]
+    fn selector_peers_and_unknown_listeners() {
+        let m = model(|_| {});
+        let sel = |k: &str, v: &str| LabelSelector {
+            match_labels: Some(BTreeMap::from([(k.to_string(), v.to_string())])),
+            match_expressions: None,
+        };
+        let spec = fw(vec![(
+            vec![Peer {
+                cidr: None,
+                except: None,
+                namespace_selector: Some(sel("team", "sensors")),
+                pod_selector: Some(sel("app", "gateway")),
+            }],
+            vec!["mtls"],
+        )]);
+        let policies = vec![default_deny(&m), firewall_policy(&m, "gw", &spec).unwrap()];
+        let pod = |team: &str, app: &str| Source {
+            ip: "10.244.0.9".parse().unwrap(),
+            namespace: Some(("edge", BTreeMap::from([("team".to_string(), team.to_string())]))),
+            pod_labels: Some(BTreeMap::from([("app".to_string(), app.to_string())])),
+        };
+        assert!(allowed(&policies, &pod("sensors", "gateway"), 8884));
+        assert!(!allowed(&policies, &pod("sensors", "other"), 8884));
+        assert!(!allowed(&policies, &pod("web", "gateway"), 8884));
+        let bad = fw(vec![(vec![cidr("10.0.0.0/8", &[])], vec!["nope"])]);
+        assert_eq!(firewall_policy(&m, "x", &bad).unwrap_err().field, "spec.ingress[0].listeners[0]");
+        let outside = fw(vec![(vec![cidr("10.0.0.0/16", &["10.1.0.0/24"])], vec![])]);
+        assert_eq!(firewall_policy(&m, "x", &outside).unwrap_err().field, "spec.ingress[0].from[0].except[0]");
+    }
+
+    #[test]
+    fn probe_policy_only_admits_the_operator() {
+        let m = model(|_| {});
+        let op = OperatorIdentity {
+            namespace: "moat-system".into(),
+            pod_labels: BTreeMap::from([("app.kubernetes.io/name".to_string(), "moat".to_string())]),
+        };
+        let policies = vec![default_deny(&m), probe_policy(&m, &op)];
+        let src = |ns: &'static str, app: &str| Source {
+            ip: "10.244.1.1".parse().unwrap(),
+            namespace: Some((ns, BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]))),
+            pod_labels: Some(BTreeMap::from([("app.kubernetes.io/name".to_string(), app.to_string())])),
+        };
+        assert!(allowed(&policies, &src("moat-system", "moat"), 8883));
+        assert!(allowed(&policies, &src("moat-system", "moat"), 8884));
+        assert!(!allowed(&policies, &src("moat-system", "other"), 8883));
+        assert!(!allowed(&policies, &src("iot", "moat"), 8883));
+        assert!(!allowed(&policies, &ip("10.244.1.1"), 8883));
+    }
+
+    #[test]
+    fn load_balancer_gets_source_ranges_and_local_traffic_policy() {
+        let m = model(|s| s.service.type_ = ServiceType::LoadBalancer);
+        let a = fw(vec![(vec![cidr("203.0.113.7/24", &[]), cidr("10.0.0.0/8", &["10.1.0.0/16"])], vec![])]);
+        let b = fw(vec![(vec![cidr("10.2.0.0/16", &[]), cidr("2001:db8::/48", &[])], vec![])]);
+        let ranges = load_balancer_source_ranges([&a, &b]);
+        assert_eq!(ranges, vec!["10.0.0.0/8", "203.0.113.0/24", "2001:db8::/48"]);
+        let svc = service(&m, &ranges).spec.unwrap();
+        assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(svc.load_balancer_source_ranges.unwrap(), ranges);
+        assert_eq!(svc.external_traffic_policy.as_deref(), Some("Local"));
+        let cluster = service(&model(|_| {}), &[]).spec.unwrap();
+        assert!(cluster.load_balancer_source_ranges.is_none() && cluster.external_traffic_policy.is_none());
+    }
+
+    #[test]
+    fn services_expose_every_listener() {
+        let m = model(|_| {});
+        let svc = service(&m, &[]);
+        let ports: Vec<(String, i32)> =
+            svc.spec.unwrap().ports.unwrap().into_iter().map(|p| (p.name.unwrap(), p.port)).collect();
+        assert_eq!(ports, vec![("mqtts".to_string(), 8883), ("mtls".to_string(), 8884)]);
+        let h = headless_service(&m);
+        assert_eq!(h.metadata.name.as_deref(), Some("plant-a-headless"));
+        assert_eq!(h.spec.unwrap().cluster_ip.as_deref(), Some("None"));
+    }
+}
