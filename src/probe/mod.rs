@@ -1,1 +1,637 @@
 //! Active TLS/MQTT probe of a broker endpoint (used by compliance and `moat probe`).
+//!
+//! Four checks, each an [`Outcome`] whose message says what was seen:
+//! - `legacy_tls_refused`: hand-built TLS 1.0 and TLS 1.1 ClientHellos ([`legacy`]) must both be
+//!   refused;
+//! - `modern_tls`: a TLS 1.2/1.3 handshake with rustls (ring provider) succeeds ([`modern`]);
+//! - `chain_trusted`: a *verifying* handshake against the given CA bundle for the server name;
+//! - `anonymous_refused`: an MQTT 3.1.1 CONNECT without username is refused ([`mqtt`]).
+//!
+//! Anything ambiguous is [`Outcome::Unknown`], never a pass.
+
+pub mod legacy;
+pub mod modern;
+pub mod mqtt;
+
+#[cfg(test)]
+mod broker_tests;
+#[cfg(test)]
+mod testutil;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use legacy::{Attempt, LegacyVerdict};
+use modern::{HandshakeError, Mode, Observed};
+use mqtt::ConnackReply;
+
+/// The endpoint to probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub host: String,
+    pub port: u16,
+    /// Name the certificate must be valid for; also sent as SNI when it is a DNS name.
+    pub server_name: String,
+    /// CA bundle (PEM) for `chain_trusted`; without it that check is Unknown.
+    pub ca_pem: Option<String>,
+    /// Limit for each network step (connect, handshake, reply).
+    pub timeout: Duration,
+}
+
+/// Result of one check. The message says what was seen. `Unknown` is never a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Pass(String),
+    Fail(String),
+    Unknown(String),
+}
+
+impl Outcome {
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Self::Pass(_))
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Pass(m) | Self::Fail(m) | Self::Unknown(m) => m,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Pass(_) => "PASS",
+            Self::Fail(_) => "FAIL",
+            Self::Unknown(_) => "UNKNOWN",
+        }
+    }
+}
+
+/// Everything one probe found out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// A TCP connection to the endpoint succeeded (in any of the checks).
+    pub reachable: bool,
+    /// TLS 1.0 and TLS 1.1 ClientHellos are both refused.
+    pub legacy_tls_refused: Outcome,
+    /// A TLS 1.2/1.3 handshake succeeds (message names the negotiated version).
+    pub modern_tls: Outcome,
+    /// `TLSv1.2` or `TLSv1.3`, when the server negotiated one.
+    pub negotiated_version: Option<String>,
+    /// The served chain verifies against `ca_pem` for `server_name` (Unknown without `ca_pem`).
+    pub chain_trusted: Outcome,
+    /// Serial of the served end-entity certificate, upper-case hex (as `openssl x509 -serial`).
+    pub cert_serial: Option<String>,
+    pub cert_not_after: Option<jiff::Timestamp>,
+    /// An MQTT 3.1.1 CONNECT without username is refused (CONNACK "bad user name or password" /
+    /// "not authorised", or the TLS layer demands a client certificate).
+    pub anonymous_refused: Outcome,
+}
+
+impl ProbeReport {
+    /// The four checks, in report order.
+    pub fn outcomes(&self) -> [(&'static str, &Outcome); 4] {
+        [
+            ("legacy TLS refused", &self.legacy_tls_refused),
+            ("modern TLS", &self.modern_tls),
+            ("chain trusted", &self.chain_trusted),
+            ("anonymous refused", &self.anonymous_refused),
+        ]
+    }
+}
+
+/// Process exit code for a report: 0 when all four checks pass, 1 when any fails, otherwise 2
+/// (some check is Unknown). A failure outranks an unknown.
+pub fn exit_code(report: &ProbeReport) -> i32 {
+    let outcomes = report.outcomes();
+    if outcomes.iter().any(|(_, o)| matches!(o, Outcome::Fail(_))) {
+        1
+    } else if outcomes.iter().all(|(_, o)| o.is_pass()) {
+        0
+    } else {
+        2
+    }
+}
+
+/// TCP connect with a timeout; the error is a human-readable reason.
+pub(crate) async fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(timeout, TcpStream::connect((host, port))).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(err)) => Err(format!("cannot connect to {host}:{port}: {err}")),
+        Err(_) => Err(format!("no TCP connection to {host}:{port} within {timeout:?}")),
+    }
+}
+
+/// Probe one endpoint. Never panics on network conditions; every problem ends up in an outcome.
+pub async fn probe(target: &ProbeTarget) -> ProbeReport {
+    let host = target.host.as_str();
+    let name = target.server_name.as_str();
+    let timeout = target.timeout;
+
+    let capture = async {
+        let (session, seen) = modern::handshake(host, target.port, name, Mode::Capture, timeout).await;
+        match session {
+            Ok(mut stream) => {
+                let exchange = mqtt_exchange(&mut stream, timeout).await;
+                let anonymous = anonymous_outcome(None, &seen, Some(exchange));
+                (None, seen, anonymous)
+            }
+            Err(err) => {
+                let anonymous = anonymous_outcome(Some(&err), &seen, None);
+                (Some(session_summary(&err, &seen)), seen, anonymous)
+            }
+        }
+    };
+    let verify = async {
+        let Some(pem) = target.ca_pem.as_deref() else {
+            return (None, Outcome::Unknown("no CA bundle given, chain not verified".into()));
+        };
+        let roots = match modern::roots_from_pem(pem) {
+            Ok(roots) => roots,
+            Err(reason) => return (None, Outcome::Unknown(reason)),
+        };
+        let (session, seen) = modern::handshake(host, target.port, name, Mode::Verify(roots), timeout).await;
+        let outcome = chain_outcome(session.as_ref().err(), &seen, name);
+        let reached = !matches!(session, Err(HandshakeError::Unreachable(_) | HandshakeError::Setup(_)));
+        (Some(reached), outcome)
+    };
+    let legacy_10 = legacy::attempt(host, target.port, name, legacy::TLS1_0, timeout);
+    let legacy_11 = legacy::attempt(host, target.port, name, legacy::TLS1_1, timeout);
+    let ((capture_err, seen, anonymous_refused), (verify_reached, chain_trusted), l10, l11) =
+        tokio::join!(capture, verify, legacy_10, legacy_11);
+
+    let (modern_tls, negotiated_version) = modern_outcome(capture_err.as_ref(), &seen);
+    let legacy_tls_refused = legacy_outcome(&l10, &l11, modern_tls.is_pass());
+    let reachable = capture_err.as_ref().is_none_or(SessionError::connected)
+        || verify_reached == Some(true)
+        || !matches!(l10, Attempt::Unreachable(_))
+        || !matches!(l11, Attempt::Unreachable(_));
+    let details = seen.end_entity.as_deref().map(modern::cert_details);
+    let (cert_serial, cert_not_after) = match details {
+        Some(Ok((serial, not_after))) => (Some(serial), Some(not_after)),
+        _ => (None, None),
+    };
+    ProbeReport {
+        reachable,
+        legacy_tls_refused,
+        modern_tls,
+        negotiated_version,
+        chain_trusted,
+        cert_serial,
+        cert_not_after,
+        anonymous_refused,
+    }
+}
+
+/// The capture handshake's error, reduced to what the outcomes need (the session itself is
+/// consumed by the MQTT exchange).
+#[derive(Debug)]
+enum SessionError {
+    /// No TCP connection.
+    Unreachable(String),
+    /// The probe could not start a handshake (e.g. an invalid server name); nothing was sent.
+    Setup(String),
+    TimedOut(String),
+    /// The TLS layer failed (a rustls error or the peer hanging up mid-handshake);
+    /// `client_cert_demanded` when that was the server insisting on a client certificate.
+    Tls {
+        reason: String,
+        client_cert_demanded: bool,
+    },
+}
+
+impl SessionError {
+    /// Did this attempt get a TCP connection?
+    fn connected(&self) -> bool {
+        !matches!(self, Self::Unreachable(_) | Self::Setup(_))
+    }
+}
+
+fn session_summary(err: &HandshakeError, seen: &Observed) -> SessionError {
+    match err {
+        HandshakeError::Unreachable(reason) => SessionError::Unreachable(reason.clone()),
+        HandshakeError::Setup(reason) => SessionError::Setup(reason.clone()),
+        HandshakeError::TimedOut(_) => SessionError::TimedOut(err.to_string()),
+        HandshakeError::Failed(io) => SessionError::Tls {
+            reason: err.to_string(),
+            client_cert_demanded: client_cert_demanded(io, seen).is_some(),
+        },
+    }
+}
+
+fn modern_outcome(err: Option<&SessionError>, seen: &Observed) -> (Outcome, Option<String>) {
+    let version = seen.version.map(modern::version_label);
+    let outcome = match err {
+        None => Outcome::Pass(format!(
+            "{} handshake completed ({})",
+            version.as_deref().unwrap_or("TLS (version unknown)"),
+            seen.cipher_suite.as_deref().unwrap_or("cipher suite unknown")
+        )),
+        // TLS 1.2 with a mandatory client certificate: the server negotiated the version and
+        // signed the handshake, then aborted because the probe has no certificate.
+        Some(SessionError::Tls { reason, client_cert_demanded: true })
+            if matches!(seen.signature_check, Some(Ok(()))) && version.is_some() =>
+        {
+            Outcome::Pass(format!(
+                "{} negotiated and signed by the server, which then required a client certificate ({reason})",
+                version.as_deref().unwrap_or_default()
+            ))
+        }
+        Some(SessionError::Tls { reason, .. }) => Outcome::Fail(format!("no TLS 1.2/1.3 handshake: {reason}")),
+        Some(SessionError::Unreachable(reason) | SessionError::Setup(reason) | SessionError::TimedOut(reason)) => {
+            Outcome::Unknown(reason.clone())
+        }
+    };
+    let negotiated = if outcome.is_pass() { version } else { None };
+    (outcome, negotiated)
+}
+
+fn chain_outcome(err: Option<&HandshakeError>, seen: &Observed, server_name: &str) -> Outcome {
+    match (&seen.cert_check, &seen.signature_check, err) {
+        (Some(Err(reason)), _, _) => {
+            Outcome::Fail(format!("served chain does not verify against the CA bundle for {server_name}: {reason}"))
+        }
+        (Some(Ok(())), Some(Err(reason)), _) => {
+            Outcome::Fail(format!("chain verifies, but the server's handshake signature does not: {reason}"))
+        }
+        (Some(Ok(())), Some(Ok(())), None) => {
+            Outcome::Pass(format!("served chain verifies against the CA bundle for {server_name}"))
+        }
+        (Some(Ok(())), Some(Ok(())), Some(err)) => Outcome::Pass(format!(
+            "served chain verifies against the CA bundle for {server_name} (the handshake then ended: {err})"
+        )),
+        (Some(Ok(())), None, err) => Outcome::Unknown(format!(
+            "chain verified, but the server never proved possession of its key ({})",
+            err.map_or_else(|| "no handshake signature seen".to_owned(), ToString::to_string)
+        )),
+        (None, _, Some(err)) => Outcome::Unknown(format!("no certificate received: {err}")),
+        (None, _, None) => Outcome::Unknown("handshake completed without a certificate check".into()),
+    }
+}
+
+/// Result of CONNECT → first reply over an established TLS session.
+#[derive(Debug)]
+enum Exchange {
+    Connack(u8),
+    /// The TLS layer failed while reading (e.g. an alert after a TLS 1.3 handshake).
+    TlsError(std::io::Error),
+    Closed,
+    NotConnack(String),
+    Io(String),
+    TimedOut(Duration),
+}
+
+async fn mqtt_exchange<S>(stream: &mut S, timeout: Duration) -> Exchange
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let connect = mqtt::encode_connect(&mqtt::random_client_id(), 30);
+    let exchange = async {
+        if let Err(err) = stream.write_all(&connect).await {
+            return classify_io(err);
+        }
+        if let Err(err) = stream.flush().await {
+            return classify_io(err);
+        }
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 64];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => return Exchange::Closed,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(err) => return classify_io(err),
+            }
+            match mqtt::parse_connack(&buf) {
+                ConnackReply::NeedMore => {}
+                ConnackReply::Connack { return_code, .. } => return Exchange::Connack(return_code),
+                ConnackReply::NotConnack(reason) => return Exchange::NotConnack(reason),
+            }
+        }
+    };
+    let result = match tokio::time::timeout(timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Exchange::TimedOut(timeout),
+    };
+    if matches!(result, Exchange::Connack(0)) {
+        // Accepted: leave politely. Failures here change nothing.
+        let _ = tokio::time::timeout(timeout, async {
+            let _ = stream.write_all(&mqtt::DISCONNECT).await;
+            let _ = stream.shutdown().await;
+        })
+        .await;
+    }
+    result
+}
+
+fn classify_io(err: std::io::Error) -> Exchange {
+    if modern::rustls_error(&err).is_some() {
+        Exchange::TlsError(err)
+    } else if err.kind() == std::io::ErrorKind::UnexpectedEof {
+        Exchange::Closed
+    } else {
+        Exchange::Io(err.to_string())
+    }
+}
+
+/// Is this TLS failure the server insisting on a client certificate?
+fn client_cert_demanded(err: &std::io::Error, seen: &Observed) -> Option<String> {
+    match modern::rustls_error(err)? {
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            Some("client certificate required (alert certificate_required)".into())
+        }
+        rustls::Error::AlertReceived(alert) if seen.client_cert_requested => Some(format!(
+            "client certificate required: the server requested one and aborted with alert {alert:?} when none was sent"
+        )),
+        _ => None,
+    }
+}
+
+fn anonymous_outcome(handshake: Option<&HandshakeError>, seen: &Observed, exchange: Option<Exchange>) -> Outcome {
+    if let Some(err) = handshake {
+        if let HandshakeError::Failed(io) = err
+            && let Some(message) = client_cert_demanded(io, seen)
+        {
+            return Outcome::Pass(message);
+        }
+        return Outcome::Unknown(format!("no TLS session to send CONNECT over: {err}"));
+    }
+    match exchange {
+        Some(Exchange::Connack(0)) => Outcome::Fail("anonymous CONNECT accepted (CONNACK rc 0)".into()),
+        Some(Exchange::Connack(rc @ (4 | 5))) => {
+            Outcome::Pass(format!("anonymous CONNECT refused (CONNACK rc {rc}, {})", mqtt::return_code_name(rc)))
+        }
+        Some(Exchange::Connack(rc)) => Outcome::Unknown(format!(
+            "CONNACK rc {rc} ({}): refused for a reason other than authentication, so anonymous access is undecided",
+            mqtt::return_code_name(rc)
+        )),
+        Some(Exchange::TlsError(err)) => match client_cert_demanded(&err, seen) {
+            Some(message) => Outcome::Pass(message),
+            None => Outcome::Unknown(format!("TLS error instead of a CONNACK: {err}")),
+        },
+        Some(Exchange::Closed) => Outcome::Unknown("connection closed without a CONNACK".into()),
+        Some(Exchange::NotConnack(reason)) => Outcome::Unknown(reason),
+        Some(Exchange::Io(reason)) => Outcome::Unknown(format!("I/O error instead of a CONNACK: {reason}")),
+        Some(Exchange::TimedOut(timeout)) => Outcome::Unknown(format!("no CONNACK within {timeout:?}")),
+        None => Outcome::Unknown("no MQTT exchange".into()),
+    }
+}
+
+fn attempt_text(version: u16, attempt: &Attempt) -> String {
+    let what = match attempt {
+        Attempt::Unreachable(reason) => reason.as_str(),
+        Attempt::Judged(
+            LegacyVerdict::Refused(m)
+            | LegacyVerdict::ClosedWithoutAlert(m)
+            | LegacyVerdict::Accepted(m)
+            | LegacyVerdict::Ambiguous(m),
+        ) => m.as_str(),
+    };
+    format!("{}: {what}", legacy::version_name(version))
+}
+
+/// Combine the TLS 1.0 and TLS 1.1 attempts. A plain hang-up counts as a refusal only when the
+/// same endpoint completed a modern handshake (otherwise it may not speak TLS at all).
+fn legacy_outcome(tls10: &Attempt, tls11: &Attempt, modern_ok: bool) -> Outcome {
+    let text = format!("{}; {}", attempt_text(legacy::TLS1_0, tls10), attempt_text(legacy::TLS1_1, tls11));
+    let judged = |a: &Attempt| match a {
+        Attempt::Judged(v) => Some(v.clone()),
+        Attempt::Unreachable(_) => None,
+    };
+    let verdicts = [judged(tls10), judged(tls11)];
+    if verdicts.iter().any(|v| matches!(v, Some(LegacyVerdict::Accepted(_)))) {
+        return Outcome::Fail(text);
+    }
+    let refused = |v: &Option<LegacyVerdict>| match v {
+        Some(LegacyVerdict::Refused(_)) => true,
+        Some(LegacyVerdict::ClosedWithoutAlert(_)) => modern_ok,
+        _ => false,
+    };
+    if verdicts.iter().all(refused) {
+        Outcome::Pass(text)
+    } else if verdicts.iter().any(|v| matches!(v, Some(LegacyVerdict::ClosedWithoutAlert(_)))) && !modern_ok {
+        Outcome::Unknown(format!(
+            "{text} (a hang-up counts as a refusal only when the endpoint completes a modern TLS handshake)"
+        ))
+    } else {
+        Outcome::Unknown(text)
+    }
+}
+
+/// Human-readable multi-line report.
+pub fn format_report(report: &ProbeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<20} {}", "reachable", if report.reachable { "yes" } else { "no" });
+    for (name, outcome) in report.outcomes() {
+        let _ = writeln!(out, "{name:<20} {:<8} {}", outcome.label(), outcome.message());
+    }
+    let _ = writeln!(out, "{:<20} {}", "negotiated version", report.negotiated_version.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "{:<20} {}", "certificate serial", report.cert_serial.as_deref().unwrap_or("-"));
+    let not_after = report.cert_not_after.map_or_else(|| "-".to_owned(), |t| t.to_string());
+    let _ = writeln!(out, "{:<20} {not_after}", "certificate notAfter");
+    let verdict = match exit_code(report) {
+        0 => "PASS",
+        1 => "FAIL",
+        _ => "UNKNOWN",
+    };
+    let _ = writeln!(out, "{:<20} {verdict}", "result");
+    out
+}
+
+/// `moat probe` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// Broker host name or IP address.
+    #[arg(long)]
+    pub host: String,
+    /// Broker TLS port.
+    #[arg(long, default_value_t = 8883)]
+    pub port: u16,
+    /// Name the server certificate must be valid for (and SNI); defaults to --host.
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// PEM CA bundle to verify the served chain against; without it `chain trusted` is UNKNOWN.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Limit for each network step, e.g. `5s`, `500ms` or plain seconds.
+    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+}
+
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let duration = match value.trim().parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let signed: jiff::SignedDuration =
+                value.trim().parse().map_err(|err| format!("invalid duration {value:?}: {err}"))?;
+            Duration::try_from(signed).map_err(|err| format!("invalid duration {value:?}: {err}"))?
+        }
+    };
+    if duration.is_zero() {
+        return Err("the timeout must be positive".into());
+    }
+    Ok(duration)
+}
+
+/// Run `moat probe`: print the report and return the exit code (0 all pass, 1 any fail, 2 any
+/// unknown, also 2 when the CA file cannot be read).
+pub async fn run(args: ProbeArgs) -> i32 {
+    let ca_pem = match &args.ca {
+        Some(path) => match tokio::fs::read_to_string(path).await {
+            Ok(pem) => Some(pem),
+            Err(err) => {
+                eprintln!("moat probe: cannot read CA bundle {}: {err}", path.display());
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let target = ProbeTarget {
+        server_name: args.server_name.clone().unwrap_or_else(|| args.host.clone()),
+        host: args.host,
+        port: args.port,
+        ca_pem,
+        timeout: args.timeout,
+    };
+    let report = probe(&target).await;
+    println!("probe {}:{} (server name {})", target.host, target.port, target.server_name);
+    print!("{}", format_report(&report));
+    exit_code(&report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> Attempt {
+        Attempt::Judged(LegacyVerdict::Refused("alert protocol_version".into()))
+    }
+    fn closed() -> Attempt {
+        Attempt::Judged(LegacyVerdict::ClosedWithoutAlert("connection closed without an alert".into()))
+    }
+    fn accepted() -> Attempt {
+        Attempt::Judged(LegacyVerdict::Accepted("ServerHello agreeing to TLS 1.1".into()))
+    }
+    fn ambiguous() -> Attempt {
+        Attempt::Judged(LegacyVerdict::Ambiguous("alert internal_error".into()))
+    }
+    fn unreachable() -> Attempt {
+        Attempt::Unreachable("connection refused".into())
+    }
+
+    #[test]
+    fn legacy_combination() {
+        assert!(legacy_outcome(&refused(), &refused(), false).is_pass());
+        assert!(legacy_outcome(&refused(), &closed(), true).is_pass());
+        assert!(matches!(legacy_outcome(&refused(), &closed(), false), Outcome::Unknown(_)));
+        assert!(
+            matches!(legacy_outcome(&refused(), &accepted(), true), Outcome::Fail(m) if m.contains("TLS 1.1: ServerHello"))
+        );
+        assert!(matches!(legacy_outcome(&accepted(), &unreachable(), true), Outcome::Fail(_)));
+        assert!(matches!(legacy_outcome(&ambiguous(), &accepted(), true), Outcome::Fail(_)));
+        assert!(matches!(legacy_outcome(&refused(), &ambiguous(), true), Outcome::Unknown(_)));
+        assert!(matches!(legacy_outcome(&unreachable(), &refused(), true), Outcome::Unknown(_)));
+        assert!(matches!(legacy_outcome(&unreachable(), &unreachable(), false), Outcome::Unknown(_)));
+    }
+
+    fn report(outcomes: [Outcome; 4]) -> ProbeReport {
+        let [legacy_tls_refused, modern_tls, chain_trusted, anonymous_refused] = outcomes;
+        ProbeReport {
+            reachable: true,
+            legacy_tls_refused,
+            modern_tls,
+            negotiated_version: Some("TLSv1.3".into()),
+            chain_trusted,
+            cert_serial: Some("0A".into()),
+            cert_not_after: Some(jiff::Timestamp::UNIX_EPOCH),
+            anonymous_refused,
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        let p = || Outcome::Pass("ok".into());
+        let f = || Outcome::Fail("bad".into());
+        let u = || Outcome::Unknown("?".into());
+        assert_eq!(exit_code(&report([p(), p(), p(), p()])), 0);
+        assert_eq!(exit_code(&report([p(), p(), u(), p()])), 2);
+        assert_eq!(exit_code(&report([p(), f(), p(), p()])), 1);
+        assert_eq!(exit_code(&report([u(), f(), p(), u()])), 1);
+        let text = format_report(&report([p(), p(), u(), f()]));
+        assert!(text.contains("chain trusted        UNKNOWN  ?"), "{text}");
+        assert!(text.contains("anonymous refused    FAIL     bad"), "{text}");
+        assert!(text.contains("result               FAIL"), "{text}");
+    }
+
+    #[test]
+    fn anonymous_decisions_without_network() {
+        let seen = Observed::default();
+        let outcome = |x| anonymous_outcome(None, &seen, Some(x));
+        assert!(matches!(outcome(Exchange::Connack(0)), Outcome::Fail(_)));
+        assert!(outcome(Exchange::Connack(5)).is_pass());
+        assert!(outcome(Exchange::Connack(4)).is_pass());
+        for rc in [1, 2, 3, 6] {
+            assert!(matches!(outcome(Exchange::Connack(rc)), Outcome::Unknown(_)), "rc {rc}");
+        }
+        assert!(matches!(outcome(Exchange::Closed), Outcome::Unknown(_)));
+        assert!(matches!(outcome(Exchange::TimedOut(Duration::from_secs(1))), Outcome::Unknown(_)));
+        let alert = |d| std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::AlertReceived(d));
+        let cert_required = alert(rustls::AlertDescription::CertificateRequired);
+        assert!(outcome(Exchange::TlsError(cert_required)).is_pass());
+        // A handshake_failure alert means "client certificate required" only if one was requested.
+        let hf = || alert(rustls::AlertDescription::HandshakeFailure);
+        assert!(matches!(outcome(Exchange::TlsError(hf())), Outcome::Unknown(_)));
+        let requested = Observed { client_cert_requested: true, ..Observed::default() };
+        assert!(anonymous_outcome(Some(&HandshakeError::Failed(hf())), &requested, None).is_pass());
+        assert!(matches!(anonymous_outcome(Some(&HandshakeError::Failed(hf())), &seen, None), Outcome::Unknown(_)));
+    }
+
+    #[test]
+    fn probe_args_parse_with_defaults() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: ProbeArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from(["moat", "--host", "broker.example"]).unwrap();
+        assert_eq!(cli.args.host, "broker.example");
+        assert_eq!(cli.args.port, 8883);
+        assert_eq!(cli.args.server_name, None);
+        assert_eq!(cli.args.ca, None);
+        assert_eq!(cli.args.timeout, Duration::from_secs(5));
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "moat",
+            "--host",
+            "10.0.0.7",
+            "--port",
+            "18883",
+            "--server-name",
+            "mqtt.example",
+            "--ca",
+            "/etc/ca.pem",
+            "--timeout",
+            "750ms",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.port, 18883);
+        assert_eq!(cli.args.server_name.as_deref(), Some("mqtt.example"));
+        assert_eq!(cli.args.ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(cli.args.timeout, Duration::from_millis(750));
+        assert!(<Cli as clap::Parser>::try_parse_from(["moat"]).is_err(), "--host is required");
+    }
+
+    #[test]
+    fn timeout_parsing() {
+        assert_eq!(parse_timeout("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_timeout("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_timeout("2s").unwrap(), Duration::from_secs(2));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("soon").is_err());
+        assert!(parse_timeout("-3s").is_err());
+    }
+}

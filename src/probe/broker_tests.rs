@@ -1,0 +1,236 @@
+//! The probe against real servers: Debian's Mosquitto 2.0.11 and `openssl s_server`, both under a
+//! permissive OpenSSL config so that only their own configuration refuses old TLS versions.
+
+use std::time::Duration;
+
+use super::testutil::{Broker, BrokerSpec, Pki, SServer, free_port};
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn target(port: u16, ca_pem: Option<&str>) -> ProbeTarget {
+    ProbeTarget {
+        host: "127.0.0.1".into(),
+        port,
+        server_name: "localhost".into(),
+        ca_pem: ca_pem.map(str::to_owned),
+        timeout: TIMEOUT,
+    }
+}
+
+fn show(report: &ProbeReport, log: &str) -> String {
+    let text = format!("{}\n--- server log ---\n{log}", format_report(report));
+    eprintln!("{text}");
+    text
+}
+
+#[tokio::test]
+async fn a_hardened_broker_passes_every_check() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, BrokerSpec::HARDENED);
+    let report = probe(&target(broker.port, Some(&pki.ca_pem))).await;
+    let ctx = show(&report, &broker.log());
+
+    assert!(report.reachable, "{ctx}");
+    assert!(report.legacy_tls_refused.is_pass(), "{ctx}");
+    assert_eq!(
+        report.legacy_tls_refused.message(),
+        "TLS 1.0: alert protocol_version; TLS 1.1: alert protocol_version",
+        "{ctx}"
+    );
+    assert!(report.modern_tls.is_pass(), "{ctx}");
+    assert_eq!(report.negotiated_version.as_deref(), Some("TLSv1.3"), "{ctx}");
+    assert!(report.chain_trusted.is_pass(), "{ctx}");
+    assert!(report.anonymous_refused.is_pass(), "{ctx}");
+    assert!(report.anonymous_refused.message().contains("CONNACK rc 5"), "{ctx}");
+    assert_eq!(report.cert_serial.as_deref(), Some(pki.serial_hex.as_str()), "{ctx}");
+    assert_eq!(report.cert_not_after, Some(pki.not_after), "{ctx}");
+    assert_eq!(exit_code(&report), 0, "{ctx}");
+
+    // Without a CA bundle the chain is Unknown, and so is the overall result.
+    let report = probe(&target(broker.port, None)).await;
+    assert!(matches!(report.chain_trusted, Outcome::Unknown(_)), "{}", show(&report, &broker.log()));
+    assert!(report.legacy_tls_refused.is_pass() && report.modern_tls.is_pass() && report.anonymous_refused.is_pass());
+    assert_eq!(report.cert_serial.as_deref(), Some(pki.serial_hex.as_str()));
+    assert_eq!(exit_code(&report), 2);
+
+    // An IP address as the server name: no SNI is sent, the IP SAN must match.
+    let mut by_ip = target(broker.port, Some(&pki.ca_pem));
+    by_ip.server_name = "127.0.0.1".into();
+    let report = probe(&by_ip).await;
+    let ctx = show(&report, &broker.log());
+    for (name, outcome) in report.outcomes() {
+        assert!(outcome.is_pass(), "{name}: {ctx}");
+    }
+}
+
+#[tokio::test]
+async fn b_weakened_broker_fails_exactly_legacy_and_anonymous() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, BrokerSpec::WEAKENED);
+    let report = probe(&target(broker.port, Some(&pki.ca_pem))).await;
+    let ctx = show(&report, &broker.log());
+
+    assert!(matches!(report.legacy_tls_refused, Outcome::Fail(_)), "{ctx}");
+    // tls_version tlsv1.1 keeps TLS 1.0 out but lets TLS 1.1 in.
+    assert!(report.legacy_tls_refused.message().contains("TLS 1.0: alert protocol_version"), "{ctx}");
+    assert!(report.legacy_tls_refused.message().contains("TLS 1.1: ServerHello agreeing to TLS 1.1"), "{ctx}");
+    assert!(matches!(report.anonymous_refused, Outcome::Fail(_)), "{ctx}");
+    assert!(report.anonymous_refused.message().contains("CONNACK rc 0"), "{ctx}");
+    assert!(report.modern_tls.is_pass(), "{ctx}");
+    assert!(report.chain_trusted.is_pass(), "{ctx}");
+    assert_eq!(report.cert_serial.as_deref(), Some(pki.serial_hex.as_str()), "{ctx}");
+    assert_eq!(exit_code(&report), 1, "{ctx}");
+}
+
+#[tokio::test]
+async fn c_wrong_ca_or_wrong_name_fails_chain_trust() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let broker = Broker::start(&pki, BrokerSpec::HARDENED);
+
+    let report = probe(&target(broker.port, Some(&other.ca_pem))).await;
+    let ctx = show(&report, &broker.log());
+    assert!(matches!(report.chain_trusted, Outcome::Fail(_)), "{ctx}");
+    assert!(report.chain_trusted.message().contains("UnknownIssuer"), "{ctx}");
+    // The other checks do not depend on trust.
+    assert!(report.legacy_tls_refused.is_pass(), "{ctx}");
+    assert!(report.modern_tls.is_pass(), "{ctx}");
+    assert!(report.anonymous_refused.is_pass(), "{ctx}");
+    assert_eq!(report.cert_serial.as_deref(), Some(pki.serial_hex.as_str()), "{ctx}");
+    assert_eq!(exit_code(&report), 1);
+
+    let mut wrong_name = target(broker.port, Some(&pki.ca_pem));
+    wrong_name.server_name = "not-the-broker.example".into();
+    let report = probe(&wrong_name).await;
+    let ctx = show(&report, &broker.log());
+    assert!(matches!(report.chain_trusted, Outcome::Fail(_)), "{ctx}");
+    assert!(report.chain_trusted.message().contains("not valid for name"), "{ctx}");
+}
+
+#[tokio::test]
+async fn d_closed_port_is_unknown_never_pass() {
+    let port = free_port();
+    let pki = Pki::new();
+    let report = probe(&target(port, Some(&pki.ca_pem))).await;
+    let ctx = format_report(&report);
+    assert!(!report.reachable, "{ctx}");
+    // An unusable server name must not make a dead endpoint look reachable.
+    let mut bad_name = target(port, None);
+    bad_name.server_name = "not a name".into();
+    let bad = probe(&bad_name).await;
+    assert!(!bad.reachable, "{}", format_report(&bad));
+    assert!(bad.outcomes().iter().all(|(_, o)| matches!(o, Outcome::Unknown(_))), "{}", format_report(&bad));
+    for (name, outcome) in report.outcomes() {
+        assert!(matches!(outcome, Outcome::Unknown(_)), "{name}: {ctx}");
+    }
+    assert_eq!(report.negotiated_version, None);
+    assert_eq!(report.cert_serial, None);
+    assert_eq!(exit_code(&report), 2);
+}
+
+#[tokio::test]
+async fn e_mtls_listener_refuses_anonymous_at_the_tls_layer() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, BrokerSpec::MTLS);
+    let report = probe(&target(broker.port, Some(&pki.ca_pem))).await;
+    let ctx = show(&report, &broker.log());
+    assert!(report.anonymous_refused.is_pass(), "{ctx}");
+    assert!(report.anonymous_refused.message().contains("client certificate required"), "{ctx}");
+    assert!(report.modern_tls.is_pass(), "{ctx}");
+    assert!(report.chain_trusted.is_pass(), "{ctx}");
+    assert!(report.legacy_tls_refused.is_pass(), "{ctx}");
+    assert_eq!(exit_code(&report), 0, "{ctx}");
+}
+
+/// Debian's own OpenSSL defaults turn a TLS 1.1 handshake on a `tls_version tlsv1.1` listener into
+/// alert internal_error: that is not an explicit version refusal, so it must not be credited.
+#[tokio::test]
+async fn ambiguous_alert_from_system_openssl_is_not_a_pass() {
+    let pki = Pki::new();
+    let spec = BrokerSpec { permissive_openssl: false, ..BrokerSpec::WEAKENED };
+    let broker = Broker::start(&pki, spec);
+    let report = probe(&target(broker.port, Some(&pki.ca_pem))).await;
+    let ctx = show(&report, &broker.log());
+    assert!(!report.legacy_tls_refused.is_pass(), "{ctx}");
+    assert!(report.legacy_tls_refused.message().contains("TLS 1.0: alert protocol_version"), "{ctx}");
+    assert!(matches!(report.anonymous_refused, Outcome::Fail(_)), "{ctx}");
+    assert_ne!(exit_code(&report), 0);
+}
+
+/// The hand-built hellos are good enough for a real TLS 1.0 / TLS 1.1 server to accept: a refusal
+/// seen from a hardened broker is therefore about the version, not a malformed hello.
+#[tokio::test]
+async fn legacy_hellos_are_accepted_by_real_legacy_servers() {
+    let pki = Pki::new();
+    for (flag, version) in [("-tls1", legacy::TLS1_0), ("-tls1_1", legacy::TLS1_1)] {
+        let server = SServer::start(&pki, flag, false);
+        let attempt = legacy::attempt("127.0.0.1", server.port, "localhost", version, TIMEOUT).await;
+        assert!(
+            matches!(attempt, Attempt::Judged(LegacyVerdict::Accepted(_))),
+            "{flag}: {attempt:?}\n{}",
+            server.log()
+        );
+    }
+    let server = SServer::start(&pki, "-tls1_2", false);
+    for version in [legacy::TLS1_0, legacy::TLS1_1] {
+        let attempt = legacy::attempt("127.0.0.1", server.port, "localhost", version, TIMEOUT).await;
+        assert_eq!(
+            attempt,
+            Attempt::Judged(LegacyVerdict::Refused("alert protocol_version".into())),
+            "{}",
+            server.log()
+        );
+    }
+}
+
+/// TLS 1.2 with a mandatory client certificate: the handshake itself fails, after the server
+/// asked for a certificate and signed the handshake.
+#[tokio::test]
+async fn tls12_client_certificate_demand_is_recognised() {
+    let pki = Pki::new();
+    let server = SServer::start(&pki, "-tls1_2", true);
+    let (session, seen) = modern::handshake("127.0.0.1", server.port, "localhost", Mode::Capture, TIMEOUT).await;
+    let err = session.expect_err("handshake without a client certificate must fail");
+    assert!(seen.client_cert_requested, "{err}\n{}", server.log());
+    assert_eq!(seen.version, Some(rustls::ProtocolVersion::TLSv1_2));
+    let anonymous = anonymous_outcome(Some(&err), &seen, None);
+    assert!(anonymous.is_pass(), "{anonymous:?}");
+    let (modern_tls, version) = modern_outcome(Some(&session_summary(&err, &seen)), &seen);
+    assert!(modern_tls.is_pass(), "{modern_tls:?}");
+    assert_eq!(version.as_deref(), Some("TLSv1.2"));
+}
+
+/// A TLS-1.0-only server: no modern handshake is possible.
+#[tokio::test]
+async fn legacy_only_server_fails_modern_tls() {
+    let pki = Pki::new();
+    let server = SServer::start(&pki, "-tls1", false);
+    let (session, seen) = modern::handshake("127.0.0.1", server.port, "localhost", Mode::Capture, TIMEOUT).await;
+    let err = session.expect_err("rustls cannot talk to a TLS 1.0 server");
+    let (modern_tls, version) = modern_outcome(Some(&session_summary(&err, &seen)), &seen);
+    assert!(matches!(modern_tls, Outcome::Fail(_)), "{modern_tls:?}");
+    assert_eq!(version, None);
+}
+
+/// `run` (what `moat probe` calls) reads the CA file and maps the report to the exit code.
+#[tokio::test]
+async fn run_returns_exit_codes() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, BrokerSpec::HARDENED);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let args = |ca: Option<std::path::PathBuf>| ProbeArgs {
+        host: "127.0.0.1".into(),
+        port: broker.port,
+        server_name: Some("localhost".into()),
+        ca,
+        timeout: TIMEOUT,
+    };
+    assert_eq!(run(args(Some(ca))).await, 0, "{}", broker.log());
+    assert_eq!(run(args(None)).await, 2, "no CA: chain trust unknown");
+    assert_eq!(run(args(Some(dir.path().join("missing.pem")))).await, 2, "unreadable CA file");
+    let weak = Broker::start(&pki, BrokerSpec::WEAKENED);
+    assert_eq!(run(ProbeArgs { port: weak.port, ..args(None) }).await, 1, "fail outranks unknown");
+}
