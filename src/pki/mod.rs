@@ -28,6 +28,8 @@ mod rollover;
 mod rotation;
 
 #[cfg(test)]
+mod compat_tests;
+#[cfg(test)]
 mod test_support;
 
 use std::fmt;
