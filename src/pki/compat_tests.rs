@@ -64,12 +64,18 @@ fn server_names() -> ServerNames {
     ServerNames { dns: vec!["plant-a.ns.svc".into(), "localhost".into()], ips: vec!["127.0.0.1".parse().unwrap()] }
 }
 
-#[test]
-fn openssl_verifies_server_and_client_certs_with_the_bundle() {
-    let dir = tempfile::tempdir().unwrap();
+/// A CA with a server certificate and a client certificate for `sensor-17`, all issued at `t0`.
+fn ca_server_client() -> (Issued, Issued, Issued) {
     let ca = new_ca("plant-a", CA_VALIDITY, t0()).unwrap();
     let server = issue_server(&ca, &server_names(), DAY * 90, t0()).unwrap();
     let client = issue_client(&ca, "sensor-17", DAY * 90, t0()).unwrap();
+    (ca, server, client)
+}
+
+#[test]
+fn openssl_verifies_server_and_client_certs_with_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, server, client) = ca_server_client();
     let at = t0() + HOUR;
     let (ok, out) = verify(dir.path(), &ca.cert_pem, &server, "sslserver", None, at);
     assert!(ok, "{out}");
@@ -101,8 +107,7 @@ fn openssl_accepts_a_128_character_username_as_cn() {
 #[test]
 fn openssl_sees_the_intended_extensions() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca("plant-a", CA_VALIDITY, t0()).unwrap();
-    let server = issue_server(&ca, &server_names(), DAY * 90, t0()).unwrap();
+    let (ca, server, _) = ca_server_client();
     write(dir.path(), "ca.pem", &ca.cert_pem);
     write(dir.path(), "server.pem", &server.cert_pem);
     let (ok, text) = openssl(dir.path(), &["x509", "-in", "ca.pem", "-noout", "-text"]);
@@ -126,9 +131,7 @@ fn openssl_sees_the_intended_extensions() {
 #[test]
 fn openssl_loads_every_key_and_agrees_which_key_matches() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = new_ca("plant-a", CA_VALIDITY, t0()).unwrap();
-    let server = issue_server(&ca, &server_names(), DAY * 90, t0()).unwrap();
-    let client = issue_client(&ca, "sensor-17", DAY * 90, t0()).unwrap();
+    let (ca, server, client) = ca_server_client();
     for (name, pair) in [("ca", &ca), ("server", &server), ("client", &client)] {
         let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
         write(dir.path(), &key, &pair.key_pem);
@@ -320,6 +323,20 @@ fn roots(bundle: &str) -> Arc<rustls::RootCertStore> {
     Arc::new(store)
 }
 
+/// Moves every pending TLS record from `from` to `to` and lets `to` process it.
+fn send(from: &mut rustls::Connection, to: &mut rustls::Connection) -> Result<(), rustls::Error> {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).unwrap();
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+        to.process_new_packets()?;
+    }
+    Ok(())
+}
+
 /// An in-memory TLS 1.3 handshake: the broker serves `server` and requires a client certificate
 /// chained to `server_bundle` and not revoked by `crls`; the client trusts `client_bundle`, checks the
 /// name `host`, and presents `client`.
@@ -351,27 +368,11 @@ fn handshake(
         .with_root_certificates(roots(client_bundle))
         .with_client_auth_cert(certs(&client.cert_pem), key(&client.key_pem))?;
     let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
-    let mut c = rustls::ClientConnection::new(Arc::new(client_config), name)?;
-    let mut s = rustls::ServerConnection::new(Arc::new(server_config))?;
+    let mut c = rustls::Connection::Client(rustls::ClientConnection::new(Arc::new(client_config), name)?);
+    let mut s = rustls::Connection::Server(rustls::ServerConnection::new(Arc::new(server_config))?);
     for _ in 0..8 {
-        let mut buf = Vec::new();
-        while c.wants_write() {
-            c.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            s.read_tls(&mut rd).unwrap();
-            s.process_new_packets()?;
-        }
-        let mut buf = Vec::new();
-        while s.wants_write() {
-            s.write_tls(&mut buf).unwrap();
-        }
-        let mut rd = &buf[..];
-        while !rd.is_empty() {
-            c.read_tls(&mut rd).unwrap();
-            c.process_new_packets()?;
-        }
+        send(&mut c, &mut s)?;
+        send(&mut s, &mut c)?;
         if !c.is_handshaking() && !s.is_handshaking() {
             return Ok(());
         }
