@@ -237,8 +237,22 @@ wait_for() { # name timeout_s cmd...
 curl_api() { curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_PORT$1"; }
 kubectl_local() { "$BIN_DIR/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" "$@"; }
 
+audit_policy() { # writes are logged (metadata only): tests count an operator's writes per namespace
+  cat > "$RUN_DIR/audit-policy.yaml" <<'EOF2'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: Metadata
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+EOF2
+}
+
 up() {
-  mkdir -p "$RUN_DIR"; pki; UP_IN_PROGRESS=true
+  mkdir -p "$RUN_DIR"; pki; audit_policy; UP_IN_PROGRESS=true
   start etcd "$BIN_DIR/etcd" --name=moat-local --data-dir="$RUN_DIR/etcd" \
     --listen-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
@@ -255,7 +269,9 @@ up() {
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --authorization-mode=Node,RBAC --allow-privileged=true \
-    --endpoint-reconciler-type=none --max-requests-inflight=1600 --max-mutating-requests-inflight=800
+    --endpoint-reconciler-type=none --max-requests-inflight=1600 --max-mutating-requests-inflight=800 \
+    --audit-policy-file="$RUN_DIR/audit-policy.yaml" --audit-log-path="$RUN_DIR/audit.log" \
+    --audit-log-maxsize=200 --audit-log-maxbackup=3 --audit-log-mode=blocking
   wait_for kube-apiserver 120 curl_api /readyz
 
   start kube-controller-manager "$BIN_DIR/kube-controller-manager" \

@@ -6,13 +6,18 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod build;
 pub mod compliance;
 pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod offline;
+pub mod operator;
 pub mod pki;
 pub mod probe;
 pub mod render;
+pub mod telemetry;
 pub mod upgrade;
 pub mod validate;

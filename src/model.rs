@@ -100,15 +100,24 @@ impl BrokerModel {
             return Err(FieldError { field: "spec.audit.interval".into(), message: "must be at least 10s".into() });
         }
         if spec.listeners.is_empty() {
-            return Err(FieldError { field: "spec.listeners".into(), message: "at least one listener is required".into() });
+            return Err(FieldError {
+                field: "spec.listeners".into(),
+                message: "at least one listener is required".into(),
+            });
         }
         for (i, l) in spec.listeners.iter().enumerate() {
             let field = |f: &str| format!("spec.listeners[{i}].{f}");
             if spec.listeners.iter().filter(|m| m.name == l.name).count() > 1 {
-                return Err(FieldError { field: field("name"), message: format!("duplicate listener name {:?}", l.name) });
+                return Err(FieldError {
+                    field: field("name"),
+                    message: format!("duplicate listener name {:?}", l.name),
+                });
             }
             if spec.listeners.iter().filter(|m| m.port == l.port).count() > 1 {
-                return Err(FieldError { field: field("port"), message: format!("duplicate listener port {}", l.port) });
+                return Err(FieldError {
+                    field: field("port"),
+                    message: format!("duplicate listener port {}", l.port),
+                });
             }
             if !(1024..=65535).contains(&l.port) {
                 return Err(FieldError { field: field("port"), message: "must be within 1024-65535".into() });
@@ -247,17 +256,26 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_specs_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut MqttBrokerSpec)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut MqttBrokerSpec)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|s| s.tls.ca.renew_before = GoDuration::new("9000h")), "spec.tls.ca.renewBefore"),
             (Box::new(|s| s.tls.server.validity = GoDuration::new("banana")), "spec.tls.server.validity"),
             (Box::new(|s| s.limits.message_size_limit = s.limits.max_packet_size + 1), "spec.limits.messageSizeLimit"),
             (
                 Box::new(|s| {
-                    s.listeners.push(Listener { name: "plain".into(), port: 1883, tls: ListenerTls { enabled: false, ..Default::default() }, ..s.listeners[0].clone() })
+                    s.listeners.push(Listener {
+                        name: "plain".into(),
+                        port: 1883,
+                        tls: ListenerTls { enabled: false, ..Default::default() },
+                        ..s.listeners[0].clone()
+                    })
                 }),
                 "spec.listeners[1].insecurePlaintext",
             ),
-            (Box::new(|s| s.listeners.push(Listener { name: "dup".into(), ..s.listeners[0].clone() })), "spec.listeners[0].port"),
+            (
+                Box::new(|s| s.listeners.push(Listener { name: "dup".into(), ..s.listeners[0].clone() })),
+                "spec.listeners[0].port",
+            ),
             (Box::new(|s| s.audit.interval = GoDuration::new("1s")), "spec.audit.interval"),
             (Box::new(|s| s.tls.server.ip_addresses = vec!["10.0.0.300".into()]), "spec.tls.server.ipAddresses[0]"),
         ];

@@ -38,6 +38,12 @@ pub fn passwd_secret(broker: &str, n: usize) -> String {
 pub fn default_deny_policy(broker: &str) -> String {
     format!("{broker}-default-deny")
 }
+/// ConfigMap with the broker's public trust bundle (`ca.crt`) for clients.
+pub fn ca_bundle_configmap(broker: &str) -> String {
+    format!("{broker}-ca-bundle")
+}
+/// Label on per-user Secrets naming the MqttUser they belong to.
+pub const USER_LABEL: &str = "mqtt.moat.dev/user";
 /// Secret with a generated user's `username` and `password`.
 pub fn credentials_secret(user_object: &str) -> String {
     format!("{user_object}-mqtt-credentials")

@@ -1,1 +1,545 @@
-//! Compliance engine: the catalogue of checks per security measure.
+//! Compliance engine: a catalogue of checks, one or more per security measure, evaluated over the
+//! validated spec **and the applied/observed objects** (what is really in the cluster), each with
+//! a stable id, a severity, a message and remediation text linking to the security guide.
+//!
+//! Pure: the controllers gather [`BrokerFacts`] / [`UserFacts`] / [`AclFacts`] /
+//! [`FirewallFacts`] from their stores (and the active probe) and call the `evaluate_*` functions.
+
+mod catalogue;
+pub mod facts;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+pub use catalogue::{CATALOGUE, CheckDef, def};
+pub use facts::*;
+
+use crate::crd::{CheckResult, ComplianceCheck, ComplianceStatus, Measure};
+
+/// Link to the guide section of a measure.
+pub fn guide_link(measure: Measure) -> String {
+    format!("https://github.com/moat-dev/moat/blob/main/docs/security-guide.md#{}", measure.as_str())
+}
+
+/// One evaluated check (before it is turned into the status form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// Check id from the catalogue.
+    pub id: &'static str,
+    /// Result.
+    pub result: CheckResult,
+    /// What was found.
+    pub message: String,
+}
+
+impl Finding {
+    fn pass(id: &'static str, message: impl Into<String>) -> Self {
+        Self { id, result: CheckResult::Pass, message: message.into() }
+    }
+    fn fail(id: &'static str, message: impl Into<String>) -> Self {
+        Self { id, result: CheckResult::Fail, message: message.into() }
+    }
+    fn unknown(id: &'static str, message: impl Into<String>) -> Self {
+        Self { id, result: CheckResult::Unknown, message: message.into() }
+    }
+    fn check(id: &'static str, ok: bool, pass: impl Into<String>, fail: impl Into<String>) -> Self {
+        if ok { Self::pass(id, pass) } else { Self::fail(id, fail) }
+    }
+}
+
+/// Turns findings into status checks (sorted by id) with measure, severity and remediation.
+pub fn to_checks(findings: Vec<Finding>) -> Vec<ComplianceCheck> {
+    let mut checks: Vec<ComplianceCheck> = findings
+        .into_iter()
+        .map(|f| {
+            let d = def(f.id);
+            ComplianceCheck {
+                id: f.id.to_string(),
+                measure: d.measure,
+                severity: d.severity,
+                passed: f.result == CheckResult::Pass,
+                result: f.result,
+                message: f.message,
+                remediation: if f.result == CheckResult::Pass {
+                    String::new()
+                } else {
+                    format!("{} See {}", d.remediation, guide_link(d.measure))
+                },
+            }
+        })
+        .collect();
+    checks.sort_by(|a, b| a.id.cmp(&b.id));
+    checks
+}
+
+/// The compliance block of a status.
+pub fn summarize(mut checks: Vec<ComplianceCheck>, last_audit: Option<jiff::Timestamp>) -> ComplianceStatus {
+    checks.sort_by(|a, b| a.id.cmp(&b.id));
+    let total = checks.len() as u32;
+    let passed = checks.iter().filter(|c| c.passed).count() as u32;
+    ComplianceStatus {
+        passed,
+        total,
+        summary: format!("{passed}/{total}"),
+        last_audit_time: last_audit.map(Time),
+        checks,
+    }
+}
+
+/// Failing checks per measure (for the metrics gauge).
+pub fn failing_by_measure(checks: &[ComplianceCheck]) -> BTreeMap<Measure, u32> {
+    let mut out: BTreeMap<Measure, u32> = Measure::ALL.iter().map(|m| (*m, 0)).collect();
+    for c in checks.iter().filter(|c| !c.passed) {
+        *out.entry(c.measure).or_default() += 1;
+    }
+    out
+}
+
+/// Evaluates every broker-level check.
+pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
+    let mut out = vec![];
+    let conf = f.config.as_deref();
+    let conf_has = |line: &str| conf.is_some_and(|c| c.lines().any(|l| l.trim() == line));
+    let conf_lines = |prefix: &str| -> Vec<String> {
+        conf.map(|c| c.lines().filter(|l| l.starts_with(prefix)).map(str::to_string).collect()).unwrap_or_default()
+    };
+
+    // --- authentication
+    out.push(match conf {
+        None => Finding::fail("MOAT-AUTH-001", "no applied mosquitto.conf found"),
+        Some(_) if conf_has("allow_anonymous true") => {
+            Finding::fail("MOAT-AUTH-001", "allow_anonymous true is configured")
+        }
+        Some(_) => Finding::check(
+            "MOAT-AUTH-001",
+            conf_has("allow_anonymous false"),
+            "anonymous access is disabled",
+            "allow_anonymous false is missing",
+        ),
+    });
+    let listeners_authenticated = conf.is_some()
+        && conf_has("per_listener_settings false")
+        && !conf_lines("password_file ").is_empty()
+        && f.model
+            .spec
+            .listeners
+            .iter()
+            .all(|l| l.authentication == crate::crd::broker::ListenerAuthentication::Password || l.tls.enabled);
+    out.push(Finding::check(
+        "MOAT-AUTH-002",
+        listeners_authenticated,
+        format!("all {} listener(s) require a password or a client certificate", f.model.spec.listeners.len()),
+        "a listener does not require authentication",
+    ));
+    out.push(probe_finding("MOAT-AUTH-003", f.probe.as_ref(), |p| &p.anonymous_refused, "anonymous MQTT CONNECT"));
+    out.push(Finding::check(
+        "MOAT-AUTH-004",
+        f.model.spec.security.use_username_as_client_id,
+        "client ids are bound to usernames (no session takeover across users)",
+        "use_username_as_clientid is off: one user can take over another user's session by reusing its client id",
+    ));
+
+    // --- encryption
+    let plaintext: Vec<&str> =
+        f.model.spec.listeners.iter().filter(|l| !l.tls.enabled).map(|l| l.name.as_str()).collect();
+    out.push(Finding::check(
+        "MOAT-TLS-001",
+        plaintext.is_empty(),
+        "every listener uses TLS",
+        format!("plaintext listener(s): {}", plaintext.join(", ")),
+    ));
+    let tls_versions = conf_lines("tls_version ");
+    let weak_tls = tls_versions.iter().any(|l| !matches!(l.trim(), "tls_version tlsv1.2" | "tls_version tlsv1.3"));
+    let tls_listeners = f.model.spec.listeners.iter().filter(|l| l.tls.enabled).count();
+    out.push(Finding::check(
+        "MOAT-TLS-002",
+        conf.is_some() && !weak_tls && tls_versions.len() == tls_listeners,
+        "every TLS listener requires TLS 1.2 or newer",
+        "a TLS listener accepts versions older than TLS 1.2 (or sets no tls_version)",
+    ));
+    out.push(cert_finding(
+        "MOAT-TLS-003",
+        "server certificate",
+        f.server_cert.as_ref(),
+        f.model.durations.server_renew_before,
+        f.now,
+        Some(&f.model.server_dns_names()),
+    ));
+    out.push(match (&f.ca, f.ca_rollover_in_progress) {
+        (Some(ca), true) if ca.not_after > f.now => Finding::pass(
+            "MOAT-TLS-004",
+            "CA rollover in progress: the next CA is trusted and takes over before expiry",
+        ),
+        (ca, _) => {
+            cert_finding("MOAT-TLS-004", "CA certificate", ca.as_ref(), f.model.durations.ca_renew_before, f.now, None)
+        }
+    });
+    out.push(match &f.probe {
+        None => Finding::unknown(
+            "MOAT-TLS-005",
+            "active probe not run (disabled or broker not reachable from the operator)",
+        ),
+        Some(p) if !p.reachable => Finding::unknown("MOAT-TLS-005", "broker endpoint not reachable from the operator"),
+        Some(p) => match (&p.legacy_tls_refused, &p.chain_trusted) {
+            (crate::probe::Outcome::Pass(_), crate::probe::Outcome::Pass(_)) => {
+                Finding::pass("MOAT-TLS-005", "TLS 1.0/1.1 refused; served chain verifies against moat's CA")
+            }
+            (crate::probe::Outcome::Fail(m), _) | (_, crate::probe::Outcome::Fail(m)) => {
+                Finding::fail("MOAT-TLS-005", m.clone())
+            }
+            (a, b) => Finding::unknown("MOAT-TLS-005", format!("{}; {}", a.message(), b.message())),
+        },
+    });
+    let cert_listeners: Vec<&str> = f
+        .model
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| l.authentication == crate::crd::broker::ListenerAuthentication::Certificate)
+        .map(|l| l.name.as_str())
+        .collect();
+    let crl_lines = conf_lines("crlfile ").len();
+    out.push(Finding::check(
+        "MOAT-TLS-006",
+        crl_lines == cert_listeners.len(),
+        if cert_listeners.is_empty() {
+            "no certificate listeners".to_string()
+        } else {
+            format!("certificate listener(s) {} check revocations (CRL)", cert_listeners.join(", "))
+        },
+        "a certificate listener has no crlfile: revoked certificates would still be accepted",
+    ));
+
+    // --- acl
+    out.push(match (&conf, &f.acl_file) {
+        (Some(c), Some(acl)) if c.lines().any(|l| l.starts_with("acl_file ")) => match crate::render::acl::parse(acl) {
+            Ok(_) => Finding::pass("MOAT-ACL-001", "ACL file configured and valid: anything not granted is denied"),
+            Err(e) => Finding::fail("MOAT-ACL-001", format!("applied ACL file does not parse: {e}")),
+        },
+        (Some(_), None) => Finding::fail("MOAT-ACL-001", "no applied ACL file"),
+        _ => Finding::fail("MOAT-ACL-001", "mosquitto.conf sets no acl_file (Mosquitto would allow everything)"),
+    });
+    let hash_write: Vec<&String> = f.acl_warnings.iter().filter(|w| w.contains("'#'")).collect();
+    out.push(Finding::check(
+        "MOAT-ACL-002",
+        hash_write.is_empty(),
+        "no rule grants write access to '#'",
+        join_msgs(&hash_write),
+    ));
+    let sys: Vec<&String> = f.acl_warnings.iter().filter(|w| w.contains("$SYS")).collect();
+    out.push(Finding::check("MOAT-ACL-003", sys.is_empty(), "$SYS is not granted broadly", join_msgs(&sys)));
+    out.push(Finding::check(
+        "MOAT-ACL-004",
+        f.acls_invalid.is_empty(),
+        format!("{} ACL(s) in effect", f.acls_total),
+        format!("ACL(s) not in effect: {}", f.acls_invalid.join(", ")),
+    ));
+
+    // --- configuration
+    match &f.pod {
+        None => {
+            for id in ["MOAT-CFG-001", "MOAT-CFG-002", "MOAT-CFG-003", "MOAT-CFG-004"] {
+                out.push(Finding::fail(id, "no broker StatefulSet found"));
+            }
+        }
+        Some(p) => {
+            out.push(Finding::check(
+                "MOAT-CFG-001",
+                p.non_root_1883,
+                "containers run as non-root uid/gid 1883",
+                format!("not all containers run as non-root uid 1883: {}", p.problems_of("user").join("; ")),
+            ));
+            out.push(Finding::check(
+                "MOAT-CFG-002",
+                p.read_only_no_escalation,
+                "read-only root filesystem, no privilege escalation",
+                format!("writable root filesystem or privilege escalation: {}", p.problems_of("fs").join("; ")),
+            ));
+            out.push(Finding::check(
+                "MOAT-CFG-003",
+                p.caps_dropped_seccomp,
+                "all capabilities dropped, seccomp RuntimeDefault",
+                format!("capabilities or seccomp relaxed: {}", p.problems_of("caps").join("; ")),
+            ));
+            out.push(Finding::check(
+                "MOAT-CFG-004",
+                p.no_token,
+                "no service account token is mounted",
+                "a service account token is mounted into the broker pods",
+            ));
+        }
+    }
+    let limits =
+        ["max_packet_size ", "message_size_limit ", "max_connections ", "max_queued_messages ", "max_keepalive "];
+    let missing: Vec<&str> = limits.iter().filter(|p| conf_lines(p).is_empty()).map(|p| p.trim()).collect();
+    out.push(Finding::check(
+        "MOAT-CFG-005",
+        conf.is_some() && missing.is_empty(),
+        "protocol limits are set",
+        format!("protocol limits missing: {}", missing.join(", ")),
+    ));
+    out.push(Finding::check(
+        "MOAT-CFG-006",
+        f.pod.as_ref().is_some_and(|p| p.resources_set),
+        "CPU/memory requests and a memory limit are set",
+        "the broker container has no resource requests or memory limit",
+    ));
+    out.push(Finding::check(
+        "MOAT-CFG-007",
+        f.extra_service_ports.is_empty(),
+        "the Service exposes only the broker's listeners",
+        format!("the Service exposes extra port(s): {}", f.extra_service_ports.join(", ")),
+    ));
+
+    // --- firewall
+    out.push(Finding::check(
+        "MOAT-FW-001",
+        f.default_deny_ok,
+        "a default-deny NetworkPolicy isolates the broker pods (ingress and egress)",
+        "the default-deny NetworkPolicy is missing or does not select the broker pods",
+    ));
+    out.push(Finding::check(
+        "MOAT-FW-002",
+        f.public_firewalls.is_empty(),
+        "no firewall opens the broker to the public internet",
+        format!("public internet ingress acknowledged by: {}", f.public_firewalls.join(", ")),
+    ));
+    out.push(match &f.load_balancer {
+        None => Finding::pass("MOAT-FW-003", "no LoadBalancer Service"),
+        Some(ranges) if ranges.is_empty() => Finding::fail(
+            "MOAT-FW-003",
+            "the LoadBalancer Service has no loadBalancerSourceRanges (no MqttFirewall CIDRs)",
+        ),
+        Some(ranges) => Finding::pass("MOAT-FW-003", format!("LoadBalancer limited to {}", ranges.join(", "))),
+    });
+
+    // --- monitoring
+    out.push(Finding::check(
+        "MOAT-MON-001",
+        conf_has("connection_messages true") && conf_has("log_dest stdout"),
+        "connections are logged to stdout",
+        "connection logging is off (connection_messages false or no log_dest stdout)",
+    ));
+    out.push(Finding::check(
+        "MOAT-MON-002",
+        conf_has("log_type notice") || conf_has("log_type information"),
+        "authentication failures are logged (log_type notice)",
+        "log types exclude notice: refused logins are not logged",
+    ));
+
+    // --- passwords
+    out.push(Finding::check(
+        "MOAT-PWD-001",
+        f.weak_password_users.is_empty(),
+        "every password in effect is generated or satisfies the policy",
+        format!(
+            "users with a password that fails the policy (not added to the broker): {}",
+            f.weak_password_users.join(", ")
+        ),
+    ));
+    out.push(Finding::check(
+        "MOAT-PWD-002",
+        f.reused_password_users.is_empty(),
+        "no password is shared by two users",
+        format!("users sharing a password: {}", f.reused_password_users.join(", ")),
+    ));
+    out.push(Finding::check(
+        "MOAT-PWD-003",
+        f.overdue_password_users.is_empty(),
+        "every password is within its rotateAfter",
+        format!("passwords older than rotateAfter: {}", f.overdue_password_users.join(", ")),
+    ));
+
+    // --- audit
+    out.push(match f.previous_audit {
+        Some(prev)
+            if f.now.duration_since(prev).as_secs_f64() > 2.0 * f.model.durations.audit_interval.as_secs_f64() =>
+        {
+            Finding::fail("MOAT-AUD-001", format!("the previous audit ({prev}) was more than two intervals ago"))
+        }
+        _ => Finding::pass("MOAT-AUD-001", format!("audited every {}", f.model.spec.audit.interval)),
+    });
+    out.push(Finding::check(
+        "MOAT-AUD-002",
+        f.drift.is_empty(),
+        "managed objects match what moat applied",
+        format!("changed outside moat and repaired: {}", f.drift.join("; ")),
+    ));
+
+    // --- updates
+    out.push(if f.known_cves.is_empty() {
+        Finding::pass("MOAT-UPD-001", format!("no known CVEs for Mosquitto {}", f.running_version))
+    } else {
+        Finding::fail(
+            "MOAT-UPD-001",
+            format!(
+                "Mosquitto {} has known CVEs: {}",
+                f.running_version,
+                f.known_cves.iter().map(|c| c.id.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    });
+    out.push(Finding::check(
+        "MOAT-UPD-002",
+        !f.upgrade_failed,
+        "no failed or stuck upgrade",
+        format!("the last upgrade failed: {}", f.upgrade_message),
+    ));
+
+    // --- awareness: checked over everything above
+    let defs_ok = out.iter().all(|x| !def(x.id).remediation.is_empty());
+    out.push(Finding::check(
+        "MOAT-AWR-001",
+        defs_ok,
+        "every failed check carries remediation text and a link to the security guide",
+        "a check has no remediation text",
+    ));
+    to_checks(out)
+}
+
+fn join_msgs(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+}
+
+fn probe_finding(
+    id: &'static str,
+    probe: Option<&crate::probe::ProbeReport>,
+    pick: impl Fn(&crate::probe::ProbeReport) -> &crate::probe::Outcome,
+    what: &str,
+) -> Finding {
+    match probe {
+        None => Finding::unknown(
+            id,
+            format!("{what}: active probe not run (disabled or broker not reachable from the operator)"),
+        ),
+        Some(p) if !p.reachable => {
+            Finding::unknown(id, format!("{what}: broker endpoint not reachable from the operator"))
+        }
+        Some(p) => match pick(p) {
+            crate::probe::Outcome::Pass(m) => Finding::pass(id, format!("{what}: {m}")),
+            crate::probe::Outcome::Fail(m) => Finding::fail(id, format!("{what}: {m}")),
+            crate::probe::Outcome::Unknown(m) => Finding::unknown(id, format!("{what}: {m}")),
+        },
+    }
+}
+
+fn cert_finding(
+    id: &'static str,
+    what: &str,
+    info: Option<&crate::pki::CertInfo>,
+    renew_before: std::time::Duration,
+    now: jiff::Timestamp,
+    names: Option<&[String]>,
+) -> Finding {
+    let Some(c) = info else { return Finding::fail(id, format!("no {what} issued yet")) };
+    if c.not_after <= now {
+        return Finding::fail(id, format!("{what} expired at {}", c.not_after));
+    }
+    if !c.key_is_strong {
+        return Finding::fail(id, format!("{what} uses a weak or unsupported key"));
+    }
+    if let Some(names) = names {
+        let missing: Vec<&String> = names.iter().filter(|n| !c.dns_names.contains(n)).collect();
+        if !missing.is_empty() {
+            return Finding::fail(
+                id,
+                format!("{what} does not cover {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")),
+            );
+        }
+    }
+    let renew_at = crate::pki::renewal_time(c, renew_before);
+    if now >= renew_at {
+        return Finding::fail(
+            id,
+            format!("{what} expires at {} and is overdue for renewal (due {renew_at})", c.not_after),
+        );
+    }
+    Finding::pass(id, format!("{what} valid until {}, renewal at {renew_at}", c.not_after))
+}
+
+/// Evaluates the checks about one user.
+pub fn evaluate_user(f: &UserFacts) -> Vec<ComplianceCheck> {
+    let mut out = vec![];
+    if f.password_auth {
+        out.push(match &f.weak_password {
+            None => Finding::pass(
+                "MOAT-USR-001",
+                if f.generated {
+                    "password generated by moat"
+                } else {
+                    "brought password satisfies the broker's policy"
+                },
+            ),
+            Some(reason) => Finding::fail("MOAT-USR-001", format!("password refused: {reason}")),
+        });
+        out.push(match (f.rotate_after, f.password_age) {
+            (Some(max), Some(age)) if age > max => Finding::fail(
+                "MOAT-USR-002",
+                format!("password is {}h old, rotateAfter is {}h", age.as_secs() / 3600, max.as_secs() / 3600),
+            ),
+            (Some(_), _) => Finding::pass("MOAT-USR-002", "password is within rotateAfter"),
+            (None, _) => Finding::pass("MOAT-USR-002", "no rotation required (rotateAfter unset)"),
+        });
+        out.push(Finding::check(
+            "MOAT-USR-003",
+            f.reused_with.is_empty(),
+            "password not used by any other user of the broker",
+            format!("same password as: {}", f.reused_with.join(", ")),
+        ));
+    }
+    if f.certificate_auth {
+        out.push(cert_finding(
+            "MOAT-USR-004",
+            "client certificate",
+            f.certificate.as_ref(),
+            f.cert_renew_before,
+            f.now,
+            None,
+        ));
+    }
+    out.push(Finding::check(
+        "MOAT-USR-005",
+        f.has_usable_listener,
+        "the broker has a listener for this user's authentication method",
+        "no listener of the broker accepts this user's authentication method",
+    ));
+    to_checks(out)
+}
+
+/// Evaluates the checks about one ACL.
+pub fn evaluate_acl(f: &AclFacts) -> Vec<ComplianceCheck> {
+    let hash: Vec<&String> = f.warnings.iter().filter(|w| w.contains("'#'")).collect();
+    let sys: Vec<&String> = f.warnings.iter().filter(|w| w.contains("$SYS")).collect();
+    to_checks(vec![
+        Finding::check("MOAT-ACL-101", hash.is_empty(), "no write access to '#'", join_msgs(&hash)),
+        Finding::check("MOAT-ACL-102", sys.is_empty(), "no broad $SYS access", join_msgs(&sys)),
+        Finding::check(
+            "MOAT-ACL-103",
+            f.pending_users.is_empty(),
+            "every listed user exists and is Ready",
+            format!("users without a Ready MqttUser (their rules are not in effect): {}", f.pending_users.join(", ")),
+        ),
+    ])
+}
+
+/// Evaluates the checks about one firewall.
+pub fn evaluate_firewall(f: &FirewallFacts) -> Vec<ComplianceCheck> {
+    to_checks(vec![
+        Finding::check(
+            "MOAT-FW-101",
+            f.public_cidrs.is_empty(),
+            "no peer covers the public internet",
+            format!("public internet allowed (allowPublicInternet): {}", f.public_cidrs.join(", ")),
+        ),
+        Finding::check(
+            "MOAT-FW-102",
+            f.policy_in_effect,
+            "the allow NetworkPolicy is applied as generated",
+            "the generated NetworkPolicy is missing or was changed outside moat",
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests;

@@ -902,6 +902,9 @@ pub struct UpgradeStatus {
     /// When the current phase began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_since: Option<Time>,
+    /// When the pod being updated now was updated (its Ready timeout counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_started_at: Option<Time>,
     /// Pods already running `toVersion` (updated from the highest ordinal down).
     #[serde(default)]
     pub updated_replicas: i32,

@@ -154,6 +154,10 @@ pub struct MqttUserStatus {
     /// When the password in effect was set (generated, rotated, or first seen in the referenced Secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_rotated_at: Option<Time>,
+    /// Opaque identifier of the password in effect (a prefix of a keyed hash that reveals nothing
+    /// about the password); it changes exactly when the password changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_version: Option<String>,
     /// The client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateInfo>,

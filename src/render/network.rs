@@ -58,7 +58,9 @@ pub fn service(model: &BrokerModel, source_ranges: &[String]) -> Service {
             ports: Some(service_ports(model)),
             external_traffic_policy: external.then(|| "Local".into()),
             load_balancer_source_ranges: (s.type_ == ServiceType::LoadBalancer).then(|| source_ranges.to_vec()),
-            load_balancer_class: (s.type_ == ServiceType::LoadBalancer).then(|| s.load_balancer_class.clone()).flatten(),
+            load_balancer_class: (s.type_ == ServiceType::LoadBalancer)
+                .then(|| s.load_balancer_class.clone())
+                .flatten(),
             ..Default::default()
         }),
         status: None,
@@ -140,7 +142,11 @@ fn ports(model: &BrokerModel, listener_names: &[String]) -> Vec<NetworkPolicyPor
         .listeners
         .iter()
         .filter(|l| listener_names.is_empty() || listener_names.contains(&l.name))
-        .map(|l| NetworkPolicyPort { port: Some(IntOrString::Int(l.port)), protocol: Some("TCP".into()), end_port: None })
+        .map(|l| NetworkPolicyPort {
+            port: Some(IntOrString::Int(l.port)),
+            protocol: Some("TCP".into()),
+            end_port: None,
+        })
         .collect()
 }
 
@@ -171,7 +177,8 @@ fn normalize_peers(spec: &MqttFirewallSpec, rule: usize) -> Result<Vec<NetworkPo
                 let net = normalize(c).map_err(|message| FieldError { field: field(".cidr"), message })?;
                 let mut except = vec![];
                 for (k, e) in p.except.iter().flatten().enumerate() {
-                    let e = normalize(e).map_err(|message| FieldError { field: field(&format!(".except[{k}]")), message })?;
+                    let e = normalize(e)
+                        .map_err(|message| FieldError { field: field(&format!(".except[{k}]")), message })?;
                     if !net.contains(&e) || e.prefix_len() <= net.prefix_len() {
                         return Err(FieldError {
                             field: field(&format!(".except[{k}]")),
@@ -218,7 +225,11 @@ fn normalize_peers(spec: &MqttFirewallSpec, rule: usize) -> Result<Vec<NetworkPo
 
 /// The allow policy of one MqttFirewall: its peers (normalized, deduplicated, in a stable order)
 /// may reach the named listeners' ports (every listener when none are named).
-pub fn firewall_policy(model: &BrokerModel, firewall: &str, spec: &MqttFirewallSpec) -> Result<NetworkPolicy, FieldError> {
+pub fn firewall_policy(
+    model: &BrokerModel,
+    firewall: &str,
+    spec: &MqttFirewallSpec,
+) -> Result<NetworkPolicy, FieldError> {
     let mut ingress = vec![];
     for (i, rule) in spec.ingress.iter().enumerate() {
         for (j, name) in rule.listeners.iter().enumerate() {
@@ -310,10 +321,8 @@ pub(crate) mod eval {
             }
             isolated = true;
             for rule in spec.ingress.iter().flatten() {
-                let port_ok = rule
-                    .ports
-                    .as_ref()
-                    .is_none_or(|ps| ps.iter().any(|pp| pp.port == Some(IntOrString::Int(port))));
+                let port_ok =
+                    rule.ports.as_ref().is_none_or(|ps| ps.iter().any(|pp| pp.port == Some(IntOrString::Int(port))));
                 let ns = p.metadata.namespace.as_deref().unwrap();
                 let from_ok = rule.from.as_ref().is_none_or(|f| f.iter().any(|peer| peer_matches(peer, ns, src)));
                 if port_ok && from_ok {
@@ -394,8 +403,10 @@ mod tests {
         )]);
         let p = firewall_policy(&m, "office", &spec).unwrap();
         let from = p.spec.unwrap().ingress.unwrap()[0].from.clone().unwrap();
-        let blocks: Vec<(String, Option<Vec<String>>)> =
-            from.iter().map(|p| (p.ip_block.as_ref().unwrap().cidr.clone(), p.ip_block.as_ref().unwrap().except.clone())).collect();
+        let blocks: Vec<(String, Option<Vec<String>>)> = from
+            .iter()
+            .map(|p| (p.ip_block.as_ref().unwrap().cidr.clone(), p.ip_block.as_ref().unwrap().except.clone()))
+            .collect();
         assert_eq!(
             blocks,
             vec![

@@ -203,8 +203,16 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
                 name: names::passwd_secret(&model.name, n),
                 optional: Some(true),
                 items: Some(vec![
-                    k8s_openapi::api::core::v1::KeyToPath { key: "passwd".into(), path: format!("{n}/passwd"), mode: None },
-                    k8s_openapi::api::core::v1::KeyToPath { key: "manifest".into(), path: format!("{n}/manifest"), mode: None },
+                    k8s_openapi::api::core::v1::KeyToPath {
+                        key: "passwd".into(),
+                        path: format!("{n}/passwd"),
+                        mode: None,
+                    },
+                    k8s_openapi::api::core::v1::KeyToPath {
+                        key: "manifest".into(),
+                        path: format!("{n}/manifest"),
+                        mode: None,
+                    },
                 ]),
             }),
             ..Default::default()
@@ -222,14 +230,21 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
         },
         Volume {
             name: "run".into(),
-            empty_dir: Some(EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity("64Mi".into())) }),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("64Mi".into())),
+            }),
             ..Default::default()
         },
     ];
 
     let volume_claim_templates = spec.persistence.enabled.then(|| {
         vec![PersistentVolumeClaim {
-            metadata: ObjectMeta { name: Some("data".into()), labels: Some(model.labels("data")), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                labels: Some(model.labels("data")),
+                ..Default::default()
+            },
             spec: Some(PersistentVolumeClaimSpec {
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 storage_class_name: spec.persistence.storage_class_name.clone(),
@@ -304,7 +319,10 @@ pub fn pod_disruption_budget(model: &BrokerModel) -> Option<PodDisruptionBudget>
         metadata: meta(model, model.name.clone(), "broker"),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector { match_labels: Some(names::selector_labels(&model.name)), match_expressions: None }),
+            selector: Some(LabelSelector {
+                match_labels: Some(names::selector_labels(&model.name)),
+                match_expressions: None,
+            }),
             ..Default::default()
         }),
         status: None,
@@ -343,7 +361,10 @@ mod tests {
         assert_eq!(p.automount_service_account_token, Some(false));
         assert_eq!(p.share_process_namespace, Some(true));
         let psc = p.security_context.as_ref().unwrap();
-        assert_eq!((psc.run_as_non_root, psc.run_as_user, psc.run_as_group, psc.fs_group), (Some(true), Some(1883), Some(1883), Some(1883)));
+        assert_eq!(
+            (psc.run_as_non_root, psc.run_as_user, psc.run_as_group, psc.fs_group),
+            (Some(true), Some(1883), Some(1883), Some(1883))
+        );
         assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
         let all: Vec<&Container> = p.containers.iter().chain(p.init_containers.as_ref().unwrap()).collect();
         assert_eq!(all.len(), 3);

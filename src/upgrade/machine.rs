@@ -144,8 +144,7 @@ pub struct RolloutState {
 }
 
 impl RolloutState {
-    /// The state as `MqttBroker.status.upgrade`. `pod_started_at` has no status field; see
-    /// [`RolloutState::from_status`].
+    /// The state as `MqttBroker.status.upgrade`.
     pub fn to_status(&self) -> UpgradeStatus {
         UpgradeStatus {
             phase: self.phase.to_string(),
@@ -154,13 +153,13 @@ impl RolloutState {
             to_version: Some(self.to_version.clone()),
             started_at: Some(Time(self.started_at)),
             phase_since: Some(Time(self.phase_since)),
+            pod_started_at: Some(Time(self.pod_started_at)),
             updated_replicas: self.updated,
         }
     }
 
     /// Rebuilds the state from `status.upgrade`; `None` when a field is missing or the phase
-    /// is unknown. `pod_started_at` is taken as `phase_since`, which is exact except after a
-    /// pod turned un-Ready during verification (then the timeout restarts at that moment).
+    /// is unknown (a status written before `podStartedAt` existed uses `phaseSince` for it).
     pub fn from_status(status: &UpgradeStatus) -> Option<RolloutState> {
         let phase_since = status.phase_since.as_ref()?.0;
         Some(RolloutState {
@@ -169,7 +168,7 @@ impl RolloutState {
             to_version: status.to_version.clone()?,
             started_at: status.started_at.as_ref()?.0,
             phase_since,
-            pod_started_at: phase_since,
+            pod_started_at: status.pod_started_at.as_ref().map_or(phase_since, |t| t.0),
             updated: status.updated_replicas,
             message: status.message.clone(),
         })

@@ -1,1 +1,6 @@
-//! Cluster tests against the local control plane (real kube-apiserver, controller-manager, scheduler, kwok).
+//! Cluster tests against the local control plane (real kube-apiserver, controller-manager,
+//! scheduler, kwok fake nodes). They fail, never skip, when the control plane is missing.
+
+mod controlplane;
+mod harness;
+mod hygiene;

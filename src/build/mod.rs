@@ -1,0 +1,48 @@
+//! The pure *build* step: from a validated broker, its users and ACLs, the existing material and
+//! the clock, decide every file and credential the broker needs. Shared by the controllers and by
+//! the offline `moat render`, so both produce exactly the same artifacts.
+//!
+//! Nothing here reads the clock, the network or the cluster. Randomness (new keys, salts,
+//! generated passwords) is drawn only when something is missing or due — never for material that
+//! is still valid.
+
+pub mod broker;
+pub mod objects;
+pub mod user;
+
+use std::fmt;
+
+/// A password, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(pub String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password([redacted])")
+    }
+}
+
+/// Failures of the build step (corrupt stored material or an internal invariant).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Certificate material.
+    #[error("certificates: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+    /// Password file.
+    #[error("password file: {0}")]
+    Passwd(#[from] crate::render::passwd::PasswdError),
+    /// Password shards.
+    #[error("password shards: {0}")]
+    Shard(#[from] crate::render::passwd::ShardError),
+    /// ACL file.
+    #[error("ACL file: {0}")]
+    Acl(#[from] crate::render::acl::AclRenderError),
+    /// Stored state that cannot be read.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// Adds a std duration to a timestamp, saturating.
+pub fn after(t: jiff::Timestamp, d: std::time::Duration) -> jiff::Timestamp {
+    jiff::SignedDuration::try_from(d).ok().and_then(|d| t.checked_add(d).ok()).unwrap_or(jiff::Timestamp::MAX)
+}

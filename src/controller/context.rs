@@ -1,0 +1,184 @@
+//! Shared state of the controllers: client, reflector stores, configuration, clock, metrics, events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
+use crate::metrics::Metrics;
+use crate::render::network::OperatorIdentity;
+
+/// Operator configuration (from `moat run` flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Image of `moat agent` in broker pods.
+    pub agent_image: String,
+    /// Where the operator runs (for the probe NetworkPolicy).
+    pub operator: OperatorIdentity,
+    /// Maximum concurrent reconciles per controller.
+    pub concurrency: u16,
+    /// Debounce of bursts of triggers for one object.
+    pub debounce: Duration,
+    /// Added to the wall clock (test hook to move time forward; never set in production).
+    pub clock_offset: Duration,
+    /// Whether the operator actively probes broker endpoints.
+    pub active_probe: bool,
+    /// ConfigMap (in the operator namespace) that extends the security-patch catalog.
+    pub catalog_configmap: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            agent_image: format!("ghcr.io/moat-dev/moat:{}", env!("CARGO_PKG_VERSION")),
+            operator: OperatorIdentity {
+                namespace: "moat-system".into(),
+                pod_labels: BTreeMap::from([("app.kubernetes.io/name".into(), "moat".into())]),
+            },
+            concurrency: 16,
+            debounce: Duration::from_millis(500),
+            clock_offset: Duration::ZERO,
+            active_probe: true,
+            catalog_configmap: None,
+        }
+    }
+}
+
+/// Reflector stores (all reads during reconciles come from here, never from the API).
+#[derive(Clone)]
+pub struct Stores {
+    /// MqttBrokers.
+    pub brokers: Store<MqttBroker>,
+    /// MqttUsers.
+    pub users: Store<MqttUser>,
+    /// MqttAcls.
+    pub acls: Store<MqttAcl>,
+    /// MqttFirewalls.
+    pub firewalls: Store<MqttFirewall>,
+    /// Secrets moat manages (label `app.kubernetes.io/managed-by=moat`).
+    pub secrets: Store<Secret>,
+    /// Secrets referenced by users (label `mqtt.moat.dev/watch=true`).
+    pub watched_secrets: Store<Secret>,
+    /// Broker StatefulSets.
+    pub statefulsets: Store<StatefulSet>,
+    /// Broker Services.
+    pub services: Store<Service>,
+    /// Broker NetworkPolicies.
+    pub network_policies: Store<NetworkPolicy>,
+    /// Broker ServiceAccounts.
+    pub service_accounts: Store<ServiceAccount>,
+    /// Broker PodDisruptionBudgets.
+    pub pdbs: Store<PodDisruptionBudget>,
+    /// Broker pods.
+    pub pods: Store<Pod>,
+    /// ConfigMaps moat manages (trust bundles).
+    pub config_maps: Store<ConfigMap>,
+}
+
+impl Stores {
+    /// Cached object by namespace and name.
+    pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+    where
+        K: Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        store.get(&ObjectRef::new(name).within(namespace))
+    }
+
+    /// Users referencing broker `namespace/broker`.
+    pub fn users_of(&self, namespace: &str, broker: &str) -> Vec<Arc<MqttUser>> {
+        self.users.state().into_iter().filter(|u| in_broker(&**u, namespace, &u.spec.broker_ref.name, broker)).collect()
+    }
+
+    /// ACLs referencing broker `namespace/broker`.
+    pub fn acls_of(&self, namespace: &str, broker: &str) -> Vec<Arc<MqttAcl>> {
+        self.acls.state().into_iter().filter(|a| in_broker(&**a, namespace, &a.spec.broker_ref.name, broker)).collect()
+    }
+
+    /// Firewalls referencing broker `namespace/broker`.
+    pub fn firewalls_of(&self, namespace: &str, broker: &str) -> Vec<Arc<MqttFirewall>> {
+        self.firewalls
+            .state()
+            .into_iter()
+            .filter(|f| in_broker(&**f, namespace, &f.spec.broker_ref.name, broker))
+            .collect()
+    }
+
+    /// Managed Secrets labelled as belonging to broker `namespace/broker`.
+    pub fn secrets_of(&self, namespace: &str, broker: &str) -> Vec<Arc<Secret>> {
+        self.secrets
+            .state()
+            .into_iter()
+            .filter(|s| {
+                s.namespace().as_deref() == Some(namespace)
+                    && s.labels().get(crate::names::BROKER_LABEL).map(String::as_str) == Some(broker)
+            })
+            .collect()
+    }
+}
+
+fn in_broker<K: ResourceExt>(obj: &K, namespace: &str, reference: &str, broker: &str) -> bool {
+    obj.namespace().as_deref() == Some(namespace) && reference == broker
+}
+
+/// The clock of the controllers: wall time plus a test-only offset.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    offset: Duration,
+}
+
+impl Clock {
+    /// A clock `offset` ahead of wall time.
+    pub fn with_offset(offset: Duration) -> Self {
+        Self { offset }
+    }
+    /// Now.
+    pub fn now(&self) -> jiff::Timestamp {
+        let wall = jiff::Timestamp::now();
+        let offset = jiff::SignedDuration::try_from(self.offset).unwrap_or(jiff::SignedDuration::ZERO);
+        wall.checked_add(offset).unwrap_or(wall)
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// API client (the chart's ServiceAccount identity in production and in tests).
+    pub client: Client,
+    /// Operator configuration.
+    pub config: Config,
+    /// Reflector stores.
+    pub stores: Stores,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Kubernetes Event recorder.
+    pub recorder: Recorder,
+    /// Clock.
+    pub clock: Clock,
+    /// Per-broker memo of parsed applied artifacts (keyed by namespace/broker).
+    pub applied: Mutex<HashMap<(String, String), Arc<super::index::AppliedIndex>>>,
+    /// Last PolicyReport content written per broker (skips unchanged writes).
+    pub reports: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Context {
+    /// Publishes a Kubernetes Event about `obj` (best effort: a failed Event never fails a reconcile).
+    pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let reference: ObjectReference = obj.object_ref(&());
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        self.metrics.write("Event", "create");
+        if let Err(e) = self.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, reason, "could not publish an Event");
+        }
+    }
+}

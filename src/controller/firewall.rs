@@ -1,0 +1,99 @@
+//! The MqttFirewall controller: the firewall's allow NetworkPolicy (owned by the MqttFirewall, so
+//! deleting it removes the policy) and status.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use super::conditions::{self, Cond};
+use super::context::{Context, Stores};
+use super::{Error, Result};
+use crate::compliance::{self, FirewallFacts};
+use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, MqttFirewall, MqttFirewallStatus};
+use crate::model::BrokerModel;
+use crate::render::network;
+
+/// Reconciles one MqttFirewall.
+pub async fn reconcile(fw: Arc<MqttFirewall>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = reconcile_inner(&fw, &ctx).await;
+    ctx.metrics.observe_reconcile("MqttFirewall", started.elapsed());
+    result
+}
+
+async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
+    let ns = fw.namespace().unwrap_or_default();
+    let name = fw.name_any();
+    let now = ctx.clock.now();
+    let previous = fw.status.clone().unwrap_or_default();
+    let broker_name = fw.spec.broker_ref.name.clone();
+    let generation = fw.metadata.generation;
+    let public: Vec<String> = fw
+        .spec
+        .ingress
+        .iter()
+        .flat_map(|r| &r.from)
+        .filter_map(|p| p.cidr.as_deref())
+        .filter_map(|c| crate::validate::cidr(c).ok())
+        .filter(crate::validate::covers_public_internet)
+        .map(|n| n.to_string())
+        .collect();
+
+    let mut invalid = None;
+    let mut policies = vec![];
+    let mut drifted = false;
+    let ready = match Stores::get(&ctx.stores.brokers, &ns, &broker_name) {
+        None => Cond::not(
+            CONDITION_READY,
+            "BrokerNotFound",
+            format!("MqttBroker {broker_name} does not exist in namespace {ns}"),
+        ),
+        Some(broker) => match BrokerModel::new(&broker)
+            .and_then(|m| crate::validate::firewall_spec(&fw.spec).map(|_| m))
+            .and_then(|m| network::firewall_policy(&m, &name, &fw.spec))
+        {
+            Err(e) => {
+                let c = Cond::not(CONDITION_READY, "InvalidSpec", e.to_string());
+                invalid = Some(e);
+                c
+            }
+            Ok(mut policy) => {
+                let owner = fw.controller_owner_ref(&()).expect("stored objects have a uid");
+                let pname = policy.name_any();
+                let observed = Stores::get(&ctx.stores.network_policies, &ns, &pname);
+                let ensured = super::broker::ensure(ctx, &mut policy, observed.as_deref(), &owner).await?;
+                if let Some(d) = ensured.drift {
+                    drifted = true;
+                    ctx.event(fw, EventType::Warning, "DriftRepaired", format!("{d}; restored")).await;
+                }
+                policies.push(pname.clone());
+                Cond::ok(CONDITION_READY, "Applied", format!("NetworkPolicy {pname} allows the listed peers"))
+            }
+        },
+    };
+    let checks = compliance::evaluate_firewall(&FirewallFacts { public_cidrs: public, policy_in_effect: !drifted });
+    let summary = compliance::summarize(checks, None);
+    let compliant = if summary.passed == summary.total {
+        Cond::ok(CONDITION_COMPLIANT, "AllChecksPass", format!("{} of {} checks pass", summary.passed, summary.total))
+    } else {
+        let ids: Vec<&str> = summary.checks.iter().filter(|c| !c.passed).map(|c| c.id.as_str()).collect();
+        Cond::not(CONDITION_COMPLIANT, "ChecksFailing", format!("failing: {}", ids.join(", ")))
+    };
+    let status = MqttFirewallStatus {
+        observed_generation: generation,
+        conditions: conditions::merge(&previous.conditions, vec![ready, compliant], generation, now),
+        compliance: Some(summary),
+        policy_count: policies.len() as u32,
+        policies,
+    };
+    if status != previous {
+        super::patch_status(ctx, fw, &status).await?;
+    }
+    match invalid {
+        Some(e) => Err(Error::InvalidSpec(e)),
+        None => Ok(Action::await_change()),
+    }
+}

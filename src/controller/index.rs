@@ -1,0 +1,89 @@
+//! What is applied for a broker, parsed once per change of its Secrets (memoized by
+//! resourceVersion), so thousands of user reconciles do not each re-parse the password file.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+use super::context::Context;
+use crate::build::broker::ca_secret_extras;
+use crate::names;
+use crate::pki::CaSet;
+
+/// Parsed applied artifacts of one broker.
+#[derive(Default, Debug)]
+pub struct AppliedIndex {
+    /// resourceVersions this index was built from.
+    pub versions: Vec<String>,
+    /// username → fingerprint of the password line in the applied shards.
+    pub fingerprints: HashMap<String, String>,
+    /// fingerprint → usernames (password reuse).
+    pub by_fingerprint: HashMap<String, Vec<String>>,
+    /// MqttAcl name → (generation, rule lines) in the applied ACL Secret.
+    pub acls: HashMap<String, (i64, u32)>,
+    /// The broker's CA set.
+    pub ca: Option<CaSet>,
+    /// Fingerprint key.
+    pub fingerprint_key: Option<Vec<u8>>,
+    /// Serials in the revocation ledger.
+    pub revoked: HashSet<String>,
+}
+
+fn text(s: &Secret, key: &str) -> Option<String> {
+    s.data.as_ref()?.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// Decoded string data of a Secret.
+pub fn secret_strings(s: &Secret) -> BTreeMap<String, String> {
+    s.data.iter().flatten().filter_map(|(k, v)| String::from_utf8(v.0.clone()).ok().map(|t| (k.clone(), t))).collect()
+}
+
+/// The applied index of broker `namespace/broker` (rebuilt only when one of its Secrets changed).
+pub fn applied(ctx: &Context, namespace: &str, broker: &str) -> Arc<AppliedIndex> {
+    let secrets: Vec<Arc<Secret>> = ctx.stores.secrets_of(namespace, broker);
+    let relevant = |s: &&Arc<Secret>| {
+        let n = s.name_any();
+        n == names::ca_secret(broker) || n == names::acl_secret(broker) || n.starts_with(&format!("{broker}-passwd-"))
+    };
+    let mut rel: Vec<&Arc<Secret>> = secrets.iter().filter(relevant).collect();
+    rel.sort_by_key(|s| s.name_any());
+    let versions: Vec<String> =
+        rel.iter().map(|s| format!("{}@{}", s.name_any(), s.resource_version().unwrap_or_default())).collect();
+    let key = (namespace.to_string(), broker.to_string());
+    if let Some(memo) = ctx.applied.lock().unwrap().get(&key)
+        && memo.versions == versions
+    {
+        return memo.clone();
+    }
+    let mut index = AppliedIndex { versions, ..Default::default() };
+    for s in rel {
+        let n = s.name_any();
+        if n == names::ca_secret(broker) {
+            let data = secret_strings(s);
+            index.ca = CaSet::from_secret_data(&data).ok();
+            if let Ok((key, revoked)) = ca_secret_extras(&data) {
+                index.fingerprint_key = key;
+                index.revoked = revoked.into_iter().map(|r| r.serial_hex).collect();
+            }
+        } else if n == names::acl_secret(broker) {
+            for line in text(s, "sources").unwrap_or_default().lines() {
+                let mut parts = line.split(' ');
+                if let (Some(name), Some(g), Some(l)) = (parts.next(), parts.next(), parts.next()) {
+                    index.acls.insert(name.to_string(), (g.parse().unwrap_or_default(), l.parse().unwrap_or_default()));
+                }
+            }
+        } else if let Some(fps) = text(s, crate::render::passwd::KEY_FINGERPRINTS)
+            && let Ok(parsed) = crate::render::passwd::parse_fingerprints(&fps)
+        {
+            index.fingerprints.extend(parsed);
+        }
+    }
+    for (user, fp) in &index.fingerprints {
+        index.by_fingerprint.entry(fp.clone()).or_default().push(user.clone());
+    }
+    let index = Arc::new(index);
+    ctx.applied.lock().unwrap().insert(key, index.clone());
+    index
+}

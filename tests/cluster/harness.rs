@@ -1,0 +1,259 @@
+//! Harness of the cluster tests: the local control plane (hack/local-cluster.sh), one namespace
+//! per test, the operator as a real `moat run` process acting as the chart's ServiceAccount.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use kube::{Client, Config, Discovery, ResourceExt};
+use tokio::sync::OnceCell;
+
+/// Repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The admin kubeconfig of the local control plane; a missing cluster fails the test (never skips).
+pub fn kubeconfig() -> PathBuf {
+    let p = std::env::var("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|_| repo().join(".local-cluster/kubeconfig"));
+    assert!(
+        p.exists(),
+        "no local control plane: {} is missing. Run `make cluster-up` (or `make test`, which starts it)",
+        p.display()
+    );
+    p
+}
+
+/// Directory of the control plane binaries (kubectl, helm).
+pub fn bin_dir() -> PathBuf {
+    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("bin-dir").output().unwrap();
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Runs kubectl (matching the server minor) with the admin kubeconfig.
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    Command::new(bin_dir().join("kubectl")).env("KUBECONFIG", kubeconfig()).args(args).output().unwrap()
+}
+
+/// Runs helm with the admin kubeconfig.
+pub fn helm(args: &[&str]) -> std::process::Output {
+    Command::new(bin_dir().join("helm")).env("KUBECONFIG", kubeconfig()).args(args).output().unwrap()
+}
+
+/// An admin client.
+pub async fn admin() -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let config = Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    Client::try_from(config).unwrap()
+}
+
+static SETUP: OnceCell<()> = OnceCell::const_new();
+
+/// Namespace of the operator's ServiceAccount and Leases.
+pub const OPERATOR_NS: &str = "moat-system";
+/// The chart's ServiceAccount the operator impersonates in tests.
+pub const OPERATOR_SA: &str = "system:serviceaccount:moat-system:moat";
+
+/// Installs the CRDs (from `crds/`) and the chart's cluster-mode RBAC once per test run.
+pub async fn setup() {
+    SETUP
+        .get_or_init(|| async {
+            let out =
+                kubectl(&["apply", "--server-side", "--force-conflicts", "-f", repo().join("crds").to_str().unwrap()]);
+            assert!(out.status.success(), "installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
+            let out = kubectl(&["wait", "--for=condition=Established", "crd", "-l", "", "--all", "--timeout=60s"]);
+            assert!(out.status.success(), "CRDs not established: {}", String::from_utf8_lossy(&out.stderr));
+            let _ = kubectl(&["create", "namespace", OPERATOR_NS]);
+            let rendered = helm(&[
+                "template",
+                "moat",
+                repo().join("charts/moat").to_str().unwrap(),
+                "--kube-version",
+                "1.36.3",
+                "--namespace",
+                OPERATOR_NS,
+                "--show-only",
+                "templates/rbac.yaml",
+                "--show-only",
+                "templates/serviceaccount.yaml",
+            ]);
+            assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
+            let dir = tempfile::tempdir().unwrap();
+            let f = dir.path().join("rbac.yaml");
+            std::fs::write(&f, &rendered.stdout).unwrap();
+            let out = kubectl(&["apply", "--server-side", "--force-conflicts", "-f", f.to_str().unwrap()]);
+            assert!(out.status.success(), "installing chart RBAC: {}", String::from_utf8_lossy(&out.stderr));
+        })
+        .await;
+}
+
+/// A namespace for one test, deleted when dropped.
+pub struct TestNs {
+    /// Namespace name.
+    pub name: String,
+}
+
+impl TestNs {
+    /// Creates `<prefix>-<random>`.
+    pub async fn new(client: &Client, prefix: &str) -> TestNs {
+        let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"moat-test": "true"}}}))
+                .unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.unwrap();
+        TestNs { name }
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Applies a YAML stream (server-side, as field manager `test`) into `ns` with discovery.
+pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObject> {
+    let discovery = Discovery::new(client.clone()).run().await.unwrap();
+    let mut out = vec![];
+    for doc in serde_norway::Deserializer::from_str(yaml) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(value.clone()).unwrap();
+        let gvk = GroupVersionKind::try_from(obj.types.as_ref().unwrap()).unwrap();
+        let (ar, caps): (ApiResource, ApiCapabilities) = discovery.resolve_gvk(&gvk).expect("known kind");
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => Api::namespaced_with(client.clone(), ns, &ar),
+            Scope::Cluster => Api::all_with(client.clone(), &ar),
+        };
+        let applied = api
+            .patch(&obj.name_any(), &PatchParams::apply("test").force(), &Patch::Apply(&value))
+            .await
+            .unwrap_or_else(|e| panic!("applying {}: {e}", obj.name_any()));
+        out.push(applied);
+    }
+    out
+}
+
+/// A running operator (`moat run`), scoped to one namespace, as the chart's ServiceAccount.
+pub struct Operator {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+/// Options of a test operator.
+#[derive(Clone, Default)]
+pub struct OperatorOpts {
+    /// Extra arguments.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Operator {
+    /// Starts `moat run` watching `ns` only, with its own Lease.
+    pub fn start(ns: &str, opts: OperatorOpts) -> Operator {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat"));
+        cmd.args(["run", "--watch-namespaces", ns, "--as", OPERATOR_SA, "--http-addr", "127.0.0.1:0"])
+            .args(["--operator-namespace", OPERATOR_NS, "--lease-name", &format!("moat-{ns}"), "--debounce", "200ms"])
+            .args(&opts.args)
+            .env("KUBECONFIG", kubeconfig())
+            .env("RUST_LOG", "info,moat=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start moat run");
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push_str(&(line + "\n"));
+                }
+            });
+        }
+        Operator { child, log }
+    }
+
+    /// Everything the operator logged.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Kills the process at once (SIGKILL, like a crashed pod).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stops the process gracefully (SIGTERM) and waits.
+    pub fn stop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.alive() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        crate::hygiene::check_log(&self.log());
+    }
+}
+
+/// Write requests (create/update/patch/delete) made by the operator's identity in `ns`, from the
+/// control plane's audit log, optionally after `since` (an audit timestamp).
+pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
+    let audit = repo().join(".local-cluster/audit.log");
+    let text = std::fs::read_to_string(&audit).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["impersonatedUser"]["username"] == OPERATOR_SA || e["user"]["username"] == OPERATOR_SA)
+        .filter(|e| e["objectRef"]["namespace"] == ns)
+        .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete" | "deletecollection")))
+        .filter(|e| e["objectRef"]["resource"] != "events")
+        .collect()
+}
