@@ -162,9 +162,16 @@ pub struct Broker {
 impl Broker {
     /// Starts Mosquitto with `<dir>/mosquitto.conf` (cwd = dir) and waits until every port accepts.
     pub fn start(dir: &Path, ports: &[u16], env: &[(&str, &Path)]) -> Broker {
+        Self::start_with(dir, "mosquitto.conf", ports, env)
+    }
+
+    /// Starts Mosquitto with `<dir>/<conf>` (cwd = dir) and waits until every port accepts.
+    pub fn start_with(dir: &Path, conf: &str, ports: &[u16], env: &[(&str, &Path)]) -> Broker {
         give_to_mosquitto(dir);
-        let mut cmd = Command::new(mosquitto_bin());
-        cmd.arg("-c").arg("mosquitto.conf").current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // Debian's 2.0.11 block-buffers stdout (line-buffered since 2.0.16): stdbuf makes the
+        // rendered `log_dest stdout` visible line by line, as in the official images.
+        let mut cmd = Command::new("stdbuf");
+        cmd.arg("-oL").arg(mosquitto_bin()).arg("-c").arg(conf).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -393,12 +400,186 @@ impl Session {
     }
 }
 
-/// PUBACK reason of an accepted publish.
-pub fn puback_success() -> String {
-    format!("{:?}", PubAckReason::Success)
+/// Whether a PUBACK reason means the broker accepted the publish (with or without subscribers).
+pub fn accepted(reason: &str) -> bool {
+    reason == format!("{:?}", PubAckReason::Success) || reason == format!("{:?}", PubAckReason::NoMatchingSubscribers)
 }
 
 /// PUBACK reason of a publish refused by the ACL.
 pub fn puback_not_authorized() -> String {
     format!("{:?}", PubAckReason::NotAuthorized)
+}
+
+/// A directory updated the way the kubelet updates a Secret volume: files are symlinks into
+/// `..data`, which atomically switches to a new timestamped directory on every update.
+pub struct SecretVolume {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    /// An empty volume at `dir`.
+    pub fn new(dir: PathBuf) -> SecretVolume {
+        std::fs::create_dir_all(&dir).unwrap();
+        SecretVolume { dir, generation: 0 }
+    }
+
+    /// Replaces the whole content (`relative path → bytes`) atomically.
+    pub fn write(&mut self, files: &BTreeMap<String, Vec<u8>>) {
+        self.generation += 1;
+        let stamp = format!("..2026_01_01_00_00_{:02}.{}", self.generation % 60, self.generation);
+        let target = self.dir.join(&stamp);
+        for (rel, content) in files {
+            let p = target.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+        }
+        let old = std::fs::read_link(self.dir.join("..data")).ok();
+        let tmp = self.dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        // top-level entries are symlinks into ..data (first path component only)
+        let tops: std::collections::BTreeSet<String> = files.keys().map(|k| k.split('/').next().unwrap().to_string()).collect();
+        for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !name.starts_with("..") && !tops.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        for top in tops {
+            let link = self.dir.join(&top);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{top}"), &link).unwrap();
+            }
+        }
+        if let Some(old) = old {
+            let _ = std::fs::remove_dir_all(self.dir.join(old));
+        }
+    }
+}
+
+/// The pod layout the agent reads: one Secret volume per mounted Secret of a rendered broker.
+pub struct PodVolumes {
+    /// `config/`.
+    pub config: SecretVolume,
+    /// `tls/`.
+    pub tls: SecretVolume,
+    /// `acl/`.
+    pub acl: SecretVolume,
+    /// `passwd/` (projected: `<n>/passwd`, `<n>/manifest`).
+    pub passwd: SecretVolume,
+    /// The source directory for `moat agent --source`.
+    pub root: PathBuf,
+}
+
+impl PodVolumes {
+    /// Mounts the rendered Secrets of broker `broker` under `root`, with the in-pod run directory
+    /// `/moat/run` in mosquitto.conf replaced by `run_dir` (the only change to the rendered files).
+    pub fn from_rendered(r: &Rendered, broker: &str, root: &Path, run_dir: &Path) -> PodVolumes {
+        let mut v = PodVolumes {
+            config: SecretVolume::new(root.join("config")),
+            tls: SecretVolume::new(root.join("tls")),
+            acl: SecretVolume::new(root.join("acl")),
+            passwd: SecretVolume::new(root.join("passwd")),
+            root: root.to_path_buf(),
+        };
+        let mut conf = r.secret(&format!("{broker}-config"));
+        let text = String::from_utf8(conf["mosquitto.conf"].clone()).unwrap();
+        let text = text.replace("/moat/run", run_dir.to_str().unwrap());
+        let text = text.replace("\nlistener 8883\n", &format!("\nlistener {} 127.0.0.1\n", r.port(8883)));
+        conf.insert("mosquitto.conf".into(), text.into_bytes());
+        v.config.write(&conf);
+        let tls = r.secret(&format!("{broker}-tls"));
+        v.tls.write(&tls);
+        let acl = r.secret(&format!("{broker}-acl"));
+        v.acl.write(&acl.into_iter().filter(|(k, _)| k == "acl").collect());
+        let shard = r.secret(&format!("{broker}-passwd-0"));
+        v.passwd.write(&BTreeMap::from([
+            ("0/passwd".to_string(), shard["passwd"].clone()),
+            ("0/manifest".to_string(), shard["manifest"].clone()),
+        ]));
+        v
+    }
+}
+
+/// A running `moat agent`.
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    /// Runs `moat agent` over `source`, installing into `target`, signalling `pid`.
+    pub fn start(source: &Path, target: &Path, pid: u32) -> Agent {
+        let (uid, gid) = mosquitto_ids();
+        let mut child = Command::new(moat_bin())
+            .args(["agent", "--interval", "100ms", "--settle", "300ms"])
+            .arg("--source").arg(source)
+            .arg("--target").arg(target)
+            .arg("--mosquitto-pid").arg(pid.to_string())
+            .arg("--owner").arg(format!("{uid}:{gid}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                l.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        Agent { child, log }
+    }
+
+    /// The agent's log.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log has `n` occurrences of `needle`.
+    pub fn wait_for(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// uid and gid of the `mosquitto` user.
+pub fn mosquitto_ids() -> (u32, u32) {
+    let user = nix::unistd::User::from_name("mosquitto").unwrap().expect("user mosquitto (Debian package)");
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// Runs `moat agent --once`; returns (exit success, stderr).
+pub fn agent_once(source: &Path, target: &Path) -> (bool, String) {
+    let (uid, gid) = mosquitto_ids();
+    let out = Command::new(moat_bin())
+        .args(["agent", "--once"])
+        .arg("--source").arg(source)
+        .arg("--target").arg(target)
+        .arg("--owner").arg(format!("{uid}:{gid}"))
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Starts Mosquitto on a config file by absolute path (the agent-installed run directory).
+pub fn start_broker_on(conf: &Path, ports: &[u16]) -> Broker {
+    let dir = conf.parent().unwrap();
+    Broker::start_with(dir, conf.file_name().unwrap().to_str().unwrap(), ports, &[])
 }

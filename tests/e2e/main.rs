@@ -1,1 +1,5 @@
-//! Broker e2e tests: moat-rendered files run by a real Mosquitto, hit by real MQTT clients.
+//! Broker e2e tests: moat-rendered files run by a real Mosquitto (Debian), hit by real MQTT clients.
+
+mod agent;
+mod hardening;
+mod harness;

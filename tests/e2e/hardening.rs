@@ -1,0 +1,110 @@
+//! The rendered configuration of the example brokers really hardens a real Mosquitto.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
+
+use crate::harness::*;
+
+const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
+const PRODUCTION: &[&str] = &[
+    "examples/broker-production.yaml",
+    "examples/user-password.yaml",
+    "examples/user-certificate.yaml",
+    "examples/user-byo-password.yaml",
+    "examples/acl-per-user.yaml",
+    "examples/acl-pattern.yaml",
+    "examples/firewall.yaml",
+];
+
+fn tls(r: &Rendered, port: u16) -> Conn {
+    Conn { port: r.port(port), ca: Some(r.ca()), ..Default::default() }
+}
+
+fn password_of(r: &Rendered, user: &str) -> (String, String) {
+    (user.to_string(), r.client_file(user, "password"))
+}
+
+/// `openssl s_client` forcing one TLS version; returns whether a handshake completed.
+fn s_client_handshakes(port: u16, version_flag: &str, openssl_conf: &std::path::Path) -> bool {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), version_flag, "-brief"])
+        .env("OPENSSL_CONF", openssl_conf)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    text.contains("CONNECTION ESTABLISHED") || text.contains("Protocol version: TLSv1.1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimal_broker_is_tls_only_authenticated_and_logs_connections() {
+    let r = render(MINIMAL, &[8883]);
+    let conf = permissive_openssl_conf(r.dir.path());
+    let broker = Broker::start(&r.bundle, &[r.port(8883)], &[("OPENSSL_CONF", &conf)]);
+
+    // TLS with the generated CA and generated credentials works.
+    let alice = connect(&Conn { credentials: Some(password_of(&r, "alice")), ..tls(&r, 8883) }).await;
+    assert!(alice.is_ok(), "alice over TLS: {:?}", alice.err());
+
+    // Anonymous is refused.
+    match connect(&tls(&r, 8883)).await {
+        Err(Refusal::Refused(code)) => assert_eq!(code, ConnectReturnCode::NotAuthorized),
+        other => panic!("anonymous connect was not refused: {:?}", other.err()),
+    }
+    // Wrong password and unknown user are refused.
+    let wrong = connect(&Conn { credentials: Some(("alice".into(), "not-her-password".into())), ..tls(&r, 8883) }).await;
+    assert!(matches!(wrong, Err(Refusal::Refused(_))), "wrong password: {:?}", wrong.err());
+    let unknown = connect(&Conn { credentials: Some(("mallory".into(), "whatever-password".into())), ..tls(&r, 8883) }).await;
+    assert!(matches!(unknown, Err(Refusal::Refused(_))), "unknown user: {:?}", unknown.err());
+
+    // Plain TCP to the TLS port fails (no MQTT session without TLS).
+    let plain = connect(&Conn { port: r.port(8883), ca: None, credentials: Some(password_of(&r, "alice")), ..Default::default() }).await;
+    assert!(matches!(plain, Err(Refusal::Transport(_))), "plaintext to the TLS port: {:?}", plain.err());
+
+    // TLS 1.1 is refused by the rendered tls_version, even with an OpenSSL that allows it.
+    assert!(!s_client_handshakes(r.port(8883), "-tls1_1", &conf), "TLS 1.1 handshake succeeded");
+    assert!(s_client_handshakes(r.port(8883), "-tls1_2", &conf), "TLS 1.2 handshake failed");
+
+    // The broker's own log shows connection logging.
+    assert!(broker.wait_log(0, "New client connected from 127.0.0.1", Duration::from_secs(5)), "{}", broker.log());
+    assert!(broker.log().contains("u'alice'"), "{}", broker.log());
+    drop(alice);
+}
+
+/// The TLS 1.1 assertion above can fail: with tls_version tlsv1.1 the same harness handshakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_1_check_can_fail_when_the_config_allows_it() {
+    let r = render(MINIMAL, &[8883]);
+    let conf = permissive_openssl_conf(r.dir.path());
+    let path = r.bundle.join("mosquitto.conf");
+    let weakened = std::fs::read_to_string(&path).unwrap().replace("tls_version tlsv1.2", "tls_version tlsv1.1");
+    std::fs::write(&path, weakened).unwrap();
+    let _broker = Broker::start(&r.bundle, &[r.port(8883)], &[("OPENSSL_CONF", &conf)]);
+    assert!(s_client_handshakes(r.port(8883), "-tls1_1", &conf), "the negative control must handshake TLS 1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_broker_serves_password_mtls_and_websocket_listeners() {
+    let r = render(PRODUCTION, &[8883, 8884, 8443]);
+    let conf = permissive_openssl_conf(r.dir.path());
+    let broker = Broker::start(&r.bundle, &[r.port(8883), r.port(8884), r.port(8443)], &[("OPENSSL_CONF", &conf)]);
+
+    let sensor = connect(&Conn { credentials: Some(password_of(&r, "sensor-17")), ..tls(&r, 8883) }).await;
+    assert!(sensor.is_ok(), "sensor-17: {:?}", sensor.err());
+    // The brought password works too (it satisfies the production policy).
+    let byo = connect(&Conn { credentials: Some(("dashboard".into(), "c0rrect-Horse-battery-staple-Plant-B".into())), ..tls(&r, 8883) }).await;
+    assert!(byo.is_ok(), "dashboard: {:?}", byo.err());
+
+    // mTLS: the certificate user connects with its client certificate and no password.
+    let cert = (r.client_file("gateway-1", "tls.crt"), r.client_file("gateway-1", "tls.key"));
+    let gw = connect(&Conn { client_cert: Some(cert), ..tls(&r, 8884) }).await;
+    assert!(gw.is_ok(), "gateway-1 over mTLS: {:?}", gw.err());
+    // Without a certificate the mTLS listener refuses (TLS layer).
+    let none = connect(&Conn { credentials: Some(password_of(&r, "sensor-17")), ..tls(&r, 8884) }).await;
+    assert!(none.is_err(), "mTLS listener accepted a client without a certificate");
+    // TLS 1.2 is below the mTLS listener's minimum (1.3).
+    assert!(!s_client_handshakes(r.port(8884), "-tls1_2", &conf), "TLS 1.2 accepted on a 1.3-only listener");
+    assert!(broker.log().contains("u'gateway-1'"), "{}", broker.log());
+}
