@@ -42,7 +42,9 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
 log() { printf '[local-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 UP_IN_PROGRESS=false
-die() { log "ERROR: $*"; if $UP_IN_PROGRESS; then stop_all; fi; exit 1; }
+STARTED_NOW=()
+# On a failed `up`, stop only what this invocation started (a running cluster is left alone).
+die() { log "ERROR: $*"; if $UP_IN_PROGRESS && ((${#STARTED_NOW[@]})); then stop_all "${STARTED_NOW[@]}"; fi; exit 1; }
 
 # ---------------------------------------------------------------- build ----
 go_env() {
@@ -136,7 +138,7 @@ build_etcd() {
 }
 
 build_kwok() {
-  local stages=$CACHE/kwok-stages/kwok-$KWOK_VERSION.yaml
+  local stages=$CACHE/kwok-stages/kwok-$KWOK_VERSION-moat1.yaml
   if [[ -x $BIN_DIR/kwok && -s $stages ]]; then log "kwok $KWOK_VERSION: cached"; return 0; fi
   go_env; mkdir -p "$CACHE/kwok-stages"
   GOBIN=$BIN_DIR with_progress "kwok $KWOK_VERSION: go install" \
@@ -148,6 +150,22 @@ build_kwok() {
            pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
     printf -- '---\n' >> "$stages.tmp"; cat "$m/$f" >> "$stages.tmp"
   done
+  # Test hook: broker pods running the marker image eclipse-mosquitto:2.0.99 never become Ready
+  # (the upgrade tests use it for a target version whose pods fail their health gate).
+  python3 - "$stages.tmp" <<'PY'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+anchor = "  name: pod-ready\n"
+head, tail = s.split(anchor, 1)
+old = "    matchExpressions:\n"
+new = old + ("    - key: '.spec.containers.[] | select( .name == \"mosquitto\" ) | .image'\n"
+             "      operator: 'NotIn'\n"
+             "      values:\n"
+             "      - 'eclipse-mosquitto:2.0.99'\n")
+assert old in tail
+open(p, "w").write(head + anchor + tail.replace(old, new, 1))
+PY
   mv "$stages.tmp" "$stages"
 }
 
@@ -217,6 +235,7 @@ start() { # name cmd...
   [[ -x $1 ]] || die "$name binary not found: $1 (run: make cluster-build)"
   setsid "$@" >"$RUN_DIR/$name.log" 2>&1 < /dev/null &
   echo $! > "$RUN_DIR/$name.pid"
+  STARTED_NOW+=("$name")
   log "started $name (pid $!, log $RUN_DIR/$name.log)"
 }
 
@@ -288,7 +307,7 @@ up() {
   wait_for kube-scheduler 90 curl -sfk "https://127.0.0.1:$SCHED_PORT/healthz"
 
   start kwok "$BIN_DIR/kwok" --kubeconfig="$RUN_DIR/kubeconfig" \
-    --config="$CACHE/kwok-stages/kwok-$KWOK_VERSION.yaml" \
+    --config="$CACHE/kwok-stages/kwok-$KWOK_VERSION-moat1.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
     --cidr="$POD_CIDR" --node-ip=10.255.0.1 --node-lease-duration-seconds=40 \
     --server-address="127.0.0.1:$KWOK_PORT"
@@ -337,10 +356,11 @@ wait_default_sa() { # the ServiceAccount controller must have created `default` 
   die "default ServiceAccount never appeared (kube-controller-manager log: $RUN_DIR/kube-controller-manager.log)"
 }
 
-stop_all() { # stops processes in reverse start order; keeps the run dir (logs)
-  local i name pid
+stop_all() { # [names...] stops processes (default: all) in reverse start order; keeps the run dir (logs)
+  local i name pid only=("$@")
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
     name=${COMPONENTS[i]}
+    if ((${#only[@]})) && [[ " ${only[*]} " != *" $name "* ]]; then continue; fi
     [[ -f $RUN_DIR/$name.pid ]] || continue
     pid=$(cat "$RUN_DIR/$name.pid")
     if kill "$pid" 2>/dev/null; then

@@ -12,7 +12,7 @@ use super::context::{Context, Stores};
 use super::index::applied;
 use super::{Error, Result};
 use crate::compliance::{self, AclFacts};
-use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, MqttAcl, MqttAclStatus};
+use crate::crd::{CONDITION_READY, MqttAcl, MqttAclStatus};
 
 /// Reconciles one MqttAcl.
 pub async fn reconcile(acl: Arc<MqttAcl>, ctx: Arc<Context>) -> Result<Action> {
@@ -74,12 +74,7 @@ async fn reconcile_inner(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
     };
     let checks = compliance::evaluate_acl(&AclFacts { warnings: warnings.clone(), pending_users: pending.clone() });
     let summary = compliance::summarize(checks, None);
-    let compliant = if summary.passed == summary.total {
-        Cond::ok(CONDITION_COMPLIANT, "AllChecksPass", format!("{} of {} checks pass", summary.passed, summary.total))
-    } else {
-        let ids: Vec<&str> = summary.checks.iter().filter(|c| !c.passed).map(|c| c.id.as_str()).collect();
-        Cond::not(CONDITION_COMPLIANT, "ChecksFailing", format!("failing: {}", ids.join(", ")))
-    };
+    let compliant = super::compliant_condition(&summary);
     let status = MqttAclStatus {
         observed_generation: generation,
         conditions: conditions::merge(&previous.conditions, vec![ready, compliant], generation, now),

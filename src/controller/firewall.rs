@@ -12,7 +12,7 @@ use super::conditions::{self, Cond};
 use super::context::{Context, Stores};
 use super::{Error, Result};
 use crate::compliance::{self, FirewallFacts};
-use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, MqttFirewall, MqttFirewallStatus};
+use crate::crd::{CONDITION_READY, MqttFirewall, MqttFirewallStatus};
 use crate::model::BrokerModel;
 use crate::render::network;
 
@@ -76,12 +76,7 @@ async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
     };
     let checks = compliance::evaluate_firewall(&FirewallFacts { public_cidrs: public, policy_in_effect: !drifted });
     let summary = compliance::summarize(checks, None);
-    let compliant = if summary.passed == summary.total {
-        Cond::ok(CONDITION_COMPLIANT, "AllChecksPass", format!("{} of {} checks pass", summary.passed, summary.total))
-    } else {
-        let ids: Vec<&str> = summary.checks.iter().filter(|c| !c.passed).map(|c| c.id.as_str()).collect();
-        Cond::not(CONDITION_COMPLIANT, "ChecksFailing", format!("failing: {}", ids.join(", ")))
-    };
+    let compliant = super::compliant_condition(&summary);
     let status = MqttFirewallStatus {
         observed_generation: generation,
         conditions: conditions::merge(&previous.conditions, vec![ready, compliant], generation, now),

@@ -333,6 +333,21 @@ where
     Ok(())
 }
 
+/// The `Compliant` condition: True when no check fails. Checks that could not be evaluated
+/// (`Unknown`, e.g. the active probe cannot reach the broker) are named in the message and never
+/// counted as passed in `compliance.passed`.
+pub fn compliant_condition(c: &crate::crd::ComplianceStatus) -> conditions::Cond {
+    use crate::crd::{CONDITION_COMPLIANT, CheckResult};
+    let ids = |r: CheckResult| c.checks.iter().filter(|x| x.result == r).map(|x| x.id.as_str()).collect::<Vec<_>>();
+    let (failed, unknown) = (ids(CheckResult::Fail), ids(CheckResult::Unknown));
+    let unknown_note = if unknown.is_empty() { String::new() } else { format!("; not evaluated: {}", unknown.join(", ")) };
+    if failed.is_empty() {
+        conditions::Cond::ok(CONDITION_COMPLIANT, "NoFailingChecks", format!("{} of {} checks pass{unknown_note}", c.passed, c.total))
+    } else {
+        conditions::Cond::not(CONDITION_COMPLIANT, "ChecksFailing", format!("failing: {}{unknown_note}", failed.join(", ")))
+    }
+}
+
 /// Invalid input waits for the object to change; everything else retries with a delay.
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics

@@ -336,12 +336,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
     };
     let checks = compliance::evaluate_user(&facts);
     let summary = compliance::summarize(checks, None);
-    let compliant = if summary.passed == summary.total {
-        Cond::ok(CONDITION_COMPLIANT, "AllChecksPass", format!("{} of {} checks pass", summary.passed, summary.total))
-    } else {
-        let ids: Vec<&str> = summary.checks.iter().filter(|c| !c.passed).map(|c| c.id.as_str()).collect();
-        Cond::not(CONDITION_COMPLIANT, "ChecksFailing", format!("failing: {}", ids.join(", ")))
-    };
+    let compliant = super::compliant_condition(&summary);
 
     status.conditions = conditions::merge(&previous.conditions, vec![ready, compliant], user.metadata.generation, now);
     status.compliance = Some(summary);

@@ -29,7 +29,7 @@ use super::common::{CertificateInfo, ComplianceStatus, GoDuration, MemberCounts,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.compliance.summary"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".status.version.current"}"#,
-    printcolumn = r#"{"name":"Cert-Expiry","type":"date","jsonPath":".status.certificates.server.notAfter"}"#,
+    printcolumn = r#"{"name":"Cert-Expiry","type":"string","jsonPath":".status.certificates.server.notAfter"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

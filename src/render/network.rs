@@ -75,7 +75,6 @@ pub fn headless_service(model: &BrokerModel) -> Service {
             cluster_ip: Some("None".into()),
             selector: Some(names::selector_labels(&model.name)),
             ports: Some(service_ports(model)),
-            publish_not_ready_addresses: Some(false),
             ..Default::default()
         }),
         status: None,

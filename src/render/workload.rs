@@ -105,7 +105,8 @@ fn secret_volume(name: &str, secret: String, keys: &[&str]) -> Volume {
 }
 
 fn mount(name: &str, path: String, read_only: bool) -> VolumeMount {
-    VolumeMount { name: name.into(), mount_path: path, read_only: Some(read_only), ..Default::default() }
+    // the apiserver drops `readOnly: false` (omitempty): render it only when true
+    VolumeMount { name: name.into(), mount_path: path, read_only: read_only.then_some(true), ..Default::default() }
 }
 
 fn agent_resources() -> ResourceRequirements {
@@ -429,7 +430,7 @@ mod tests {
         let s = sts.spec.as_ref().unwrap();
         assert_eq!(s.volume_claim_templates.as_ref().unwrap()[0].metadata.name.as_deref(), Some("data"));
         let mounts = pod(&sts).containers[0].volume_mounts.as_ref().unwrap();
-        assert!(mounts.iter().any(|m| m.mount_path == DATA_DIR && m.read_only == Some(false)));
+        assert!(mounts.iter().any(|m| m.mount_path == DATA_DIR && m.read_only.is_none()));
         assert!(statefulset(&model(|_| {}), &params()).spec.unwrap().volume_claim_templates.is_none());
     }
 
