@@ -149,19 +149,27 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let mut deny = network::default_deny(&model);
     let probe_np = model.spec.security.active_probe.then(|| network::probe_policy(&model, &ctx.config.operator));
 
-    // --- apply (Secrets before the StatefulSet that mounts them)
+    // --- apply (Secrets before the StatefulSet that mounts them). Once moat has applied a broker
+    // (its certificates are in status), a missing managed object was deleted by someone: drift.
+    let established = previous.certificates.is_some();
     let mut drift: Vec<String> = vec![];
     let mut changed = 0usize;
     for secret in secrets_desired.iter_mut() {
         let observed = secrets.get(&secret.name_any()).cloned();
-        record(ctx, "Secret", ensure(ctx, secret, observed.as_deref(), &owner).await?, &mut drift, &mut changed);
+        record(
+            ctx,
+            "Secret",
+            ensure(ctx, secret, observed.as_deref(), &owner, established).await?,
+            &mut drift,
+            &mut changed,
+        );
     }
     let observed_cm = Stores::get(&s.config_maps, &ns, &names::ca_bundle_configmap(&name));
     let mut ca_bundle = ca_bundle;
     record(
         ctx,
         "ConfigMap",
-        ensure(ctx, &mut ca_bundle, observed_cm.as_deref(), &owner).await?,
+        ensure(ctx, &mut ca_bundle, observed_cm.as_deref(), &owner, established).await?,
         &mut drift,
         &mut changed,
     );
@@ -169,17 +177,23 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     record(
         ctx,
         "ServiceAccount",
-        ensure(ctx, &mut sa, observed_sa.as_deref(), &owner).await?,
+        ensure(ctx, &mut sa, observed_sa.as_deref(), &owner, established).await?,
         &mut drift,
         &mut changed,
     );
     let observed_svc = Stores::get(&s.services, &ns, &name);
-    record(ctx, "Service", ensure(ctx, &mut svc, observed_svc.as_deref(), &owner).await?, &mut drift, &mut changed);
+    record(
+        ctx,
+        "Service",
+        ensure(ctx, &mut svc, observed_svc.as_deref(), &owner, established).await?,
+        &mut drift,
+        &mut changed,
+    );
     let observed_headless = Stores::get(&s.services, &ns, &model.headless_service_name());
     record(
         ctx,
         "Service",
-        ensure(ctx, &mut headless, observed_headless.as_deref(), &owner).await?,
+        ensure(ctx, &mut headless, observed_headless.as_deref(), &owner, established).await?,
         &mut drift,
         &mut changed,
     );
@@ -187,7 +201,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     record(
         ctx,
         "NetworkPolicy",
-        ensure(ctx, &mut deny, observed_deny.as_deref(), &owner).await?,
+        ensure(ctx, &mut deny, observed_deny.as_deref(), &owner, established).await?,
         &mut drift,
         &mut changed,
     );
@@ -198,7 +212,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
             record(
                 ctx,
                 "NetworkPolicy",
-                ensure(ctx, &mut np, observed.as_deref(), &owner).await?,
+                ensure(ctx, &mut np, observed.as_deref(), &owner, established).await?,
                 &mut drift,
                 &mut changed,
             );
@@ -209,14 +223,20 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         }
         None => {}
     }
-    record(ctx, "StatefulSet", ensure(ctx, &mut sts, sts_observed.as_deref(), &owner).await?, &mut drift, &mut changed);
+    record(
+        ctx,
+        "StatefulSet",
+        ensure(ctx, &mut sts, sts_observed.as_deref(), &owner, established).await?,
+        &mut drift,
+        &mut changed,
+    );
     match pdb {
         Some(mut pdb) => {
             let observed = Stores::get(&s.pdbs, &ns, &name);
             record(
                 ctx,
                 "PodDisruptionBudget",
-                ensure(ctx, &mut pdb, observed.as_deref(), &owner).await?,
+                ensure(ctx, &mut pdb, observed.as_deref(), &owner, established).await?,
                 &mut drift,
                 &mut changed,
             );
@@ -399,6 +419,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     if changed > 0 {
         tracing::info!(broker = %name, namespace = %ns, changed, "applied broker objects");
     }
+    tracing::debug!(broker = %name, namespace = %ns, "reconciled broker");
 
     // --- requeue: next certificate/CRL event, next audit, upgrade timers
     let mut next = vec![crate::build::after(audit_time.unwrap_or(now), interval)];
@@ -433,12 +454,14 @@ fn record(ctx: &Context, kind: &str, outcome: Ensured, drift: &mut Vec<String>, 
 
 /// Applies `desired` (owned by `owner`, stamped with the hash of its desired state) unless the
 /// observed object already matches; reports drift when the observed object carries the current
-/// hash but differs (someone else changed what moat applied).
+/// hash but differs (someone else changed what moat applied), or when an object that moat had
+/// already applied (`established`) is missing (someone deleted it).
 pub async fn ensure<K>(
     ctx: &Context,
     desired: &mut K,
     observed: Option<&K>,
     owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    established: bool,
 ) -> Result<Ensured>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
@@ -461,6 +484,11 @@ where
     let drift = match (&applied, observed) {
         (Applied::Updated(path), Some(o)) if o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash) => {
             let what = format!("{} {} changed outside moat at {path}", K::kind(&()), desired.name_any());
+            tracing::warn!(drift = %what, "drift detected");
+            Some(what)
+        }
+        (Applied::Created, None) if established => {
+            let what = format!("{} {} was deleted outside moat", K::kind(&()), desired.name_any());
             tracing::warn!(drift = %what, "drift detected");
             Some(what)
         }

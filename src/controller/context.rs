@@ -140,11 +140,13 @@ impl Clock {
     pub fn with_offset(offset: Duration) -> Self {
         Self { offset }
     }
-    /// Now.
+    /// Now, in whole seconds (the precision of Kubernetes timestamps, so a value decided now and
+    /// read back from a status or annotation compares equal).
     pub fn now(&self) -> jiff::Timestamp {
         let wall = jiff::Timestamp::now();
         let offset = jiff::SignedDuration::try_from(self.offset).unwrap_or(jiff::SignedDuration::ZERO);
-        wall.checked_add(offset).unwrap_or(wall)
+        let t = wall.checked_add(offset).unwrap_or(wall);
+        jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
     }
 }
 
@@ -170,12 +172,15 @@ pub struct Context {
 
 impl Context {
     /// Publishes a Kubernetes Event about `obj` (best effort: a failed Event never fails a reconcile).
+    /// Events with the same reason and note are aggregated into one series; different notes make
+    /// separate Events (so each drift or check transition stays visible).
     pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, note: String)
     where
         K: Resource<DynamicType = ()>,
     {
         let reference: ObjectReference = obj.object_ref(&());
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: reason.into(), secondary: None };
+        let action = format!("{reason}-{}", crate::controller::broker::hash_of(&note));
+        let ev = Event { type_, reason: reason.into(), note: Some(note), action, secondary: None };
         self.metrics.write("Event", "create");
         if let Err(e) = self.recorder.publish(&ev, &reference).await {
             tracing::warn!(error = %e, reason, "could not publish an Event");

@@ -64,7 +64,9 @@ async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
                 let owner = fw.controller_owner_ref(&()).expect("stored objects have a uid");
                 let pname = policy.name_any();
                 let observed = Stores::get(&ctx.stores.network_policies, &ns, &pname);
-                let ensured = super::broker::ensure(ctx, &mut policy, observed.as_deref(), &owner).await?;
+                let ensured =
+                    super::broker::ensure(ctx, &mut policy, observed.as_deref(), &owner, !previous.policies.is_empty())
+                        .await?;
                 if let Some(d) = ensured.drift {
                     drifted = true;
                     ctx.event(fw, EventType::Warning, "DriftRepaired", format!("{d}; restored")).await;

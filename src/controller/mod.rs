@@ -340,11 +340,20 @@ pub fn compliant_condition(c: &crate::crd::ComplianceStatus) -> conditions::Cond
     use crate::crd::{CONDITION_COMPLIANT, CheckResult};
     let ids = |r: CheckResult| c.checks.iter().filter(|x| x.result == r).map(|x| x.id.as_str()).collect::<Vec<_>>();
     let (failed, unknown) = (ids(CheckResult::Fail), ids(CheckResult::Unknown));
-    let unknown_note = if unknown.is_empty() { String::new() } else { format!("; not evaluated: {}", unknown.join(", ")) };
+    let unknown_note =
+        if unknown.is_empty() { String::new() } else { format!("; not evaluated: {}", unknown.join(", ")) };
     if failed.is_empty() {
-        conditions::Cond::ok(CONDITION_COMPLIANT, "NoFailingChecks", format!("{} of {} checks pass{unknown_note}", c.passed, c.total))
+        conditions::Cond::ok(
+            CONDITION_COMPLIANT,
+            "NoFailingChecks",
+            format!("{} of {} checks pass{unknown_note}", c.passed, c.total),
+        )
     } else {
-        conditions::Cond::not(CONDITION_COMPLIANT, "ChecksFailing", format!("failing: {}{unknown_note}", failed.join(", ")))
+        conditions::Cond::not(
+            CONDITION_COMPLIANT,
+            "ChecksFailing",
+            format!("failing: {}{unknown_note}", failed.join(", ")),
+        )
     }
 }
 

@@ -167,7 +167,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                     annotations,
                     None,
                 );
-                super::broker::ensure(ctx, &mut desired, observed.as_deref(), &owner).await?;
+                super::broker::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
                 if let Some(why) = g.regenerated {
                     ctx.event(user, EventType::Normal, why.reason(), format!("password generated ({why:?})")).await;
                 }
@@ -254,7 +254,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                     BTreeMap::new(),
                     None,
                 );
-                super::broker::ensure(ctx, &mut desired, observed.as_deref(), &owner).await?;
+                super::broker::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
                 if let Some(r) = decided.renewal {
                     ctx.metrics
                         .certificates_issued

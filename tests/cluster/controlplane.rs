@@ -82,7 +82,7 @@ async fn a_network_policy_is_stored_and_read_back() {
     let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "deny-all"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
-                 "ingress": [{"from": [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}}], "ports": [{"port": 8883}]}]}
+                 "ingress": [{"from": [{"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}}], "ports": [{"port": 8883, "protocol": "TCP"}]}]}
     }))
     .unwrap();
     let api: Api<NetworkPolicy> = Api::namespaced(client, &ns.name);

@@ -68,7 +68,15 @@ pub async fn setup() {
             let out =
                 kubectl(&["apply", "--server-side", "--force-conflicts", "-f", repo().join("crds").to_str().unwrap()]);
             assert!(out.status.success(), "installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
-            let out = kubectl(&["wait", "--for=condition=Established", "crd", "-l", "", "--all", "--timeout=60s"]);
+            let out = kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/mqttbrokers.mqtt.moat.dev",
+                "crd/mqttusers.mqtt.moat.dev",
+                "crd/mqttacls.mqtt.moat.dev",
+                "crd/mqttfirewalls.mqtt.moat.dev",
+            ]);
             assert!(out.status.success(), "CRDs not established: {}", String::from_utf8_lossy(&out.stderr));
             let _ = kubectl(&["create", "namespace", OPERATOR_NS]);
             let rendered = helm(&[
@@ -256,4 +264,86 @@ pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
         .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete" | "deletecollection")))
         .filter(|e| e["objectRef"]["resource"] != "events")
         .collect()
+}
+
+/// Reads one object.
+pub async fn get<K>(client: &Client, ns: &str, name: &str) -> Option<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns).get_opt(name).await.unwrap()
+}
+
+/// The status of condition `type_` of a moat object (via its JSON).
+pub fn condition<K: serde::Serialize>(obj: &K, type_: &str) -> Option<(String, String, String)> {
+    let v = serde_json::to_value(obj).unwrap();
+    v["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        (
+            c["status"].as_str().unwrap_or("").into(),
+            c["reason"].as_str().unwrap_or("").into(),
+            c["message"].as_str().unwrap_or("").into(),
+        )
+    })
+}
+
+/// Waits until `ns/name` of kind K has condition `type_` = `status`; returns the object.
+pub async fn wait_condition<K>(client: &Client, ns: &str, name: &str, type_: &str, status: &str, timeout: Duration) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + serde::Serialize,
+{
+    let what = format!("{} {ns}/{name} {type_}={status}", K::kind(&()));
+    let mut last = None;
+    let found = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(o) = get::<K>(client, ns, name).await {
+                let c = condition(&o, type_);
+                if c.as_ref().is_some_and(|c| c.0 == status) {
+                    return o;
+                }
+                last = c;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("timed out waiting for {what}; last condition: {last:?}"))
+}
+
+/// Events about `name` in `ns` (events.k8s.io), as (reason, note).
+pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// Waits until the operator has made no write in `ns` for `quiet` (convergence), then returns the
+/// number of writes so far.
+pub async fn wait_quiet(ns: &str, quiet: Duration, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut count = operator_writes(ns).len();
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = operator_writes(ns).len();
+        if now != count {
+            count = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return count;
+        }
+        assert!(Instant::now() < deadline, "the operator never went quiet in {ns}");
+    }
 }

@@ -1,6 +1,8 @@
 //! Cluster tests against the local control plane (real kube-apiserver, controller-manager,
 //! scheduler, kwok fake nodes). They fail, never skip, when the control plane is missing.
 
+mod broker;
 mod controlplane;
+mod crds;
 mod harness;
 mod hygiene;

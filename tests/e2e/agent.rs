@@ -16,7 +16,9 @@ const WAIT: Duration = Duration::from_secs(15);
 /// fingerprint key, previous lines reused).
 fn shard_files(r: &Rendered, users: &[(String, String)]) -> BTreeMap<String, Vec<u8>> {
     let ca = r.secret("plant-a-ca");
-    let key = base64::engine::general_purpose::STANDARD.decode(String::from_utf8(ca["fingerprint.key"].clone()).unwrap().trim()).unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8(ca["fingerprint.key"].clone()).unwrap().trim())
+        .unwrap();
     let shard = r.secret("plant-a-passwd-0");
     let previous = moat::render::passwd::previous_from_shards(&[(
         String::from_utf8(shard["passwd"].clone()).unwrap(),
@@ -65,7 +67,9 @@ fn conn(r: &Rendered, c: Option<(String, String)>) -> Conn {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_init_mode_installs_private_regular_files() {
     let s = setup();
-    for (file, mode) in [("passwd", 0o600), ("acl", 0o600), ("tls/tls.key", 0o600), ("tls/tls.crt", 0o640), ("mosquitto.conf", 0o640)] {
+    for (file, mode) in
+        [("passwd", 0o600), ("acl", 0o600), ("tls/tls.key", 0o600), ("tls/tls.crt", 0o640), ("mosquitto.conf", 0o640)]
+    {
         let meta = std::fs::symlink_metadata(s.run.join(file)).unwrap();
         assert!(meta.file_type().is_file(), "{file} is not a regular file");
         assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
@@ -79,7 +83,10 @@ async fn a_new_password_file_reaches_the_running_broker_without_a_restart() {
     let alice = creds(&s.r, "alice");
     let bob = creds(&s.r, "bob");
     let carol = ("carol".to_string(), "Carol-Generated-Passw0rd-For-Tests".to_string());
-    assert!(matches!(connect(&conn(&s.r, Some(carol.clone()))).await, Err(Refusal::Refused(_))), "carol does not exist yet");
+    assert!(
+        matches!(connect(&conn(&s.r, Some(carol.clone()))).await, Err(Refusal::Refused(_))),
+        "carol does not exist yet"
+    );
 
     // add carol: Kubernetes swaps ..data; the agent validates, installs and SIGHUPs
     let files = shard_files(&s.r, &[alice.clone(), bob.clone(), carol.clone()]);

@@ -54,13 +54,21 @@ async fn minimal_broker_is_tls_only_authenticated_and_logs_connections() {
         other => panic!("anonymous connect was not refused: {:?}", other.err()),
     }
     // Wrong password and unknown user are refused.
-    let wrong = connect(&Conn { credentials: Some(("alice".into(), "not-her-password".into())), ..tls(&r, 8883) }).await;
+    let wrong =
+        connect(&Conn { credentials: Some(("alice".into(), "not-her-password".into())), ..tls(&r, 8883) }).await;
     assert!(matches!(wrong, Err(Refusal::Refused(_))), "wrong password: {:?}", wrong.err());
-    let unknown = connect(&Conn { credentials: Some(("mallory".into(), "whatever-password".into())), ..tls(&r, 8883) }).await;
+    let unknown =
+        connect(&Conn { credentials: Some(("mallory".into(), "whatever-password".into())), ..tls(&r, 8883) }).await;
     assert!(matches!(unknown, Err(Refusal::Refused(_))), "unknown user: {:?}", unknown.err());
 
     // Plain TCP to the TLS port fails (no MQTT session without TLS).
-    let plain = connect(&Conn { port: r.port(8883), ca: None, credentials: Some(password_of(&r, "alice")), ..Default::default() }).await;
+    let plain = connect(&Conn {
+        port: r.port(8883),
+        ca: None,
+        credentials: Some(password_of(&r, "alice")),
+        ..Default::default()
+    })
+    .await;
     assert!(matches!(plain, Err(Refusal::Transport(_))), "plaintext to the TLS port: {:?}", plain.err());
 
     // TLS 1.1 is refused by the rendered tls_version, even with an OpenSSL that allows it.
@@ -94,7 +102,11 @@ async fn production_broker_serves_password_mtls_and_websocket_listeners() {
     let sensor = connect(&Conn { credentials: Some(password_of(&r, "sensor-17")), ..tls(&r, 8883) }).await;
     assert!(sensor.is_ok(), "sensor-17: {:?}", sensor.err());
     // The brought password works too (it satisfies the production policy).
-    let byo = connect(&Conn { credentials: Some(("dashboard".into(), "c0rrect-Horse-battery-staple-Plant-B".into())), ..tls(&r, 8883) }).await;
+    let byo = connect(&Conn {
+        credentials: Some(("dashboard".into(), "c0rrect-Horse-battery-staple-Plant-B".into())),
+        ..tls(&r, 8883)
+    })
+    .await;
     assert!(byo.is_ok(), "dashboard: {:?}", byo.err());
 
     // mTLS: the certificate user connects with its client certificate and no password.

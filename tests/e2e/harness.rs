@@ -109,7 +109,9 @@ impl Rendered {
             .as_object()
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap()))
+                    .map(|(k, v)| {
+                        (k.clone(), base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap())
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -171,13 +173,25 @@ impl Broker {
         // Debian's 2.0.11 block-buffers stdout (line-buffered since 2.0.16): stdbuf makes the
         // rendered `log_dest stdout` visible line by line, as in the official images.
         let mut cmd = Command::new("stdbuf");
-        cmd.arg("-oL").arg(mosquitto_bin()).arg("-c").arg(conf).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("-oL")
+            .arg(mosquitto_bin())
+            .arg("-c")
+            .arg(conf)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start mosquitto");
         let log = Arc::new(Mutex::new(String::new()));
-        for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)].into_iter().flatten() {
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
@@ -229,7 +243,8 @@ impl Broker {
     /// Sends SIGHUP (what `moat agent` does) and waits for the reload to be logged.
     pub fn reload(&self) {
         let before = self.log().len();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), nix::sys::signal::Signal::SIGHUP)
+            .unwrap();
         assert!(self.wait_log(before, "Reloading config", Duration::from_secs(5)), "no reload logged:\n{}", self.log());
     }
 }
@@ -440,7 +455,8 @@ impl SecretVolume {
         std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
         std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
         // top-level entries are symlinks into ..data (first path component only)
-        let tops: std::collections::BTreeSet<String> = files.keys().map(|k| k.split('/').next().unwrap().to_string()).collect();
+        let tops: std::collections::BTreeSet<String> =
+            files.keys().map(|k| k.split('/').next().unwrap().to_string()).collect();
         for entry in std::fs::read_dir(&self.dir).unwrap().flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
             if !name.starts_with("..") && !tops.contains(&name) {
@@ -515,10 +531,14 @@ impl Agent {
         let (uid, gid) = mosquitto_ids();
         let mut child = Command::new(moat_bin())
             .args(["agent", "--interval", "100ms", "--settle", "300ms"])
-            .arg("--source").arg(source)
-            .arg("--target").arg(target)
-            .arg("--mosquitto-pid").arg(pid.to_string())
-            .arg("--owner").arg(format!("{uid}:{gid}"))
+            .arg("--source")
+            .arg(source)
+            .arg("--target")
+            .arg(target)
+            .arg("--mosquitto-pid")
+            .arg(pid.to_string())
+            .arg("--owner")
+            .arg(format!("{uid}:{gid}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -570,9 +590,12 @@ pub fn agent_once(source: &Path, target: &Path) -> (bool, String) {
     let (uid, gid) = mosquitto_ids();
     let out = Command::new(moat_bin())
         .args(["agent", "--once"])
-        .arg("--source").arg(source)
-        .arg("--target").arg(target)
-        .arg("--owner").arg(format!("{uid}:{gid}"))
+        .arg("--source")
+        .arg(source)
+        .arg("--target")
+        .arg(target)
+        .arg("--owner")
+        .arg(format!("{uid}:{gid}"))
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())

@@ -1,0 +1,191 @@
+//! Broker reconciliation on the local control plane: hardened owned objects, Ready from the real
+//! rollout, zero writes when nothing changed, drift repaired and reported, invalid specs.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, Patch, PatchParams};
+use moat::crd::MqttBroker;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(90);
+
+fn example(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap()
+}
+
+fn owned_by_broker<K: kube::Resource>(obj: &K, broker: &MqttBroker) -> bool {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == broker.metadata.uid.clone().unwrap() && o.controller == Some(true))
+}
+
+/// Triggers a reconcile (an annotation change) and waits until the operator logged it.
+async fn poke(client: &kube::Client, op: &Operator, ns: &str, name: &str) {
+    let before = op.log().matches("reconciled broker").count();
+    let api: Api<MqttBroker> = Api::namespaced(client.clone(), ns);
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {"moat.test/poke": format!("{}", rand::random::<u32>())}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    eventually(T, "a reconcile after the poke", || async {
+        (op.log().matches("reconciled broker").count() > before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_broker_becomes_ready_with_hardened_owned_objects_and_a_no_op_reconcile_writes_nothing() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "broker").await;
+    let op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &example("examples/broker-minimal.yaml")).await;
+    apply_yaml(&client, &ns.name, &example("tests/e2e/fixtures/plant-a-users.yaml")).await;
+    let broker: MqttBroker = wait_condition(&client, &ns.name, "plant-a", "Ready", "True", T).await;
+
+    // Everything is owned by the broker (garbage-collected with it).
+    let sts: StatefulSet = get(&client, &ns.name, "plant-a").await.expect("StatefulSet");
+    assert!(owned_by_broker(&sts, &broker));
+    for svc in ["plant-a", "plant-a-headless"] {
+        assert!(owned_by_broker(&get::<Service>(&client, &ns.name, svc).await.expect(svc), &broker), "{svc}");
+    }
+    let sa: ServiceAccount = get(&client, &ns.name, "plant-a").await.expect("ServiceAccount");
+    assert!(owned_by_broker(&sa, &broker));
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    for secret in ["plant-a-ca", "plant-a-tls", "plant-a-config", "plant-a-acl", "plant-a-passwd-0"] {
+        let s: Secret = get(&client, &ns.name, secret).await.unwrap_or_else(|| panic!("{secret}"));
+        assert!(owned_by_broker(&s, &broker), "{secret}");
+    }
+    assert!(owned_by_broker(&get::<NetworkPolicy>(&client, &ns.name, "plant-a-default-deny").await.unwrap(), &broker));
+
+    // The hardened pod, field by field, as stored by the apiserver.
+    let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.share_process_namespace, Some(true));
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.run_as_user, Some(1883));
+    assert_eq!(psc.run_as_group, Some(1883));
+    assert_eq!(psc.fs_group, Some(1883));
+    assert_eq!(psc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+        assert_eq!(sc.run_as_user, Some(1883), "{}", c.name);
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(sc.privileged, Some(false), "{}", c.name);
+        assert_eq!(sc.capabilities.as_ref().unwrap().drop.as_ref().unwrap(), &vec!["ALL".to_string()], "{}", c.name);
+        assert!(sc.capabilities.as_ref().unwrap().add.is_none(), "{}", c.name);
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault", "{}", c.name);
+    }
+    let mosquitto = &pod.containers[0];
+    assert_eq!(mosquitto.image.as_deref(), Some("eclipse-mosquitto:2.0.22"));
+    assert!(mosquitto.readiness_probe.as_ref().unwrap().tcp_socket.is_some());
+    // The CA key is never mounted into pods.
+    let volumes = serde_json::to_string(&pod.volumes).unwrap();
+    assert!(!volumes.contains("plant-a-ca\""), "{volumes}");
+    // kwok pods are Ready and the broker's Ready reflects the rollout.
+    assert_eq!(sts.status.as_ref().unwrap().ready_replicas, Some(1));
+
+    // After convergence, a reconcile with nothing to do writes nothing.
+    let before = wait_quiet(&ns.name, Duration::from_secs(3), T).await;
+    poke(&client, &op, &ns.name, "plant-a").await;
+    poke(&client, &op, &ns.name, "plant-a").await;
+    let after = operator_writes(&ns.name);
+    assert_eq!(after.len(), before, "writes during no-op reconciles: {:#?}", &after[before..]);
+}
+
+#[tokio::test]
+async fn drift_is_reported_and_repaired() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "drift").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &example("examples/broker-minimal.yaml")).await;
+    wait_condition::<MqttBroker>(&client, &ns.name, "plant-a", "Ready", "True", T).await;
+    wait_quiet(&ns.name, Duration::from_secs(2), T).await;
+
+    // Relax the broker container's securityContext by hand.
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let relax = serde_json::json!([{"op": "replace", "path": "/spec/template/spec/containers/0/securityContext/runAsNonRoot", "value": false}]);
+    sts_api
+        .patch("plant-a", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(relax).unwrap()))
+        .await
+        .unwrap();
+    eventually(T, "securityContext restored", || async {
+        let sts = sts_api.get("plant-a").await.ok()?;
+        let sc = sts.spec?.template.spec?.containers[0].security_context.clone()?;
+        (sc.run_as_non_root == Some(true)).then_some(())
+    })
+    .await;
+    let events = eventually(T, "a DriftRepaired Event", || async {
+        let ev = events_for(&client, &ns.name, "plant-a").await;
+        ev.iter()
+            .any(|(r, n)| r == "DriftRepaired" && n.contains("StatefulSet plant-a") && n.contains("runAsNonRoot"))
+            .then_some(ev)
+    })
+    .await;
+    assert!(!events.is_empty());
+    let broker: MqttBroker = get(&client, &ns.name, "plant-a").await.unwrap();
+    let check = broker.status.unwrap().compliance.unwrap().checks.into_iter().find(|c| c.id == "MOAT-AUD-002").unwrap();
+    assert!(!check.passed && check.message.contains("runAsNonRoot"), "{check:?}");
+
+    // Delete the default-deny NetworkPolicy.
+    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    np_api.delete("plant-a-default-deny", &Default::default()).await.unwrap();
+    eventually(T, "default-deny restored", || async { np_api.get_opt("plant-a-default-deny").await.ok()?.map(|_| ()) })
+        .await;
+    eventually(T, "a DriftRepaired Event for the policy", || async {
+        events_for(&client, &ns.name, "plant-a")
+            .await
+            .iter()
+            .any(|(r, n)| r == "DriftRepaired" && n.contains("plant-a-default-deny was deleted"))
+            .then_some(())
+    })
+    .await;
+
+    // Edit the config Secret: reverted to what moat rendered.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let original = secrets.get("plant-a-config").await.unwrap().data.unwrap();
+    let tamper = serde_json::json!({"stringData": {"mosquitto.conf": "allow_anonymous true\n"}});
+    secrets.patch("plant-a-config", &PatchParams::default(), &Patch::Merge(&tamper)).await.unwrap();
+    eventually(T, "config Secret restored", || async {
+        (secrets.get("plant-a-config").await.ok()?.data? == original).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_nothing_is_applied() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "invalid").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    // Passes the schema (5 cron fields) but can never occur: only the operator can tell.
+    let yaml = r#"
+apiVersion: mqtt.moat.dev/v1alpha1
+kind: MqttBroker
+metadata: {name: never}
+spec:
+  version: "2.0.22"
+  upgrade:
+    policy: AutoPatch
+    maintenanceWindows: [{schedule: "0 0 30 2 *", duration: 1h}]
+"#;
+    apply_yaml(&client, &ns.name, yaml).await;
+    let b: MqttBroker = wait_condition(&client, &ns.name, "never", "Ready", "False", T).await;
+    let (_, reason, message) = condition(&b, "Ready").unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.contains("spec.upgrade.maintenanceWindows"), "{message}");
+    assert!(
+        get::<StatefulSet>(&client, &ns.name, "never").await.is_none(),
+        "nothing may be applied for an invalid spec"
+    );
+    assert!(get::<Secret>(&client, &ns.name, "never-ca").await.is_none());
+}
