@@ -140,7 +140,8 @@ async fn serve(
             }),
         );
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+    let bound = listener.local_addr()?;
+    tracing::info!(addr = %bound, "serving /healthz, /readyz and /metrics");
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -80,7 +80,7 @@ checks! {
     "MOAT-FW-002", Firewall, High, "No firewall opens the broker to the public internet",
         "Replace public CIDRs with the networks that need access and drop allowPublicInternet.";
     "MOAT-FW-003", Firewall, High, "A LoadBalancer Service only admits the firewall's CIDRs",
-        "Create an MqttFirewall with CIDR peers for the broker; moat copies them into loadBalancerSourceRanges.";
+        "Create an MqttFirewall with CIDR peers for the broker; moat copies them into loadBalancerSourceRanges and only then exposes the LoadBalancer.";
     // broker: monitoring
     "MOAT-MON-001", Monitoring, Medium, "Connections are logged",
         "Set spec.logging.connectionMessages: true (the default).";

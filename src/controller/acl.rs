@@ -58,6 +58,16 @@ async fn reconcile_inner(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
         let pending: Vec<String> = acl.spec.users.iter().filter(|u| !ready_users.contains(u)).cloned().collect();
         let index = applied(ctx, &ns, &broker);
         match index.acls.get(&name) {
+            Some((g, _)) if Some(*g) == generation && !pending.is_empty() => (
+                Cond::not(
+                    CONDITION_READY,
+                    "UsersNotReady",
+                    format!("rules for {} are kept out until those users are Ready", pending.join(", ")),
+                ),
+                None,
+                index.acls[&name].1,
+                pending,
+            ),
             Some((g, lines)) if Some(*g) == generation => (
                 Cond::ok(CONDITION_READY, "Applied", format!("{lines} rule line(s) in effect on {broker}")),
                 None,

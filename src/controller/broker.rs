@@ -349,17 +349,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         }
         (Err(why), _) => Cond::not(CONDITION_READY, "Progressing", why.clone()),
     };
-    let failing = compliance_status.total - compliance_status.passed;
-    let compliant_cond = if failing == 0 {
-        Cond::ok(
-            CONDITION_COMPLIANT,
-            "AllChecksPass",
-            format!("{} of {} checks pass", compliance_status.passed, compliance_status.total),
-        )
-    } else {
-        let ids: Vec<&str> = compliance_status.checks.iter().filter(|c| !c.passed).map(|c| c.id.as_str()).collect();
-        Cond::not(CONDITION_COMPLIANT, "ChecksFailing", format!("{failing} check(s) not passing: {}", ids.join(", ")))
-    };
+    let compliant_cond = super::compliant_condition(&compliance_status);
     let user_ready = plan.verdicts.values().filter(|v| matches!(v, Verdict::InEffect { .. })).count() as u32;
     let known: Vec<_> = known_cves(&catalog, &running);
     let status = MqttBrokerStatus {

@@ -5,7 +5,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use kube::{Resource, ResourceExt};
 
 use super::context::Context;
-use crate::crd::{CheckResult, ComplianceStatus, MqttBroker};
+use crate::crd::{CheckResult, ComplianceStatus, MqttBroker, Severity};
 use crate::names;
 
 /// Name of a broker's PolicyReport.
@@ -29,12 +29,22 @@ pub fn policy_report(broker: &MqttBroker, compliance: &ComplianceStatus, now: ji
                 "policy": format!("moat-{}", c.measure.as_str()),
                 "rule": c.id,
                 "category": c.measure.as_str(),
-                "severity": c.severity.as_str(),
+                // wgpolicyk8s.io/v1alpha2 only knows high/medium/low: critical counts as high, info
+                // as low; the exact severity stays in properties.
+                "severity": match c.severity {
+                    Severity::Critical | Severity::High => "high",
+                    Severity::Medium => "medium",
+                    Severity::Low | Severity::Info => "low",
+                },
                 "result": result(c.result),
                 "scored": true,
                 "message": c.message,
                 "timestamp": {"seconds": now.as_second(), "nanos": 0},
-                "properties": if c.remediation.is_empty() { serde_json::json!({}) } else { serde_json::json!({"remediation": c.remediation}) },
+                "properties": if c.remediation.is_empty() {
+                    serde_json::json!({"severity": c.severity.as_str()})
+                } else {
+                    serde_json::json!({"severity": c.severity.as_str(), "remediation": c.remediation})
+                },
             })
         })
         .collect();
@@ -95,7 +105,7 @@ pub async fn write(ctx: &Context, broker: &MqttBroker, compliance: &ComplianceSt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ComplianceCheck, Measure, Severity};
+    use crate::crd::{ComplianceCheck, Measure};
 
     #[test]
     fn one_result_per_check_with_the_check_id_as_rule() {

@@ -40,32 +40,41 @@ fn service_ports(model: &BrokerModel) -> Vec<ServicePort> {
         .collect()
 }
 
-/// The client-facing Service. A LoadBalancer only admits `source_ranges` (from the broker's
-/// MqttFirewall CIDRs) and keeps client source addresses (`externalTrafficPolicy: Local`) so the
-/// NetworkPolicies' ipBlock rules see real client IPs.
+/// The client-facing Service. A LoadBalancer only admits `source_ranges` (the CIDRs of the
+/// broker's MqttFirewalls) and keeps client source addresses (`externalTrafficPolicy: Local`) so
+/// the NetworkPolicies' ipBlock rules see real client IPs. While no firewall admits any CIDR, a
+/// LoadBalancer is withheld: the Service stays ClusterIP (an empty `loadBalancerSourceRanges`
+/// would admit the whole internet).
 pub fn service(model: &BrokerModel, source_ranges: &[String]) -> Service {
     let s = &model.spec.service;
-    let external = s.type_ != ServiceType::ClusterIP;
+    let withheld = s.type_ == ServiceType::LoadBalancer && source_ranges.is_empty();
+    let type_ = if withheld { ServiceType::ClusterIP } else { s.type_ };
+    let external = type_ != ServiceType::ClusterIP;
     let mut metadata = meta(model, model.service_name(), "broker");
-    if !s.annotations.is_empty() {
-        metadata.annotations = Some(s.annotations.clone());
+    let mut annotations = s.annotations.clone();
+    if withheld {
+        annotations.insert(LB_WITHHELD_ANNOTATION.into(), "no MqttFirewall admits a client CIDR yet".into());
+    }
+    if !annotations.is_empty() {
+        metadata.annotations = Some(annotations);
     }
     Service {
         metadata,
         spec: Some(ServiceSpec {
-            type_: Some(s.type_.as_str().into()),
+            type_: Some(type_.as_str().into()),
             selector: Some(names::selector_labels(&model.name)),
             ports: Some(service_ports(model)),
             external_traffic_policy: external.then(|| "Local".into()),
-            load_balancer_source_ranges: (s.type_ == ServiceType::LoadBalancer).then(|| source_ranges.to_vec()),
-            load_balancer_class: (s.type_ == ServiceType::LoadBalancer)
-                .then(|| s.load_balancer_class.clone())
-                .flatten(),
+            load_balancer_source_ranges: (type_ == ServiceType::LoadBalancer).then(|| source_ranges.to_vec()),
+            load_balancer_class: (type_ == ServiceType::LoadBalancer).then(|| s.load_balancer_class.clone()).flatten(),
             ..Default::default()
         }),
         status: None,
     }
 }
+
+/// Annotation on a broker Service whose LoadBalancer is withheld (no firewall CIDRs yet).
+pub const LB_WITHHELD_ANNOTATION: &str = "mqtt.moat.dev/load-balancer-withheld";
 
 /// The headless Service giving each broker pod a stable DNS name (covered by the server certificate).
 pub fn headless_service(model: &BrokerModel) -> Service {
@@ -496,6 +505,10 @@ mod tests {
         assert_eq!(svc.external_traffic_policy.as_deref(), Some("Local"));
         let cluster = service(&model(|_| {}), &[]).spec.unwrap();
         assert!(cluster.load_balancer_source_ranges.is_none() && cluster.external_traffic_policy.is_none());
+        // no firewall CIDRs: the LoadBalancer is withheld rather than open to everyone
+        let withheld = service(&m, &[]);
+        assert_eq!(withheld.spec.as_ref().unwrap().type_.as_deref(), Some("ClusterIP"));
+        assert!(withheld.metadata.annotations.unwrap().contains_key(LB_WITHHELD_ANNOTATION));
     }
 
     #[test]

@@ -220,6 +220,24 @@ impl Operator {
         self.log.lock().unwrap().clone()
     }
 
+    /// The operator's `/metrics` text (its address is read from its log).
+    pub fn metrics(&self) -> String {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains("serving /healthz")).expect("the operator logged its address");
+        let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+        let addr = addr.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
+        http_get(addr, "/metrics")
+    }
+
+    /// A counter's value from `/metrics` (sum over all label sets), 0 when absent.
+    pub fn counter(&self, name: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Whether the process still runs.
     pub fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -250,6 +268,16 @@ impl Drop for Operator {
         self.kill();
         crate::hygiene::check_log(&self.log());
     }
+}
+
+/// A plain HTTP GET on loopback (the operator's health/metrics endpoint).
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
 /// Write requests (create/update/patch/delete) made by the operator's identity in `ns`, from the

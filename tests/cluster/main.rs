@@ -2,7 +2,11 @@
 //! scheduler, kwok fake nodes). They fail, never skip, when the control plane is missing.
 
 mod broker;
+mod compliance;
 mod controlplane;
 mod crds;
 mod harness;
 mod hygiene;
+mod network;
+mod pki;
+mod users;

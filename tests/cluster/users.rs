@@ -1,0 +1,179 @@
+//! Users on the local control plane: a burst of users, stable credentials, policy on brought
+//! passwords, rotation followed from the referenced Secret.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use moat::crd::MqttUser;
+
+use crate::harness::*;
+
+const T: Duration = Duration::from_secs(120);
+
+fn data(s: &Secret, key: &str) -> Option<String> {
+    s.data.as_ref()?.get(key).map(|b| String::from_utf8(b.0.clone()).unwrap())
+}
+
+/// The assembled password file of a broker (every shard Secret).
+async fn passwd_file(client: &kube::Client, ns: &str, broker: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut shards: Vec<Secret> = secrets
+        .list(
+            &ListParams::default().labels(&format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=passwd")),
+        )
+        .await
+        .unwrap()
+        .items;
+    shards.sort_by_key(|s| s.metadata.name.clone());
+    shards.iter().filter_map(|s| data(s, "passwd")).collect()
+}
+
+fn users_yaml(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttUser\nmetadata: {{name: device-{i:04}}}\nspec: {{brokerRef: {{name: plant-a}}}}\n---\n"))
+        .collect()
+}
+
+async fn ready_users(client: &kube::Client, ns: &str) -> usize {
+    let api: Api<MqttUser> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|u| condition(*u, "Ready").is_some_and(|c| c.0 == "True"))
+        .count()
+}
+
+#[tokio::test]
+async fn two_hundred_users_become_ready_and_their_passwords_never_change() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "users").await;
+    let mut op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &std::fs::read_to_string(repo().join("examples/broker-minimal.yaml")).unwrap()).await;
+    apply_yaml(&client, &ns.name, &users_yaml(200)).await;
+    eventually(T, "200 Ready users", || async { (ready_users(&client, &ns.name).await == 200).then_some(()) }).await;
+    let file = passwd_file(&client, &ns.name, "plant-a").await;
+    assert_eq!(file.lines().count(), 200, "one password line per user");
+    assert!(file.lines().all(|l| l.starts_with("device-") && l.contains(":$7$1000$")));
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let passwords = |list: Vec<Secret>| -> BTreeMap<String, String> {
+        list.into_iter().filter_map(|s| Some((s.metadata.name.clone()?, data(&s, "password")?))).collect()
+    };
+    let creds = ListParams::default().labels("app.kubernetes.io/component=credentials");
+    let before = passwords(secrets.list(&creds).await.unwrap().items);
+    assert_eq!(before.len(), 200);
+    let passwd_before = file.clone();
+
+    // an operator restart and three forced reconciles change no password and re-hash nothing
+    op.stop();
+    let op = Operator::start(&ns.name, OperatorOpts::default());
+    let users: Api<MqttUser> = Api::namespaced(client.clone(), &ns.name);
+    for round in 0..3 {
+        for u in ["device-0000", "device-0100", "device-0199"] {
+            let patch = serde_json::json!({"metadata": {"annotations": {"moat.test/poke": round.to_string()}}});
+            users.patch(u, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        }
+        let b: Api<moat::crd::MqttBroker> = Api::namespaced(client.clone(), &ns.name);
+        let patch = serde_json::json!({"metadata": {"annotations": {"moat.test/poke": round.to_string()}}});
+        b.patch("plant-a", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+    wait_quiet(&ns.name, Duration::from_secs(3), T).await;
+    let after = passwords(secrets.list(&creds).await.unwrap().items);
+    assert_eq!(before, after, "a generated password changed");
+    assert_eq!(passwd_file(&client, &ns.name, "plant-a").await, passwd_before, "password lines were re-hashed");
+    assert_eq!(op.counter("moat_password_hashes_total"), 0.0, "the restarted operator re-hashed passwords");
+    assert_eq!(op.counter("moat_certificates_issued_total"), 0.0, "the restarted operator re-issued certificates");
+    let all_secret_text: String = secrets
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .flat_map(|s| s.data.iter().flatten().map(|(_, v)| String::from_utf8_lossy(&v.0).to_string()))
+        .collect();
+    for pw in before.values().take(5) {
+        assert!(!op.log().contains(pw.as_str()), "a password appeared in the operator log");
+        assert_eq!(
+            all_secret_text.matches(pw.as_str()).count(),
+            1,
+            "a password appears outside its credentials Secret"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_weak_brought_password_is_refused_and_a_rotated_one_is_followed() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "byo").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &std::fs::read_to_string(repo().join("examples/broker-minimal.yaml")).unwrap()).await;
+    let yaml = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: weak-pw}
+stringData: {password: "password123"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: good-pw}
+stringData: {password: "Tr0ub4dor-and-3-more-Words!"}
+---
+apiVersion: mqtt.moat.dev/v1alpha1
+kind: MqttUser
+metadata: {name: weakling}
+spec:
+  brokerRef: {name: plant-a}
+  authentication: {password: {secretRef: {name: weak-pw}}}
+---
+apiVersion: mqtt.moat.dev/v1alpha1
+kind: MqttUser
+metadata: {name: dashboard}
+spec:
+  brokerRef: {name: plant-a}
+  authentication: {password: {secretRef: {name: good-pw}}}
+"#;
+    apply_yaml(&client, &ns.name, yaml).await;
+    let weak: MqttUser = wait_condition(&client, &ns.name, "weakling", "Ready", "False", T).await;
+    let good: MqttUser = wait_condition(&client, &ns.name, "dashboard", "Ready", "True", T).await;
+    let weak = eventually(T, "WeakPassword reason", || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        let w = weak.clone();
+        async move {
+            let u: MqttUser = get(&client, &ns, "weakling").await.unwrap_or(w);
+            (condition(&u, "Ready")?.1 == "WeakPassword").then_some(u)
+        }
+    })
+    .await;
+    let (_, _, message) = condition(&weak, "Ready").unwrap();
+    assert!(!message.contains("password123"), "the refused password leaked into status: {message}");
+    let file = passwd_file(&client, &ns.name, "plant-a").await;
+    assert!(!file.contains("weakling"), "a weak password reached the broker");
+    assert!(file.contains("dashboard:"));
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    assert_eq!(secrets.get("good-pw").await.unwrap().metadata.labels.unwrap()["mqtt.moat.dev/watch"], "true");
+
+    // rotate the brought password: the broker's line and the user's passwordVersion follow
+    let version_before = good.status.as_ref().unwrap().password_version.clone();
+    let line_before = file.lines().find(|l| l.starts_with("dashboard:")).unwrap().to_string();
+    let rotate = serde_json::json!({"stringData": {"password": "An0ther-Str0ng-Passphrase-2027"}});
+    secrets.patch("good-pw", &PatchParams::default(), &Patch::Merge(&rotate)).await.unwrap();
+    eventually(T, "the rotated password in the broker's file", || async {
+        let f = passwd_file(&client, &ns.name, "plant-a").await;
+        f.lines().find(|l| l.starts_with("dashboard:")).filter(|l| *l != line_before).map(|_| ())
+    })
+    .await;
+    let rotated: MqttUser = eventually(T, "a new passwordVersion", || async {
+        let u: MqttUser = get(&client, &ns.name, "dashboard").await?;
+        let v = u.status.as_ref()?.password_version.clone();
+        (v != version_before && condition(&u, "Ready")?.0 == "True").then_some(u)
+    })
+    .await;
+    assert!(rotated.status.unwrap().password_rotated_at.is_some());
+}
