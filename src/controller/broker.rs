@@ -339,14 +339,15 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     // --- status
     let ready = rollout_ready(sts_observed.as_deref(), &model, &step);
     let ready_cond = match (&ready, &step.state) {
+        // the spec asks for a version that failed its health gate: the broker serves the old one
+        (_, Some(st)) if st.phase == upgrade::Phase::Failed => {
+            Cond::not(CONDITION_READY, "UpgradeFailed", format!("still serving {}: {}", st.from_version, st.message))
+        }
         (Ok(()), _) => Cond::ok(
             CONDITION_READY,
             "Ready",
             format!("{} replica(s) ready on Mosquitto {}", model.spec.replicas, step.template_version),
         ),
-        (Err(why), Some(st)) if st.phase == upgrade::Phase::Failed => {
-            Cond::not(CONDITION_READY, "UpgradeFailed", format!("{why}; {}", st.message))
-        }
         (Err(why), _) => Cond::not(CONDITION_READY, "Progressing", why.clone()),
     };
     let compliant_cond = super::compliant_condition(&compliance_status);

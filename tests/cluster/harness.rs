@@ -186,9 +186,24 @@ impl Operator {
     /// Starts `moat run` watching `ns` only, with its own Lease.
     pub fn start(ns: &str, opts: OperatorOpts) -> Operator {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_moat"));
-        cmd.args(["run", "--watch-namespaces", ns, "--as", OPERATOR_SA, "--http-addr", "127.0.0.1:0"])
-            .args(["--operator-namespace", OPERATOR_NS, "--lease-name", &format!("moat-{ns}"), "--debounce", "200ms"])
-            .args(&opts.args)
+        cmd.args([
+            "run",
+            "--watch-namespaces",
+            ns,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--lease-name",
+            &format!("moat-{ns}"),
+            "--debounce",
+            "200ms",
+        ]);
+        if !opts.args.iter().any(|a| a == "--as") {
+            cmd.args(["--as", OPERATOR_SA]);
+        }
+        if !opts.args.iter().any(|a| a == "--operator-namespace") {
+            cmd.args(["--operator-namespace", OPERATOR_NS]);
+        }
+        cmd.args(&opts.args)
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info,moat=debug")
             .stdout(Stdio::piped())

@@ -2,6 +2,7 @@
 //! scheduler, kwok fake nodes). They fail, never skip, when the control plane is missing.
 
 mod broker;
+mod chart;
 mod compliance;
 mod controlplane;
 mod crds;
@@ -9,4 +10,5 @@ mod harness;
 mod hygiene;
 mod network;
 mod pki;
+mod upgrade;
 mod users;
