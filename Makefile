@@ -28,7 +28,8 @@ lint:
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
 
 unit:
-	@echo "[make test] unit tests (pure core, CRD drift, mock apiserver)"
+	@echo "[make test] unit tests (pure core, CRD drift; the probe's tests use a real Mosquitto)"
+	hack/ensure-mosquitto.sh
 	$(CARGO) test --lib --bins
 
 e2e:
@@ -39,7 +40,7 @@ e2e:
 cluster-test:
 	@echo "[make test] cluster tests against the local control plane"
 	$(CARGO) build --bin moat
-	hack/with-cluster.sh $(CARGO) test --features cluster-tests --test cluster
+	hack/with-cluster.sh $(CARGO) test --features cluster-tests --test cluster -- --test-threads 4
 
 demo:
 	hack/demo.sh
