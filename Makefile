@@ -50,6 +50,7 @@ bench:
 
 crds:
 	$(CARGO) run --quiet --bin moat -- crds --out-dir crds
+	$(CARGO) run --quiet --bin moat -- crds --out-dir charts/moat/crds
 
 cluster-build:
 	bash $(CLUSTER) build all

@@ -63,22 +63,27 @@ pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
 mod tests {
     use super::*;
 
-    /// `crds/` must be exactly what the types generate (regenerate with `make crds`).
+    /// `crds/` and the chart's copy must be exactly what the types generate (`make crds`).
     #[test]
     fn committed_crds_match_the_types() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        for dir in ["crds", "charts/moat/crds"] {
+            check_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir));
+        }
+    }
+
+    fn check_dir(dir: &std::path::Path) {
         let mut expected_files = vec![];
         for crd in all() {
             let file = format!("{}.yaml", crd.metadata.name.as_deref().unwrap());
             let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
-            assert!(committed == to_yaml(&crd), "crds/{file} is out of date: run `make crds`");
+            assert!(committed == to_yaml(&crd), "{}/{file} is out of date: run `make crds`", dir.display());
             expected_files.push(file);
         }
         let mut present: Vec<String> =
-            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         present.sort();
         expected_files.sort();
-        assert_eq!(present, expected_files, "crds/ holds files the types do not generate");
+        assert_eq!(present, expected_files, "{} holds files the types do not generate", dir.display());
     }
 
     /// Every property of every schema carries a description (`kubectl explain` shows it).
