@@ -10,6 +10,8 @@ pub mod build;
 pub mod compliance;
 pub mod controller;
 pub mod crd;
+#[cfg(test)]
+mod fuzz;
 pub mod metrics;
 pub mod model;
 pub mod names;

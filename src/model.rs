@@ -135,6 +135,8 @@ impl BrokerModel {
                 });
             }
         }
+        check_strings(spec)?;
+        check_ranges(spec)?;
         if spec.limits.message_size_limit > spec.limits.max_packet_size {
             return Err(FieldError {
                 field: "spec.limits.messageSizeLimit".into(),
@@ -210,6 +212,99 @@ impl BrokerModel {
     pub fn labels(&self, component: &str) -> std::collections::BTreeMap<String, String> {
         names::labels(&self.name, component)
     }
+}
+
+/// The schema's string patterns, again, for everything that reaches a rendered file (the offline
+/// `moat render` path has no admission, and defense in depth costs nothing).
+fn check_strings(spec: &MqttBrokerSpec) -> Result<(), FieldError> {
+    let err = |field: &str, what: &str| Err(FieldError::new(field, what));
+    let version_ok = {
+        let parts: Vec<&str> = spec.version.split('.').collect();
+        parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if !version_ok {
+        return err("spec.version", "must be MAJOR.MINOR.PATCH (digits), e.g. 2.0.22");
+    }
+    let repo = &spec.image.repository;
+    let repo_ok = !repo.is_empty()
+        && repo.len() <= 255
+        && repo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/:-".contains(&b))
+        && repo.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && repo.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !repo_ok {
+        return err("spec.image.repository", "must be a lower-case image repository");
+    }
+    for (i, l) in spec.listeners.iter().enumerate() {
+        let name_ok = !l.name.is_empty()
+            && l.name.len() <= 15
+            && l.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && l.name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+            && !l.name.ends_with('-');
+        if !name_ok {
+            return err(
+                &format!("spec.listeners[{i}].name"),
+                "must be a lower-case DNS label of at most 15 characters",
+            );
+        }
+        let cipher_ok = |c: &str, extra: &[u8]| {
+            !c.is_empty() && c.len() <= 1024 && c.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+        };
+        if l.tls.ciphers.as_deref().is_some_and(|c| !cipher_ok(c, b":+!@_.-")) {
+            return err(
+                &format!("spec.listeners[{i}].tls.ciphers"),
+                "must be an OpenSSL cipher list ([A-Za-z0-9:+!@_.-])",
+            );
+        }
+        if l.tls.ciphers_tls13.as_deref().is_some_and(|c| !cipher_ok(c, b":_")) {
+            return err(
+                &format!("spec.listeners[{i}].tls.ciphersTls13"),
+                "must be a TLS 1.3 suite list ([A-Za-z0-9:_])",
+            );
+        }
+    }
+    for (i, d) in spec.tls.server.dns_names.iter().enumerate() {
+        let host = d.strip_prefix("*.").unwrap_or(d);
+        let ok = !host.is_empty()
+            && d.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !ok {
+            return err(&format!("spec.tls.server.dnsNames[{i}]"), "must be a lower-case DNS name");
+        }
+    }
+    Ok(())
+}
+
+/// The schema's numeric ranges, again (rendered into mosquitto.conf and the workload).
+fn check_ranges(spec: &MqttBrokerSpec) -> Result<(), FieldError> {
+    let range = |field: &str, v: i64, min: i64, max: i64| {
+        if (min..=max).contains(&v) {
+            Ok(())
+        } else {
+            Err(FieldError::new(field, format!("must be within {min}-{max}")))
+        }
+    };
+    let l = &spec.limits;
+    range("spec.replicas", spec.replicas.into(), 1, 10)?;
+    range("spec.limits.maxConnections", l.max_connections.into(), 1, 1_000_000)?;
+    range("spec.limits.maxPacketSize", l.max_packet_size.into(), 64, 268_435_455)?;
+    range("spec.limits.messageSizeLimit", l.message_size_limit.into(), 1, 268_435_455)?;
+    range("spec.limits.maxInflightMessages", l.max_inflight_messages.into(), 1, 65535)?;
+    range("spec.limits.maxQueuedMessages", l.max_queued_messages.into(), 1, 1_000_000)?;
+    range("spec.limits.maxKeepalive", l.max_keepalive.into(), 10, 65535)?;
+    range("spec.security.sysInterval", spec.security.sys_interval.into(), 0, 86400)?;
+    range("spec.passwords.hashIterations", spec.passwords.hash_iterations.into(), 1000, 1_000_000)?;
+    range("spec.passwords.generatedLength", spec.passwords.generated_length.into(), 24, 128)?;
+    for (i, l) in spec.listeners.iter().enumerate() {
+        if let Some(m) = l.max_connections {
+            range(&format!("spec.listeners[{i}].maxConnections"), m.into(), 1, 1_000_000)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

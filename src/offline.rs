@@ -72,6 +72,9 @@ fn read_inputs(files: &[PathBuf], namespace: &str) -> anyhow::Result<Inputs> {
             if value.is_null() {
                 continue;
             }
+            if !value.is_object() || !value["metadata"].is_object() {
+                bail!("{}: every document must be a Kubernetes object with metadata", file.display());
+            }
             if value["metadata"]["namespace"].is_null() {
                 value["metadata"]["namespace"] = namespace.into();
             }

@@ -65,14 +65,47 @@ impl GoDuration {
         Self(text.into())
     }
 
-    /// Parses the text into a non-negative std duration.
+    /// Parses the text into a non-negative std duration. Only the syntax of [`DURATION_PATTERN`]
+    /// is accepted (no empty string, sign or bare number), the same as admission.
     pub fn parse(&self) -> Result<std::time::Duration, String> {
+        if !matches_duration_pattern(&self.0) {
+            return Err(format!("invalid duration {:?}: expected e.g. 90s, 15m, 720h or 1h30m", self.0));
+        }
         let d = kube::core::Duration::from_str(&self.0).map_err(|e| format!("invalid duration {:?}: {e}", self.0))?;
         if d.is_negative() {
             return Err(format!("duration {:?} must not be negative", self.0));
         }
         Ok(d.into())
     }
+}
+
+/// Whether `text` matches [`DURATION_PATTERN`]: one or more `<digits>[.<digits>]<unit>`.
+fn matches_duration_pattern(text: &str) -> bool {
+    const UNITS: [&str; 7] = ["ns", "us", "µs", "ms", "s", "m", "h"];
+    let mut rest = text;
+    if rest.is_empty() || rest.len() > 32 {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        if let Some(frac) = rest.strip_prefix('.') {
+            let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+            if n == 0 {
+                return false;
+            }
+            rest = &frac[n..];
+        }
+        // longest unit first ("ms" before "m")
+        match UNITS.iter().filter(|u| rest.starts_with(**u)).max_by_key(|u| u.len()) {
+            Some(u) => rest = &rest[u.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 impl fmt::Display for GoDuration {
@@ -250,4 +283,20 @@ pub struct CertificateInfo {
     /// When moat renews the certificate (RFC 3339): `notAfter - renewBefore`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_the_admission_pattern() {
+        for ok in ["90s", "15m", "720h", "1h30m", "1.5h", "100ms", "2µs"] {
+            assert!(GoDuration::new(ok).parse().is_ok(), "{ok}");
+        }
+        for bad in ["", "0", "h", "-5m", "+5m", "5", "5x", "1h ", " 1h", "1.h", "1d"] {
+            assert!(GoDuration::new(bad).parse().is_err(), "{bad:?}");
+        }
+        assert_eq!(GoDuration::new("1h30m").parse().unwrap(), std::time::Duration::from_secs(5400));
+    }
 }
