@@ -40,7 +40,9 @@ e2e:
 cluster-test:
 	@echo "[make test] cluster tests against the local control plane"
 	$(CARGO) build --bin moat
-	hack/with-cluster.sh $(CARGO) test --features cluster-tests --test cluster -- --test-threads 4
+	hack/with-cluster.sh bash -c '$(CARGO) test --features cluster-tests --test cluster -- --test-threads 4 && \
+	  echo "[make test] control-plane restart tests (alone)" && \
+	  $(CARGO) test --features cluster-tests --test disruptive -- --test-threads 1'
 
 demo:
 	hack/demo.sh

@@ -16,6 +16,9 @@ use crate::crd::{CONDITION_READY, MqttAcl, MqttAclStatus};
 
 /// Reconciles one MqttAcl.
 pub async fn reconcile(acl: Arc<MqttAcl>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     let started = Instant::now();
     let result = reconcile_inner(&acl, &ctx).await;
     ctx.metrics.observe_reconcile("MqttAcl", started.elapsed());

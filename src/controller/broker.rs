@@ -43,6 +43,9 @@ pub const APPLIED_HASH_ANNOTATION: &str = "mqtt.moat.dev/applied-hash";
 
 /// Reconciles one MqttBroker.
 pub async fn reconcile(broker: Arc<MqttBroker>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     let started = Instant::now();
     let result = reconcile_inner(&broker, &ctx).await;
     ctx.metrics.observe_reconcile("MqttBroker", started.elapsed());

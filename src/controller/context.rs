@@ -84,6 +84,32 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// Whether every reflector has completed its initial list. Reconciles wait for it: deciding
+    /// from a half-filled cache could, for example, take an existing password for a missing one.
+    pub fn ready(&self) -> bool {
+        use futures::FutureExt;
+        fn r<K>(s: &Store<K>) -> bool
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            s.wait_until_ready().now_or_never().is_some_and(|x| x.is_ok())
+        }
+        r(&self.brokers)
+            && r(&self.users)
+            && r(&self.acls)
+            && r(&self.firewalls)
+            && r(&self.secrets)
+            && r(&self.watched_secrets)
+            && r(&self.statefulsets)
+            && r(&self.services)
+            && r(&self.network_policies)
+            && r(&self.service_accounts)
+            && r(&self.pdbs)
+            && r(&self.pods)
+            && r(&self.config_maps)
+    }
+
     /// Cached object by namespace and name.
     pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
     where

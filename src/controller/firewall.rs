@@ -18,6 +18,9 @@ use crate::render::network;
 
 /// Reconciles one MqttFirewall.
 pub async fn reconcile(fw: Arc<MqttFirewall>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     let started = Instant::now();
     let result = reconcile_inner(&fw, &ctx).await;
     ctx.metrics.observe_reconcile("MqttFirewall", started.elapsed());

@@ -61,6 +61,9 @@ pub fn users_for_managed_secret(s: &Stores, secret: &Secret) -> Vec<ObjectRef<Mq
 
 /// Reconciles one MqttUser.
 pub async fn reconcile(user: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     let started = Instant::now();
     let result = reconcile_inner(&user, &ctx).await;
     ctx.metrics.observe_reconcile("MqttUser", started.elapsed());
@@ -151,7 +154,13 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
         match &p.secret_ref {
             None => {
                 let secret_name = names::credentials_secret(&name);
-                let observed = Stores::get(&s.secrets, &ns, &secret_name);
+                let mut observed = Stores::get(&s.secrets, &ns, &secret_name);
+                if observed.is_none() && previous.credentials_secret.is_some() {
+                    // moat created it before: confirm it is really gone before generating a new
+                    // password (never regenerate a password that still exists)
+                    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+                    observed = api.get_opt(&secret_name).await?.map(Arc::new);
+                }
                 let stored = stored_credentials(observed.as_deref());
                 let g = bu::generated_password(user, &model, &stored, rotate_after, now);
                 let mut annotations = BTreeMap::from([(ROTATED_AT_ANNOTATION.to_string(), g.rotated_at.to_string())]);

@@ -146,8 +146,9 @@ where
 pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObject> {
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
     let mut out = vec![];
-    for doc in serde_norway::Deserializer::from_str(yaml) {
-        let value: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+    let docs: Vec<serde_json::Value> =
+        serde_norway::Deserializer::from_str(yaml).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    for value in docs {
         if value.is_null() {
             continue;
         }

@@ -10,5 +10,6 @@ mod harness;
 mod hygiene;
 mod network;
 mod pki;
+mod reliability;
 mod upgrade;
 mod users;
