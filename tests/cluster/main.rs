@@ -4,5 +4,8 @@
 mod broker;
 mod controlplane;
 mod crds;
+// Shared helpers: not every suite uses every helper (clippy -D warnings on --all-features).
+#[allow(dead_code)]
 mod harness;
+#[allow(dead_code)]
 mod hygiene;
