@@ -117,3 +117,47 @@ async fn production_broker_serves_password_mtls_and_websocket_listeners() {
     );
     assert!(broker.log().contains("u'gateway-1'"), "{}", broker.log());
 }
+
+/// Mosquitto 2.0 never applies `tls_version` to WebSockets listeners (libwebsockets only gets
+/// the cipher lists), so moat enforces their minimum version with the rendered `ciphers` line.
+/// With an OpenSSL that allows everything, only that line keeps old versions out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_listeners_enforce_their_minimum_tls_version() {
+    let r = render(&["tests/e2e/fixtures/broker-websockets.yaml"], &[8883, 8443, 8444]);
+    let conf = permissive_openssl_conf(r.dir.path());
+    let (mqtts, wss12, wss13) = (r.port(8883), r.port(8443), r.port(8444));
+    {
+        let _broker = Broker::start(&r.bundle, &[mqtts, wss12, wss13], &[("OPENSSL_CONF", &conf)]);
+        for flag in ["-tls1", "-tls1_1"] {
+            assert!(
+                !s_client_handshakes(wss12, flag, &conf),
+                "{flag} accepted on a minVersion 1.2 WebSockets listener"
+            );
+        }
+        assert!(
+            s_client_handshakes(wss12, "-tls1_2", &conf),
+            "TLS 1.2 refused on a minVersion 1.2 WebSockets listener"
+        );
+        assert!(s_client_handshakes(wss12, "-tls1_3", &conf));
+        for flag in ["-tls1", "-tls1_1", "-tls1_2"] {
+            assert!(
+                !s_client_handshakes(wss13, flag, &conf),
+                "{flag} accepted on a minVersion 1.3 WebSockets listener"
+            );
+        }
+        assert!(
+            s_client_handshakes(wss13, "-tls1_3", &conf),
+            "TLS 1.3 refused on a minVersion 1.3 WebSockets listener"
+        );
+    }
+    // Negative control: without moat's cipher lines (tls_version alone) the same broker takes
+    // TLS 1.1 on the first listener and TLS 1.2 on the second.
+    let path = r.bundle.join("mosquitto.conf");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let stripped: String = text.lines().filter(|l| !l.starts_with("ciphers ")).map(|l| format!("{l}\n")).collect();
+    assert_eq!(text.lines().count() - stripped.lines().count(), 2, "expected one ciphers line per listener");
+    std::fs::write(&path, stripped).unwrap();
+    let _broker = Broker::start(&r.bundle, &[mqtts, wss12, wss13], &[("OPENSSL_CONF", &conf)]);
+    assert!(s_client_handshakes(wss12, "-tls1_1", &conf), "the negative control must handshake TLS 1.1");
+    assert!(s_client_handshakes(wss13, "-tls1_2", &conf), "the negative control must handshake TLS 1.2");
+}
