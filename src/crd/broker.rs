@@ -244,7 +244,9 @@ pub struct ListenerTls {
     /// Lowest TLS version accepted: `1.2` or `1.3`. Older versions are never accepted. Default: 1.2.
     #[serde(default)]
     pub min_version: TlsVersion,
-    /// OpenSSL cipher list for TLS 1.2 (Mosquitto `ciphers`). Default: Mosquitto's built-in list.
+    /// OpenSSL cipher list for TLS 1.2 (Mosquitto `ciphers`). Default: Mosquitto's built-in list;
+    /// on WebSockets listeners, where Mosquitto does not apply the minimum version, a list that
+    /// enforces `minVersion` (setting one there makes it decide which versions below 1.3 work).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), pattern(r"^[A-Za-z0-9:+!@_.-]+$"))]
     pub ciphers: Option<String>,

@@ -12,6 +12,17 @@ use sha2::{Digest, Sha256};
 use crate::crd::broker::{ListenerAuthentication, ListenerProtocol, TlsVersion};
 use crate::model::BrokerModel;
 
+/// `ciphers` of a TLS WebSockets listener with `minVersion: "1.2"` and no `ciphers` of its own:
+/// AEAD ECDHE-ECDSA suites (moat's server keys are ECDSA P-256), which exist only in TLS 1.2, so
+/// a TLS 1.0/1.1 client shares none of them and its handshake fails whatever OpenSSL allows.
+pub const WEBSOCKETS_TLS12_CIPHERS: &str =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305";
+
+/// `ciphers` of a TLS WebSockets listener with `minVersion: "1.3"` and no `ciphers` of its own:
+/// a single TLS 1.2 suite that needs an RSA server certificate, which moat's ECDSA certificate
+/// never is, so no TLS <= 1.2 handshake can complete (TLS 1.3 suites are a separate list).
+pub const WEBSOCKETS_TLS13_ONLY_CIPHERS: &str = "ECDHE-RSA-AES256-GCM-SHA384";
+
 /// Where the broker finds its files.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigPaths {
@@ -149,7 +160,16 @@ pub fn render(model: &BrokerModel, paths: &ConfigPaths, overrides: &ListenerOver
                 TlsVersion::V1_3 => "tlsv1.3",
             };
             let _ = writeln!(r, "tls_version {version}");
-            if let Some(c) = &l.tls.ciphers {
+            // Mosquitto 2.0 hands a WebSockets listener to libwebsockets with its cipher lists
+            // only and never applies `tls_version` there (src/websockets.c): on such a listener
+            // the minimum version is enforced through the TLS <= 1.2 cipher list instead.
+            let ciphers = match (&l.tls.ciphers, l.protocol, l.tls.min_version) {
+                (Some(c), _, _) => Some(c.as_str()),
+                (None, ListenerProtocol::WebSockets, TlsVersion::V1_2) => Some(WEBSOCKETS_TLS12_CIPHERS),
+                (None, ListenerProtocol::WebSockets, TlsVersion::V1_3) => Some(WEBSOCKETS_TLS13_ONLY_CIPHERS),
+                (None, ListenerProtocol::Mqtt, _) => None,
+            };
+            if let Some(c) = ciphers {
                 let _ = writeln!(r, "ciphers {c}");
             }
             if let Some(c) = &l.tls.ciphers_tls13 {
@@ -261,6 +281,41 @@ mod tests {
                 "use_identity_as_username true",
             ]
         );
+    }
+
+    #[test]
+    fn websockets_listeners_enforce_the_minimum_version_through_ciphers() {
+        let ws = |min_version, ciphers: Option<&str>| {
+            let c = render(
+                &model(|s| {
+                    s.listeners = vec![Listener {
+                        name: "wss".into(),
+                        port: 8443,
+                        protocol: ListenerProtocol::WebSockets,
+                        tls: ListenerTls { min_version, ciphers: ciphers.map(str::to_string), ..Default::default() },
+                        ..s.listeners[0].clone()
+                    }]
+                }),
+                &ConfigPaths::in_pod(),
+                &ListenerOverrides::default(),
+            );
+            lines(&c).into_iter().filter(|l| l.starts_with("ciphers ")).map(str::to_string).collect::<Vec<_>>()
+        };
+        assert_eq!(ws(TlsVersion::V1_2, None), [format!("ciphers {WEBSOCKETS_TLS12_CIPHERS}")]);
+        assert_eq!(ws(TlsVersion::V1_3, None), [format!("ciphers {WEBSOCKETS_TLS13_ONLY_CIPHERS}")]);
+        assert_eq!(
+            ws(TlsVersion::V1_3, Some("ECDHE-ECDSA-AES256-GCM-SHA384")),
+            ["ciphers ECDHE-ECDSA-AES256-GCM-SHA384"]
+        );
+        // None of the default suites can be negotiated below TLS 1.2 (all AEAD, TLS 1.2-only).
+        assert!(
+            WEBSOCKETS_TLS12_CIPHERS
+                .split(':')
+                .all(|c| c.starts_with("ECDHE-ECDSA-") && !c.contains("CBC") && !c.ends_with("-SHA"))
+        );
+        // MQTT listeners rely on tls_version and get no cipher list of moat's.
+        let mqtt = render(&model(|_| {}), &ConfigPaths::in_pod(), &ListenerOverrides::default());
+        assert!(!mqtt.text.contains("\nciphers "));
     }
 
     #[test]

@@ -6,7 +6,10 @@ mod chart;
 mod compliance;
 mod controlplane;
 mod crds;
+// Shared helpers: not every suite uses every helper (clippy -D warnings on --all-features).
+#[allow(dead_code)]
 mod harness;
+#[allow(dead_code)]
 mod hygiene;
 mod network;
 mod pki;

@@ -5,35 +5,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use base64::Engine;
-
 use crate::harness::*;
 
 const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
 const WAIT: Duration = Duration::from_secs(15);
-
-/// Password shard files for `users`, built the way the broker controller builds them (same
-/// fingerprint key, previous lines reused).
-fn shard_files(r: &Rendered, users: &[(String, String)]) -> BTreeMap<String, Vec<u8>> {
-    let ca = r.secret("plant-a-ca");
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(String::from_utf8(ca["fingerprint.key"].clone()).unwrap().trim())
-        .unwrap();
-    let shard = r.secret("plant-a-passwd-0");
-    let previous = moat::render::passwd::previous_from_shards(&[(
-        String::from_utf8(shard["passwd"].clone()).unwrap(),
-        String::from_utf8(shard["fingerprints"].clone()).unwrap(),
-    )])
-    .unwrap();
-    let assembly = moat::render::passwd::assemble(users, &previous, 1000, &key).unwrap();
-    let shards = moat::render::passwd::shard(&assembly.entries).unwrap();
-    let mut files = BTreeMap::new();
-    for (i, s) in shards.iter().enumerate() {
-        files.insert(format!("{i}/passwd"), s.passwd.clone().into_bytes());
-        files.insert(format!("{i}/manifest"), s.manifest.clone().into_bytes());
-    }
-    files
-}
 
 struct Setup {
     r: Rendered,
@@ -89,7 +64,7 @@ async fn a_new_password_file_reaches_the_running_broker_without_a_restart() {
     );
 
     // add carol: Kubernetes swaps ..data; the agent validates, installs and SIGHUPs
-    let files = shard_files(&s.r, &[alice.clone(), bob.clone(), carol.clone()]);
+    let files = shard_files(&s.r, "plant-a", &[alice.clone(), bob.clone(), carol.clone()], 1000);
     s.volumes.passwd.write(&files);
     assert!(s.agent.wait_for("sent SIGHUP", 1, WAIT), "agent did not reload: {}", s.agent.log());
     assert!(s.broker.wait_log(0, "Reloading config", WAIT), "{}", s.broker.log());
@@ -98,7 +73,7 @@ async fn a_new_password_file_reaches_the_running_broker_without_a_restart() {
 
     // remove bob: his live session is dropped and he cannot log in again
     let mut bob_session = connect(&conn(&s.r, Some(bob.clone()))).await.expect("bob connects before removal");
-    s.volumes.passwd.write(&shard_files(&s.r, &[alice.clone(), carol.clone()]));
+    s.volumes.passwd.write(&shard_files(&s.r, "plant-a", &[alice.clone(), carol.clone()], 1000));
     assert!(s.agent.wait_for("sent SIGHUP", 2, WAIT), "{}", s.agent.log());
     assert!(bob_session.wait_closed(WAIT).await.is_some(), "bob's live session survived his removal");
     assert!(matches!(connect(&conn(&s.r, Some(bob))).await, Err(Refusal::Refused(_))), "bob can still log in");

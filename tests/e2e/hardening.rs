@@ -1,6 +1,5 @@
 //! The rendered configuration of the example brokers really hardens a real Mosquitto.
 
-use std::process::Command;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
@@ -24,18 +23,6 @@ fn tls(r: &Rendered, port: u16) -> Conn {
 
 fn password_of(r: &Rendered, user: &str) -> (String, String) {
     (user.to_string(), r.client_file(user, "password"))
-}
-
-/// `openssl s_client` forcing one TLS version; returns whether a handshake completed.
-fn s_client_handshakes(port: u16, version_flag: &str, openssl_conf: &std::path::Path) -> bool {
-    let out = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), version_flag, "-brief"])
-        .env("OPENSSL_CONF", openssl_conf)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    text.contains("CONNECTION ESTABLISHED") || text.contains("Protocol version: TLSv1.1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +103,61 @@ async fn production_broker_serves_password_mtls_and_websocket_listeners() {
     // Without a certificate the mTLS listener refuses (TLS layer).
     let none = connect(&Conn { credentials: Some(password_of(&r, "sensor-17")), ..tls(&r, 8884) }).await;
     assert!(none.is_err(), "mTLS listener accepted a client without a certificate");
-    // TLS 1.2 is below the mTLS listener's minimum (1.3).
-    assert!(!s_client_handshakes(r.port(8884), "-tls1_2", &conf), "TLS 1.2 accepted on a 1.3-only listener");
+    // TLS 1.2 is below the mTLS listener's minimum (1.3). The client presents a valid
+    // certificate: without one a TLS 1.2 handshake fails on the missing certificate whatever the
+    // version setting, and the check could not fail.
+    let gw_files = r.bundle.join("clients/gateway-1");
+    assert!(
+        s_client_handshakes_as(r.port(8884), "-tls1_3", &conf, Some(&gw_files)),
+        "control: TLS 1.3 with a client certificate"
+    );
+    assert!(
+        !s_client_handshakes_as(r.port(8884), "-tls1_2", &conf, Some(&gw_files)),
+        "TLS 1.2 accepted on a 1.3-only listener"
+    );
     assert!(broker.log().contains("u'gateway-1'"), "{}", broker.log());
+}
+
+/// Mosquitto 2.0 never applies `tls_version` to WebSockets listeners (libwebsockets only gets
+/// the cipher lists), so moat enforces their minimum version with the rendered `ciphers` line.
+/// With an OpenSSL that allows everything, only that line keeps old versions out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_listeners_enforce_their_minimum_tls_version() {
+    let r = render(&["tests/e2e/fixtures/broker-websockets.yaml"], &[8883, 8443, 8444]);
+    let conf = permissive_openssl_conf(r.dir.path());
+    let (mqtts, wss12, wss13) = (r.port(8883), r.port(8443), r.port(8444));
+    {
+        let _broker = Broker::start(&r.bundle, &[mqtts, wss12, wss13], &[("OPENSSL_CONF", &conf)]);
+        for flag in ["-tls1", "-tls1_1"] {
+            assert!(
+                !s_client_handshakes(wss12, flag, &conf),
+                "{flag} accepted on a minVersion 1.2 WebSockets listener"
+            );
+        }
+        assert!(
+            s_client_handshakes(wss12, "-tls1_2", &conf),
+            "TLS 1.2 refused on a minVersion 1.2 WebSockets listener"
+        );
+        assert!(s_client_handshakes(wss12, "-tls1_3", &conf));
+        for flag in ["-tls1", "-tls1_1", "-tls1_2"] {
+            assert!(
+                !s_client_handshakes(wss13, flag, &conf),
+                "{flag} accepted on a minVersion 1.3 WebSockets listener"
+            );
+        }
+        assert!(
+            s_client_handshakes(wss13, "-tls1_3", &conf),
+            "TLS 1.3 refused on a minVersion 1.3 WebSockets listener"
+        );
+    }
+    // Negative control: without moat's cipher lines (tls_version alone) the same broker takes
+    // TLS 1.1 on the first listener and TLS 1.2 on the second.
+    let path = r.bundle.join("mosquitto.conf");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let stripped: String = text.lines().filter(|l| !l.starts_with("ciphers ")).map(|l| format!("{l}\n")).collect();
+    assert_eq!(text.lines().count() - stripped.lines().count(), 2, "expected one ciphers line per listener");
+    std::fs::write(&path, stripped).unwrap();
+    let _broker = Broker::start(&r.bundle, &[mqtts, wss12, wss13], &[("OPENSSL_CONF", &conf)]);
+    assert!(s_client_handshakes(wss12, "-tls1_1", &conf), "the negative control must handshake TLS 1.1");
+    assert!(s_client_handshakes(wss13, "-tls1_2", &conf), "the negative control must handshake TLS 1.2");
 }

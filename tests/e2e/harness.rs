@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 
@@ -94,6 +94,8 @@ pub struct Rendered {
     pub offset: u16,
     /// Every rendered Kubernetes object.
     pub objects: Vec<serde_json::Value>,
+    /// What `moat render` printed on stderr (warnings).
+    pub stderr: String,
 }
 
 impl Rendered {
@@ -132,6 +134,22 @@ impl Rendered {
     pub fn port(&self, base: u16) -> u16 {
         base + self.offset
     }
+
+    /// The data of a rendered Secret as text.
+    pub fn secret_text(&self, name: &str) -> BTreeMap<String, String> {
+        self.secret(name).into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect()
+    }
+
+    /// The broker's CA set, as the controller stores it (`<broker>-ca`).
+    pub fn ca_set(&self, broker: &str) -> moat::pki::CaSet {
+        moat::pki::CaSet::from_secret_data(&self.secret_text(&format!("{broker}-ca"))).unwrap()
+    }
+
+    /// The names the rendered server certificate is valid for (to re-issue it unchanged).
+    pub fn server_names(&self, broker: &str) -> moat::pki::ServerNames {
+        let info = moat::pki::inspect(&self.secret_text(&format!("{broker}-tls"))["tls.crt"]).unwrap();
+        moat::pki::ServerNames { dns: info.dns_names, ips: info.ip_addresses }
+    }
 }
 
 /// Runs `moat render` on example files (paths relative to the repo) with listeners on loopback.
@@ -152,7 +170,7 @@ pub fn render(files: &[&str], base_ports: &[u16]) -> Rendered {
         .filter(|v: &serde_json::Value| !v.is_null())
         .collect();
     let bundle = dir.path().join("bundle");
-    Rendered { dir, bundle, offset, objects }
+    Rendered { dir, bundle, offset, objects, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
 /// A running Mosquitto.
@@ -280,12 +298,23 @@ pub enum Refusal {
     Transport(String),
 }
 
-/// A connected MQTT v5 session: messages arrive on `rx`.
+/// What the event loop task forwards to a [`Session`].
+enum Incoming {
+    /// A PUBLISH `(topic, payload)`.
+    Message(String, Vec<u8>),
+    /// A PUBACK reason (`Debug` of [`PubAckReason`]).
+    PubAck(String),
+    /// A SUBACK's reason codes.
+    SubAck(Vec<SubscribeReasonCode>),
+}
+
+/// A connected MQTT v5 session.
 pub struct Session {
     /// Client handle.
     pub client: AsyncClient,
-    /// Incoming publishes `(topic, payload)`; PUBACK reasons arrive as `("$puback", reason)`.
-    pub rx: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Incoming>,
+    /// Messages that arrived while waiting for an acknowledgement.
+    backlog: std::collections::VecDeque<(String, Vec<u8>)>,
     /// Set when the connection dropped.
     pub closed: tokio::sync::watch::Receiver<Option<String>>,
     task: tokio::task::JoinHandle<()>,
@@ -306,9 +335,8 @@ fn options(c: &Conn) -> MqttOptions {
         o.set_credentials(u.clone(), p.clone());
     }
     if let Some(ca) = &c.ca {
-        // the server certificate is for the broker's DNS names; rumqttc checks the host string,
-        // so connect by IP and accept the name "127.0.0.1" only if the cert has it — instead we
-        // pin the first DNS name via a custom verifier-free route: SNI = broker service name.
+        // The server certificate carries the bind address 127.0.0.1 as an IP SAN (moat render
+        // --bind-address), and rumqttc checks the host string against it.
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
             ca: ca.clone().into_bytes(),
             alpn: None,
@@ -328,11 +356,14 @@ pub async fn connect(c: &Conn) -> Result<Session, Refusal> {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ = tx.send((String::from_utf8_lossy(&p.topic).into_owned(), p.payload.to_vec()));
+                    let _ =
+                        tx.send(Incoming::Message(String::from_utf8_lossy(&p.topic).into_owned(), p.payload.to_vec()));
                 }
                 Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    let reason = format!("{:?}", a.reason);
-                    let _ = tx.send(("$puback".into(), reason.into_bytes()));
+                    let _ = tx.send(Incoming::PubAck(format!("{:?}", a.reason)));
+                }
+                Ok(Event::Incoming(Packet::SubAck(a))) => {
+                    let _ = tx.send(Incoming::SubAck(a.return_codes));
                 }
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     let _ = closed_tx.send(Some(format!("disconnect {:?}", d.reason_code)));
@@ -347,7 +378,15 @@ pub async fn connect(c: &Conn) -> Result<Session, Refusal> {
             }
         }
     });
-    Ok(Session { client, rx, closed, task })
+    Ok(Session { client, rx, backlog: Default::default(), closed, task })
+}
+
+/// Connects and panics with `what` if the broker refuses.
+pub async fn connect_ok(c: &Conn, what: &str) -> Session {
+    match connect(c).await {
+        Ok(s) => s,
+        Err(e) => panic!("{what}: connection refused: {e:?}"),
+    }
 }
 
 async fn first_connack(eventloop: &mut EventLoop) -> Result<(), Refusal> {
@@ -368,37 +407,92 @@ async fn first_connack(eventloop: &mut EventLoop) -> Result<(), Refusal> {
 }
 
 impl Session {
-    /// Subscribes and waits until the broker acknowledged it (SUBACK is handled by the loop; a
-    /// short round trip with a ping-free publish to ourselves is not needed: mosquitto processes
-    /// packets of one client in order, so a later publish from another client is delivered after).
-    pub async fn subscribe(&self, filter: &str) {
+    /// Waits for the next acknowledgement matching `pick`, keeping messages that arrive meanwhile.
+    async fn wait_ack<T>(&mut self, what: &str, mut pick: impl FnMut(Incoming) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(Incoming::Message(t, p))) => self.backlog.push_back((t, p)),
+                Ok(Some(other)) => {
+                    if let Some(v) = pick(other) {
+                        return v;
+                    }
+                }
+                Ok(None) => panic!("connection closed while waiting for {what}: {:?}", self.closed.borrow().clone()),
+                Err(_) => panic!("no {what} within 5 s"),
+            }
+        }
+    }
+
+    /// Subscribes at QoS 1 and returns the SUBACK reason codes once the broker acknowledged it
+    /// (Mosquitto handles one client's packets in order, so a publish from another client after
+    /// this returns is matched against the subscription).
+    pub async fn subscribe(&mut self, filter: &str) -> Vec<SubscribeReasonCode> {
         self.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        self.wait_ack(&format!("SUBACK for {filter}"), |i| match i {
+            Incoming::SubAck(codes) => Some(codes),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Subscribes and asserts that the broker granted the subscription.
+    pub async fn subscribe_granted(&mut self, filter: &str) {
+        let codes = self.subscribe(filter).await;
+        assert!(granted(&codes), "SUBACK for {filter}: {codes:?}");
     }
 
     /// Publishes at QoS 1 and returns the PUBACK reason.
     pub async fn publish(&mut self, topic: &str, payload: &[u8]) -> String {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await.unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((t, reason))) if t == "$puback" => return String::from_utf8(reason).unwrap(),
-                Ok(Some(_)) => continue,
-                _ => panic!("no PUBACK for {topic}"),
-            }
-        }
+        self.wait_ack(&format!("PUBACK for {topic}"), |i| match i {
+            Incoming::PubAck(reason) => Some(reason),
+            _ => None,
+        })
+        .await
     }
 
     /// The next message within `timeout`, if any.
     pub async fn next_message(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
+        if let Some(m) = self.backlog.pop_front() {
+            return Some(m);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((t, _))) if t == "$puback" => continue,
-                Ok(Some(m)) => return Some(m),
+                Ok(Some(Incoming::Message(t, p))) => return Some((t, p)),
+                Ok(Some(_)) => continue,
                 _ => return None,
             }
         }
+    }
+
+    /// Waits up to `timeout` for a message on `topic` with `payload` (other messages are skipped).
+    pub async fn expect_message(&mut self, topic: &str, payload: &[u8], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_message(left).await {
+                Some((t, p)) if t == topic && p == payload => return true,
+                Some(_) => continue,
+                None => return false,
+            }
+        }
+    }
+
+    /// Every message received so far and within `timeout` (for asserting that nothing arrived,
+    /// after a control subscriber has already received the same publish).
+    pub async fn drain(&mut self, timeout: Duration) -> Vec<(String, Vec<u8>)> {
+        let mut out = vec![];
+        while let Some(m) = self.next_message(timeout).await {
+            out.push(m);
+        }
+        out
+    }
+
+    /// Whether the broker closed the connection already.
+    pub fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
     }
 
     /// Waits up to `timeout` for the connection to be closed by the broker.
@@ -415,6 +509,11 @@ impl Session {
     }
 }
 
+/// Whether every SUBACK reason code grants the subscription.
+pub fn granted(codes: &[SubscribeReasonCode]) -> bool {
+    !codes.is_empty() && codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_)))
+}
+
 /// Whether a PUBACK reason means the broker accepted the publish (with or without subscribers).
 pub fn accepted(reason: &str) -> bool {
     reason == format!("{:?}", PubAckReason::Success) || reason == format!("{:?}", PubAckReason::NoMatchingSubscribers)
@@ -428,7 +527,8 @@ pub fn puback_not_authorized() -> String {
 /// A directory updated the way the kubelet updates a Secret volume: files are symlinks into
 /// `..data`, which atomically switches to a new timestamped directory on every update.
 pub struct SecretVolume {
-    dir: PathBuf,
+    /// The mount point.
+    pub dir: PathBuf,
     generation: u32,
 }
 
@@ -491,7 +591,8 @@ pub struct PodVolumes {
 
 impl PodVolumes {
     /// Mounts the rendered Secrets of broker `broker` under `root`, with the in-pod run directory
-    /// `/moat/run` in mosquitto.conf replaced by `run_dir` (the only change to the rendered files).
+    /// `/moat/run` in mosquitto.conf replaced by `run_dir` and every listener bound to loopback at
+    /// the rendered port offset (the only changes to the rendered files).
     pub fn from_rendered(r: &Rendered, broker: &str, root: &Path, run_dir: &Path) -> PodVolumes {
         let mut v = PodVolumes {
             config: SecretVolume::new(root.join("config")),
@@ -502,20 +603,130 @@ impl PodVolumes {
         };
         let mut conf = r.secret(&format!("{broker}-config"));
         let text = String::from_utf8(conf["mosquitto.conf"].clone()).unwrap();
-        let text = text.replace("/moat/run", run_dir.to_str().unwrap());
-        let text = text.replace("\nlistener 8883\n", &format!("\nlistener {} 127.0.0.1\n", r.port(8883)));
+        let text = localize_config(&text.replace("/moat/run", run_dir.to_str().unwrap()), r.offset);
         conf.insert("mosquitto.conf".into(), text.into_bytes());
         v.config.write(&conf);
         let tls = r.secret(&format!("{broker}-tls"));
         v.tls.write(&tls);
         let acl = r.secret(&format!("{broker}-acl"));
         v.acl.write(&acl.into_iter().filter(|(k, _)| k == "acl").collect());
-        let shard = r.secret(&format!("{broker}-passwd-0"));
-        v.passwd.write(&BTreeMap::from([
-            ("0/passwd".to_string(), shard["passwd"].clone()),
-            ("0/manifest".to_string(), shard["manifest"].clone()),
-        ]));
+        let mut shards = BTreeMap::new();
+        for i in 0.. {
+            let name = format!("{broker}-passwd-{i}");
+            if !r.objects.iter().any(|o| o["kind"] == "Secret" && o["metadata"]["name"] == name.as_str()) {
+                break;
+            }
+            let shard = r.secret(&name);
+            shards.insert(format!("{i}/passwd"), shard["passwd"].clone());
+            shards.insert(format!("{i}/manifest"), shard["manifest"].clone());
+        }
+        assert!(!shards.is_empty(), "no password shard rendered for {broker}");
+        v.passwd.write(&shards);
         v
+    }
+
+    /// The TLS Secret volume's current content with some files replaced, written as one update.
+    pub fn update_tls(&mut self, changes: &[(&str, &str)]) {
+        let mut files = read_volume(&self.tls.dir);
+        for (k, v) in changes {
+            files.insert(k.to_string(), v.as_bytes().to_vec());
+        }
+        self.tls.write(&files);
+    }
+}
+
+/// The files of a Secret volume (its top-level symlinks, followed).
+pub fn read_volume(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("..") {
+            files.insert(name, std::fs::read(entry.path()).unwrap());
+        }
+    }
+    files
+}
+
+/// A pod's `mosquitto.conf` made runnable on the test host: every `listener <port>` line becomes
+/// `listener <port + offset> 127.0.0.1` (what `moat render --bind-address --port-offset` does
+/// for the bundle).
+pub fn localize_config(conf: &str, offset: u16) -> String {
+    let mut out = String::with_capacity(conf.len());
+    for line in conf.lines() {
+        let port = line.strip_prefix("listener ").and_then(|p| p.trim().parse::<u16>().ok());
+        match port {
+            Some(p) => out.push_str(&format!("listener {} 127.0.0.1", p + offset)),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A broker pod on the test host: the rendered Secrets mounted as kubelet-style volumes, the
+/// agent's init run, Mosquitto started on the installed files and `moat agent` watching the
+/// volumes (every change reaches the broker through the agent and SIGHUP).
+pub struct Pod {
+    /// The rendered broker.
+    pub r: Rendered,
+    /// The mounted Secrets.
+    pub volumes: PodVolumes,
+    /// The run directory (emptyDir) the agent installs into.
+    pub run: PathBuf,
+    /// The broker.
+    pub broker: Broker,
+    /// The agent.
+    pub agent: Agent,
+    reloads: usize,
+}
+
+impl Pod {
+    /// Starts broker `broker` of `r`, waiting until each of `base_ports` (+ offset) listens.
+    pub fn start(r: Rendered, broker: &str, base_ports: &[u16], env: &[(&str, &Path)]) -> Pod {
+        let run = r.dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let volumes = PodVolumes::from_rendered(&r, broker, &r.dir.path().join("secrets"), &run);
+        let (ok, log) = agent_once(&volumes.root, &run);
+        assert!(ok, "agent --once failed: {log}");
+        let ports: Vec<u16> = base_ports.iter().map(|p| r.port(*p)).collect();
+        let broker = Broker::start_with(&run, "mosquitto.conf", &ports, env);
+        let agent = Agent::start(&volumes.root, &run, broker.pid());
+        Pod { r, volumes, run, broker, agent, reloads: 0 }
+    }
+
+    /// Waits until the agent has signalled one more reload and the broker logged it.
+    pub fn wait_reload(&mut self) {
+        self.reloads += 1;
+        let n = self.reloads;
+        assert!(
+            self.agent.wait_for("sent SIGHUP", n, Duration::from_secs(15)),
+            "the agent did not reload (#{n}):\n{}",
+            self.agent.log()
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.broker.log().matches("Reloading config").count() < n {
+            assert!(Instant::now() < deadline, "the broker did not log reload #{n}:\n{}", self.broker.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until the agent refused an update whose reason contains `reason` (no reload happens).
+    pub fn wait_refused(&self, reason: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.agent.log().lines().any(|l| l.contains("refusing the updated broker files") && l.contains(reason)) {
+            assert!(Instant::now() < deadline, "the agent did not refuse ({reason}):\n{}", self.agent.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// How many SIGHUPs the agent sent so far.
+    pub fn sighups(&self) -> usize {
+        self.agent.log().matches("sent SIGHUP").count()
+    }
+
+    /// TLS connection settings for listener `base` with the rendered trust bundle.
+    pub fn tls(&self, base: u16) -> Conn {
+        Conn { port: self.r.port(base), ca: Some(self.r.ca()), ..Default::default() }
     }
 }
 
@@ -605,4 +816,221 @@ pub fn agent_once(source: &Path, target: &Path) -> (bool, String) {
 pub fn start_broker_on(conf: &Path, ports: &[u16]) -> Broker {
     let dir = conf.parent().unwrap();
     Broker::start_with(dir, conf.file_name().unwrap().to_str().unwrap(), ports, &[])
+}
+
+/// What `moat probe` printed and returned.
+pub struct ProbeRun {
+    /// Exit code.
+    pub code: i32,
+    /// The report.
+    pub stdout: String,
+}
+
+impl ProbeRun {
+    /// The value of a report line (`certificate serial`, `result`, ...).
+    pub fn field(&self, name: &str) -> Option<String> {
+        self.stdout.lines().find_map(|l| l.strip_prefix(name).map(|rest| rest.trim().to_string()))
+    }
+
+    /// The label (`PASS`, `FAIL`, `UNKNOWN`) of one of the four checks.
+    pub fn check(&self, name: &str) -> String {
+        let value = self.field(name).unwrap_or_else(|| panic!("no {name:?} in the probe report:\n{}", self.stdout));
+        value.split_whitespace().next().unwrap_or_default().to_string()
+    }
+}
+
+/// Runs the `moat probe` binary against `127.0.0.1:<port>` (server name 127.0.0.1, the bind
+/// address in the rendered server certificate).
+pub fn moat_probe(port: u16, ca: Option<&Path>) -> ProbeRun {
+    let mut cmd = Command::new(moat_bin());
+    cmd.args(["probe", "--host", "127.0.0.1", "--port", &port.to_string(), "--timeout", "3s"]);
+    if let Some(ca) = ca {
+        cmd.arg("--ca").arg(ca);
+    }
+    let out = cmd.output().unwrap();
+    ProbeRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    }
+}
+
+/// Serial (lower-case hex) of the certificate a TLS listener serves now, seen by a new handshake.
+pub fn served_serial(port: u16) -> String {
+    let run = moat_probe(port, None);
+    run.field("certificate serial")
+        .filter(|s| s != "-")
+        .unwrap_or_else(|| panic!("the probe saw no certificate on {port}:\n{}", run.stdout))
+        .to_ascii_lowercase()
+}
+
+/// Serial of a PEM certificate as [`served_serial`] prints it.
+pub fn serial_of(cert_pem: &str) -> String {
+    moat::pki::inspect(cert_pem).unwrap().serial_hex
+}
+
+/// Password shard files (`<i>/passwd`, `<i>/manifest`) for `users`, built the way the broker
+/// controller builds them: same fingerprint key, the rendered lines reused where the password is
+/// unchanged, new lines hashed with `iterations`.
+pub fn shard_files(
+    r: &Rendered,
+    broker: &str,
+    users: &[(String, String)],
+    iterations: u32,
+) -> BTreeMap<String, Vec<u8>> {
+    use base64::Engine;
+    let ca = r.secret(&format!("{broker}-ca"));
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(String::from_utf8(ca["fingerprint.key"].clone()).unwrap().trim())
+        .unwrap();
+    let shard = r.secret(&format!("{broker}-passwd-0"));
+    let previous = moat::render::passwd::previous_from_shards(&[(
+        String::from_utf8(shard["passwd"].clone()).unwrap(),
+        String::from_utf8(shard["fingerprints"].clone()).unwrap(),
+    )])
+    .unwrap();
+    let assembly = moat::render::passwd::assemble(users, &previous, iterations, &key).unwrap();
+    let shards = moat::render::passwd::shard(&assembly.entries).unwrap();
+    let mut files = BTreeMap::new();
+    for (i, s) in shards.iter().enumerate() {
+        files.insert(format!("{i}/passwd"), s.passwd.clone().into_bytes());
+        files.insert(format!("{i}/manifest"), s.manifest.clone().into_bytes());
+    }
+    files
+}
+
+/// `openssl s_client` forcing one TLS version (`-tls1`, `-tls1_1`, ...) with the given OpenSSL
+/// config; returns whether a handshake completed.
+pub fn s_client_handshakes(port: u16, version_flag: &str, openssl_conf: &Path) -> bool {
+    s_client_handshakes_as(port, version_flag, openssl_conf, None)
+}
+
+/// [`s_client_handshakes`] presenting a client certificate (`<dir>/tls.crt`, `<dir>/tls.key`):
+/// against an mTLS listener, a version check without one would fail for the missing
+/// certificate instead (TLS 1.2 checks it inside the handshake), whatever the version.
+pub fn s_client_handshakes_as(port: u16, version_flag: &str, openssl_conf: &Path, client: Option<&Path>) -> bool {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), version_flag, "-brief"]);
+    if let Some(dir) = client {
+        cmd.arg("-cert").arg(dir.join("tls.crt")).arg("-key").arg(dir.join("tls.key"));
+    }
+    let out = cmd.env("OPENSSL_CONF", openssl_conf).stdin(Stdio::null()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    text.contains("CONNECTION ESTABLISHED") || text.contains("Protocol version: TLSv")
+}
+
+/// A hand-driven MQTT 3.1.1 client over TLS, for packets a well-behaved client library will not
+/// send (e.g. larger than the broker's advertised maximum).
+pub struct RawMqtt {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+/// MQTT variable-length "remaining length".
+fn remaining_length(mut n: usize) -> Vec<u8> {
+    let mut out = vec![];
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+fn mqtt_string(s: &str) -> Vec<u8> {
+    let mut out = (s.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+impl RawMqtt {
+    /// TLS to `127.0.0.1:port` verified with `ca_pem`, then CONNECT with credentials; returns the
+    /// CONNACK return code.
+    pub async fn connect(port: u16, ca_pem: &str, user: &str, password: &str) -> std::io::Result<(RawMqtt, u8)> {
+        use rustls_pki_types::pem::PemObject;
+        use tokio::io::AsyncWriteExt;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        let mut raw = RawMqtt { stream };
+        let mut body = mqtt_string("MQTT");
+        body.extend_from_slice(&[4, 0xC2, 0, 30]); // level 4; username, password, clean session; keepalive 30
+        body.extend(mqtt_string(user)); // client id
+        body.extend(mqtt_string(user));
+        body.extend(mqtt_string(password));
+        let mut packet = vec![0x10];
+        packet.extend(remaining_length(body.len()));
+        packet.extend(body);
+        raw.stream.write_all(&packet).await?;
+        match raw.read_packet(Duration::from_secs(5)).await? {
+            Some(p) if p.len() == 4 && p[0] == 0x20 => {
+                let rc = p[3];
+                Ok((raw, rc))
+            }
+            other => Err(std::io::Error::other(format!("no CONNACK: {other:?}"))),
+        }
+    }
+
+    /// Sends a QoS 1 PUBLISH header announcing `payload_len` bytes of payload, then streams that
+    /// many bytes (stopping at the first write error: the broker may hang up early).
+    pub async fn publish_qos1(&mut self, topic: &str, payload_len: usize) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut header = vec![0x32];
+        let variable = [mqtt_string(topic), vec![0, 1]].concat(); // packet id 1
+        header.extend(remaining_length(variable.len() + payload_len));
+        header.extend(variable);
+        self.stream.write_all(&header).await?;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = payload_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            self.stream.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        self.stream.flush().await
+    }
+
+    /// The next whole packet; `Ok(None)` when the broker closed the connection.
+    pub async fn read_packet(&mut self, timeout: Duration) -> std::io::Result<Option<Vec<u8>>> {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut first = [0u8; 1];
+            if self.stream.read(&mut first).await? == 0 {
+                return Ok(None);
+            }
+            let mut packet = vec![first[0]];
+            let (mut len, mut shift) = (0usize, 0);
+            loop {
+                let mut b = [0u8; 1];
+                if self.stream.read(&mut b).await? == 0 {
+                    return Ok(None);
+                }
+                packet.push(b[0]);
+                len |= ((b[0] & 0x7f) as usize) << shift;
+                shift += 7;
+                if b[0] & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0u8; len];
+            self.stream.read_exact(&mut body).await?;
+            packet.extend(body);
+            Ok(Some(packet))
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no packet"))?
+    }
 }
