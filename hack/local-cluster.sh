@@ -256,7 +256,7 @@ wait_for() { # name timeout_s cmd...
 curl_api() { curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_PORT$1"; }
 kubectl_local() { "$BIN_DIR/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" "$@"; }
 
-audit_policy() { # writes are logged (metadata only): tests count an operator's writes per namespace
+audit_policy() { # writes and single-object reads are logged (metadata only): tests count an operator's API calls per namespace
   cat > "$RUN_DIR/audit-policy.yaml" <<'EOF2'
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -265,7 +265,7 @@ rules:
 - level: None
   resources: [{group: coordination.k8s.io, resources: [leases]}]
 - level: Metadata
-  verbs: [create, update, patch, delete, deletecollection]
+  verbs: [create, update, patch, delete, deletecollection, get]
 - level: None
 EOF2
 }
