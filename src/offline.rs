@@ -204,6 +204,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let existing = Existing {
         ca: Some(first.ca.clone()),
         revoked: first.revoked.clone(),
+        revoked_users: first.revoked_users.clone(),
         fingerprint_key: Some(first.fingerprint_key.clone()),
         server: Some(first.server.clone()),
         crl_pem: Some(first.crl_pem.clone()),

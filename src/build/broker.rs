@@ -25,6 +25,8 @@ pub const FINGERPRINT_KEY_LEN: usize = 32;
 pub const KEY_FINGERPRINT_KEY: &str = "fingerprint.key";
 /// Key of the revocation ledger in the CA Secret.
 pub const KEY_REVOKED: &str = "revoked";
+/// Key of the revoked identities in the CA Secret (`username<TAB>notAfter` per line).
+pub const KEY_REVOKED_USERS: &str = "revoked-users";
 
 /// What one MqttUser contributes, as the controller (or `moat render`) resolved it.
 #[derive(Clone, Debug)]
@@ -60,6 +62,8 @@ pub struct Existing {
     pub ca: Option<CaSet>,
     /// Revocation ledger (`<broker>-ca`, key `revoked`).
     pub revoked: Vec<RevokedCert>,
+    /// Usernames of revoked certificates, until those certificates expire (`revoked-users`).
+    pub revoked_users: BTreeMap<String, Timestamp>,
     /// Fingerprint key (`<broker>-ca`, key `fingerprint.key`).
     pub fingerprint_key: Option<Vec<u8>>,
     /// Server certificate and key (`<broker>-tls`).
@@ -131,6 +135,10 @@ pub struct BrokerPlan {
     pub server_renewal: Option<RenewReason>,
     /// The revocation ledger.
     pub revoked: Vec<RevokedCert>,
+    /// Usernames of revoked certificates until they expire: a live TLS session of a revoked
+    /// certificate survives the CRL reload (Mosquitto checks the CRL only at handshake), so the
+    /// ACL denies those identities every topic until the certificate has expired.
+    pub revoked_users: BTreeMap<String, Timestamp>,
     /// MqttUsers whose certificate was revoked now.
     pub newly_revoked: Vec<String>,
     /// The CRL file.
@@ -247,10 +255,15 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, BuildError> {
 
     // Revocations: a certificate user being deleted is revoked before its finalizer is released.
     let mut revoked = existing.revoked;
+    let mut revoked_users = existing.revoked_users;
     let mut newly_revoked = vec![];
     for u in users.iter().filter(|u| u.user.metadata.deletion_timestamp.is_some()) {
         if let Some(cert) = &u.certificate {
             let entry = RevokedCert::from_cert(&cert.cert_pem, now)?;
+            if let Some(cn) = pki::inspect(&cert.cert_pem)?.subject_cn {
+                let until = revoked_users.entry(cn).or_insert(entry.not_after);
+                *until = (*until).max(entry.not_after);
+            }
             if !revoked.iter().any(|r| r.serial_hex == entry.serial_hex && r.issuer_dn == entry.issuer_dn) {
                 revoked.push(entry);
                 newly_revoked.push(u.user.metadata.name.clone().unwrap_or_default());
@@ -258,6 +271,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, BuildError> {
         }
     }
     let revoked = pki::prune_revoked(&revoked, now);
+    revoked_users.retain(|_, until| *until > now);
     let crl_pem = match existing.crl_pem {
         Some(crl)
             if ca_changed_input.as_ref() == Some(&ca)
@@ -381,6 +395,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, BuildError> {
             invalid: None,
         });
     }
+    // revoked identities that are not in effect again: deny everything to their live sessions
+    for name in revoked_users.keys().filter(|u| !in_effect.contains(*u)) {
+        per_user.insert(name.clone(), revoked_identity_rules());
+    }
     let acl_text = crate::render::acl::render(&per_user, &patterns)?;
     let acl_sources = outcomes
         .iter()
@@ -410,6 +428,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, BuildError> {
         server,
         server_renewal,
         revoked,
+        revoked_users,
         newly_revoked,
         crl_pem,
         fingerprint_key,
@@ -444,6 +463,28 @@ pub fn risky_grants(rules: &[AclRule]) -> Vec<String> {
     out
 }
 
+/// The ACL block of a revoked identity: every topic denied (`#` does not match `$`-topics).
+pub fn revoked_identity_rules() -> Vec<AclRule> {
+    vec![
+        AclRule { topic: "#".into(), access: AclAccess::Deny },
+        AclRule { topic: "$SYS/#".into(), access: AclAccess::Deny },
+    ]
+}
+
+/// The revoked identities stored next to the CA set.
+pub fn revoked_users(data: &BTreeMap<String, String>) -> BTreeMap<String, Timestamp> {
+    data.get(KEY_REVOKED_USERS)
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| {
+                    let (user, until) = l.split_once('\t')?;
+                    Some((user.to_string(), until.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Parses the fingerprint key and revocation ledger stored next to the CA set.
 pub fn ca_secret_extras(data: &BTreeMap<String, String>) -> Result<(Option<Vec<u8>>, Vec<RevokedCert>), BuildError> {
     use base64::Engine;
@@ -462,6 +503,7 @@ pub fn ca_secret_data(plan: &BrokerPlan) -> BTreeMap<String, String> {
     let mut data = plan.ca.to_secret_data();
     data.insert(KEY_FINGERPRINT_KEY.into(), base64::engine::general_purpose::STANDARD.encode(&plan.fingerprint_key));
     data.insert(KEY_REVOKED.into(), pki::encode_revoked(&plan.revoked));
+    data.insert(KEY_REVOKED_USERS.into(), plan.revoked_users.iter().map(|(u, t)| format!("{u}\t{t}\n")).collect());
     data
 }
 

@@ -521,6 +521,7 @@ fn existing_material(broker: &str, secrets: &BTreeMap<String, Arc<Secret>>) -> R
         let (key, revoked) = bb::ca_secret_extras(&data).map_err(|e| Error::Pki(e.to_string()))?;
         ex.fingerprint_key = key;
         ex.revoked = revoked;
+        ex.revoked_users = bb::revoked_users(&data);
     }
     if let Some(s) = secrets.get(&names::tls_secret(broker)) {
         let d = secret_strings(s);

@@ -9,7 +9,7 @@ use super::common::{BrokerRef, ComplianceStatus, conditions_schema};
 
 /// Pattern of an ACL topic filter: `#` alone as the last level, `+` alone in its level, no empty
 /// levels, no whitespace or control characters.
-pub const TOPIC_FILTER_PATTERN: &str = r"^(#|(\+|[^+#/\x00-\x20\x7f]+)(/(\+|[^+#/\x00-\x20\x7f]+))*(/#)?)$";
+pub const TOPIC_FILTER_PATTERN: &str = r"^(#|(\+|[^+#/\x00-\x20\x7f-\x9f]+)(/(\+|[^+#/\x00-\x20\x7f-\x9f]+))*(/#)?)$";
 
 /// Desired topic access of some users of one broker.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -57,8 +57,10 @@ pub struct MqttAclSpec {
     /// (username) and `%c` (client id) as whole levels. Default: false.
     #[serde(default)]
     pub all_users: bool,
-    /// Access rules, evaluated as Mosquitto does: a matching `Deny` wins, otherwise the first
-    /// matching grant; anything not granted is denied.
+    /// Access rules, evaluated as Mosquitto does: first the rules of ACLs that list the user, then
+    /// `allUsers` rules; within that order a matching `Deny` refuses at once and the first
+    /// matching grant allows (so an `allUsers` Deny does not override a grant made to the user by
+    /// name). Anything not granted is denied.
     #[schemars(length(min = 1, max = 256))]
     pub rules: Vec<AclRule>,
 }

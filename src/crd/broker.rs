@@ -39,6 +39,10 @@ use super::common::{CertificateInfo, ComplianceStatus, GoDuration, MemberCounts,
         "message": "listener ports must be unique"
     },
     {
+        "rule": "self.listeners.exists(l, l.protocol == 'Mqtt')",
+        "message": "at least one listener must use protocol Mqtt (Mosquitto 2.0 does not start with WebSockets listeners only)"
+    },
+    {
         "rule": "self.service.type != 'LoadBalancer' || self.listeners.all(l, l.tls.enabled)",
         "message": "a LoadBalancer Service must not expose plaintext listeners (set tls.enabled: true on every listener)"
     }

@@ -11,7 +11,7 @@ pub const MAX_TOPIC_CHARS: usize = 1024;
 ///
 /// * 1 to [`MAX_TOPIC_CHARS`] characters and [`crate::crd::acl::TOPIC_FILTER_PATTERN`]: levels
 ///   separated by `/`, none empty; `+` alone in its level; `#` alone in the last level; no
-///   whitespace, control characters or DEL;
+///   whitespace, control characters (C0, DEL, C1);
 /// * `%u` / `%c` only in rules of an ACL with `allUsers: true` (`all_users`), and there `%` only as
 ///   a whole level `%u` or `%c`;
 /// * topics starting with `$` only as `$SYS/...` with access `Read` or `Deny`.
@@ -25,7 +25,7 @@ pub fn topic_filter(topic: &str, all_users: bool, access: AclAccess) -> Result<(
     if topic.chars().count() > MAX_TOPIC_CHARS {
         return Err(format!("topic is longer than {MAX_TOPIC_CHARS} characters"));
     }
-    if let Some(c) = topic.chars().find(|c| (*c as u32) <= 0x20 || *c == '\x7f') {
+    if let Some(c) = topic.chars().find(|c| (*c as u32) <= 0x20 || (0x7f..=0x9f).contains(&(*c as u32))) {
         return Err(format!("topic must not contain {} (no whitespace or control characters)", describe_char(c)));
     }
     pattern_levels(topic)?;
@@ -122,6 +122,7 @@ mod tests {
             (" a", "space"),
             ("a\tb", "tab"),
             ("a\x7fb", "U+007F"),
+            ("a\u{85}b", "U+0085"),
             ("a\x1bb", "U+001B"),
             ("a/#/b", "last level"),
             ("#/a", "last level"),
@@ -196,7 +197,7 @@ mod tests {
         let mut st = St::Start;
         let mut at_begin = true;
         for c in s.chars() {
-            let ordinary = !matches!(c, '+' | '#' | '/') && c as u32 > 0x20 && c != '\x7f';
+            let ordinary = !matches!(c, '+' | '#' | '/') && c as u32 > 0x20 && !(0x7f..=0x9f).contains(&(c as u32));
             st = match (st, c) {
                 (St::Start, '+') => St::Plus,
                 (St::Start, '#') => St::Hash,
@@ -215,7 +216,7 @@ mod tests {
         #[test]
         fn level_checker_agrees_with_the_pattern_automaton(s in "[a+#/ \n\0%é$]{0,8}") {
             // the character rule and the level structure are TOPIC_FILTER_PATTERN; % and $ are CEL
-            let chars_ok = !s.is_empty() && !s.chars().any(|c| (c as u32) <= 0x20 || c == '\x7f');
+            let chars_ok = !s.is_empty() && !s.chars().any(|c| (c as u32) <= 0x20 || (0x7f..=0x9f).contains(&(c as u32)));
             let ours = chars_ok && pattern_levels(&s).is_ok();
             proptest::prop_assert_eq!(ours, regex_automaton(&s), "{:?}", s);
             if topic_filter(&s, true, AclAccess::Deny).is_ok() {

@@ -3,6 +3,7 @@
 //! server cert/key pair. Every TLS change goes through a kubelet-style Secret volume, the agent and
 //! SIGHUP — the broker is never restarted.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -108,10 +109,33 @@ async fn certificate_users_connect_and_foreign_or_revoked_certificates_are_refus
     let why = assert_transport_refusal(connect(&mtls(&pod, &gw2, pod.r.ca())).await, "revoked gateway-2");
     assert!(why.contains("AlertReceived(CertificateRevoked)"), "{why}");
     drop(connect_ok(&mtls(&pod, &gw3, pod.r.ca()), "gateway-3 after gateway-2 was revoked").await);
-    // Limitation (Mosquitto 2.0): the CRL is checked only during the handshake. The reload
-    // re-reads the CRL but does not re-verify live TLS sessions, so a session opened with the
-    // certificate before it was revoked keeps working until it disconnects.
+    // Mosquitto 2.0 checks the CRL only during the handshake: the reload does not re-verify live
+    // TLS sessions, so the session opened before the revocation still works at this point.
     round_trip(&mut gw2_live, "gateway-2", b"revoked but still connected").await;
+    // ($SYS/broker/uptime is readable by all users, retained, and republished every sys_interval.)
+    gw2_live.subscribe_granted("$SYS/broker/uptime").await;
+    assert!(gw2_live.next_message(WAIT).await.is_some(), "no retained $SYS/broker/uptime before the deny block");
+
+    // moat therefore also keeps the revoked identity in the ACL with every topic denied until its
+    // certificate expires (`build::broker::revoked_identity_rules`); delivered like any ACL change.
+    let parsed = moat::render::acl::parse(&std::fs::read_to_string(pod.run.join("acl")).unwrap()).unwrap();
+    let mut users = parsed.users.clone();
+    users.insert("gateway-2".into(), moat::build::broker::revoked_identity_rules());
+    let acl = moat::render::acl::render(&users, &parsed.patterns).unwrap();
+    pod.volumes.acl.write(&BTreeMap::from([("acl".to_string(), acl.into_bytes())]));
+    pod.wait_reload();
+
+    // The live session stays connected but can neither publish nor read: not its live
+    // subscriptions, not the retained message of a new one (acl_file grants every SUBSCRIBE and
+    // filters delivery), for longer than sys_interval (10 s), when an uptime update is due.
+    assert!(!gw2_live.is_closed(), "the revoked session was dropped by the reload");
+    let reason = gw2_live.publish("devices/gateway-2/rt", b"after the deny block").await;
+    assert_eq!(reason, puback_not_authorized(), "the revoked session could still publish");
+    gw2_live.subscribe_granted("$SYS/#").await;
+    let seen = gw2_live.drain(Duration::from_secs(12)).await;
+    assert!(seen.is_empty(), "the revoked session still reads: {:?}", seen.iter().map(|m| &m.0).collect::<Vec<_>>());
+    // Everybody else is unaffected.
+    gw1_session.subscribe_granted("devices/gateway-1/#").await;
     round_trip(&mut gw1_session, "gateway-1", b"still here").await;
     assert_eq!(pod.broker.pid(), pid);
     assert!(pod.broker.alive());

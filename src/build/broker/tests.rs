@@ -60,6 +60,7 @@ fn existing_from(p: &BrokerPlan) -> Existing {
     Existing {
         ca: Some(p.ca.clone()),
         revoked: p.revoked.clone(),
+        revoked_users: p.revoked_users.clone(),
         fingerprint_key: Some(p.fingerprint_key.clone()),
         server: Some(p.server.clone()),
         crl_pem: Some(p.crl_pem.clone()),
@@ -155,6 +156,10 @@ fn a_deleted_certificate_user_is_revoked_in_the_crl() {
     let serial = crate::pki::inspect(&cert.cert_pem).unwrap().serial_hex;
     let crls = crate::pki::parse_crls(&gone.crl_pem).unwrap();
     assert!(crls.iter().any(|c| c.revoked_serials.contains(&serial)), "the CRL revokes the deleted user's serial");
+    // the live session of the revoked identity loses every topic (the CRL only acts at handshake)
+    crate::render::acl::parse(&gone.acl_text).unwrap();
+    assert_eq!(gone.revoked_users.keys().collect::<Vec<_>>(), vec!["gw"]);
+    assert!(gone.acl_text.contains("user gw\ntopic deny #\ntopic deny $SYS/#"), "{}", gone.acl_text);
     // idempotent: a further plan neither revokes again nor re-signs
     let again = run(&views, &[], existing_from(&gone), now());
     assert!(again.newly_revoked.is_empty());
