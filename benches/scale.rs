@@ -39,14 +39,33 @@ struct Report {
 }
 
 impl Report {
-    fn add(&mut self, section: &'static str, name: &str, value: f64, unit: &'static str, target: &str, met: Option<bool>, note: &str) {
+    /// One row of the table: each argument is one of its columns.
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        section: &'static str,
+        name: &str,
+        value: f64,
+        unit: &'static str,
+        target: &str,
+        met: Option<bool>,
+        note: &str,
+    ) {
         let mark = match met {
             Some(true) => "met",
             Some(false) => "MISSED",
             None => "",
         };
         println!("[bench] {section:<12} {name:<58} {value:>12.3} {unit:<8} target {target:<14} {mark} {note}");
-        self.figures.push(Figure { section, name: name.into(), value, unit, target: target.into(), met, note: note.into() });
+        self.figures.push(Figure {
+            section,
+            name: name.into(),
+            value,
+            unit,
+            target: target.into(),
+            met,
+            note: note.into(),
+        });
     }
 }
 
@@ -61,7 +80,17 @@ impl Op {
         let bin = repo().join("target/release/moat");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
-            .args(["run", "--watch-namespaces", ns, "--as", OPERATOR_SA, "--http-addr", "127.0.0.1:0", "--operator-namespace", OPERATOR_NS])
+            .args([
+                "run",
+                "--watch-namespaces",
+                ns,
+                "--as",
+                OPERATOR_SA,
+                "--http-addr",
+                "127.0.0.1:0",
+                "--operator-namespace",
+                OPERATOR_NS,
+            ])
             .args(["--lease-name", &format!("moat-{ns}"), "--active-probe=false"])
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info")
@@ -90,11 +119,20 @@ impl Op {
     /// (current RSS, peak RSS) in MiB.
     fn rss(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kb = |k: &str| status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0);
+        let kb = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
     }
     fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
         let _ = self.child.wait();
     }
 }
@@ -133,7 +171,12 @@ fn writes_by_resource(ns: &str) -> BTreeMap<String, usize> {
             && e["objectRef"]["namespace"] == ns
             && matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete"))
         {
-            let k = format!("{} {}{}", e["verb"].as_str().unwrap(), e["objectRef"]["resource"].as_str().unwrap_or(""), e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default());
+            let k = format!(
+                "{} {}{}",
+                e["verb"].as_str().unwrap(),
+                e["objectRef"]["resource"].as_str().unwrap_or(""),
+                e["objectRef"]["subresource"].as_str().map(|s| format!("/{s}")).unwrap_or_default()
+            );
             *out.entry(k).or_default() += 1;
         }
     }
@@ -145,8 +188,16 @@ async fn apiserver_writes(client: &kube::Client) -> f64 {
     let text = client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap();
     text.lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| ["verb=\"POST\"", "verb=\"PATCH\"", "verb=\"PUT\"", "verb=\"DELETE\"", "verb=\"APPLY\""].iter().any(|v| l.contains(v)))
-        .filter(|l| ["resource=\"secrets\"", "resource=\"mqttusers\"", "resource=\"mqttbrokers\"", "resource=\"configmaps\""].iter().any(|r| l.contains(r)))
+        .filter(|l| {
+            ["verb=\"POST\"", "verb=\"PATCH\"", "verb=\"PUT\"", "verb=\"DELETE\"", "verb=\"APPLY\""]
+                .iter()
+                .any(|v| l.contains(v))
+        })
+        .filter(|l| {
+            ["resource=\"secrets\"", "resource=\"mqttusers\"", "resource=\"mqttbrokers\"", "resource=\"configmaps\""]
+                .iter()
+                .any(|r| l.contains(r))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -203,7 +254,11 @@ async fn wait_ready(client: &kube::Client, ns: &str, n: usize, timeout: Duration
         if count_ready(client, ns).await >= n {
             return start.elapsed();
         }
-        assert!(start.elapsed() < timeout, "only {} of {n} users Ready after {timeout:?}", count_ready(client, ns).await);
+        assert!(
+            start.elapsed() < timeout,
+            "only {} of {n} users Ready after {timeout:?}",
+            count_ready(client, ns).await
+        );
         // listing is not free: poll large sets less often so the measurement does not load the apiserver
         tokio::time::sleep(Duration::from_millis(250 * (n as u64 / 1000).max(1))).await;
     }
@@ -237,7 +292,15 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
     let names: Vec<String> = (0..1000).map(|i| format!("u{i:05}")).collect();
     let floor = create_users(client, &floor_ns.name, names.clone(), false, 16).await;
     drop(floor_ns);
-    r.add("convergence", "plain client: 1,000 MqttUser creates (16 in flight)", floor.as_secs_f64(), "s", "floor", None, "the physical floor on this apiserver");
+    r.add(
+        "convergence",
+        "plain client: 1,000 MqttUser creates (16 in flight)",
+        floor.as_secs_f64(),
+        "s",
+        "floor",
+        None,
+        "the physical floor on this apiserver",
+    );
 
     let ns = TestNs::new(client, "bench-1k").await;
     let log = std::env::temp_dir().join("moat-bench-1k.log");
@@ -258,8 +321,24 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
     let (w1, _) = operator_calls(&ns.name);
     let api_after = apiserver_writes(client).await;
     let per_user = (w1 - w0) as f64 / 1000.0;
-    r.add("writes", "API writes per created MqttUser (amortised over 1,000)", per_user, "writes", "", None, "operator writes in the namespace (audit log)");
-    r.add("writes", "  cross-check: apiserver_request_total delta per user", (api_after - api_before - 1000.0) / 1000.0, "writes", "", None, "secrets+mqtt* writes minus the 1,000 creates");
+    r.add(
+        "writes",
+        "API writes per created MqttUser (amortised over 1,000)",
+        per_user,
+        "writes",
+        "",
+        None,
+        "operator writes in the namespace (audit log)",
+    );
+    r.add(
+        "writes",
+        "  cross-check: apiserver_request_total delta per user",
+        (api_after - api_before - 1000.0) / 1000.0,
+        "writes",
+        "",
+        None,
+        "secrets+mqtt* writes minus the 1,000 creates",
+    );
     let by_resource = writes_by_resource(&ns.name);
     let passwd_writes = by_resource.iter().filter(|(k, _)| k.contains("secrets")).map(|(_, v)| v).sum::<usize>();
     println!("[bench] writes by resource: {by_resource:?}");
@@ -267,7 +346,9 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         let text = std::fs::read_to_string(repo().join(".local-cluster/audit.log")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["impersonatedUser"]["username"] == OPERATOR_SA && e["objectRef"]["namespace"] == ns.name.as_str())
+            .filter(|e| {
+                e["impersonatedUser"]["username"] == OPERATOR_SA && e["objectRef"]["namespace"] == ns.name.as_str()
+            })
             .filter(|e| e["objectRef"]["name"].as_str().is_some_and(|n| n.starts_with("bench-passwd-")))
             .filter(|e| e["verb"] == "patch")
             .count()
@@ -278,19 +359,42 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
     let hashes_before = op.counter("moat_password_hashes_total");
     let (w2, r2) = operator_calls(&ns.name);
     let brokers: Api<MqttBroker> = Api::namespaced(client.clone(), &ns.name);
-    brokers.patch("bench", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"metadata": {"annotations": {"bench/poke": "1"}}}))).await.unwrap();
+    brokers
+        .patch(
+            "bench",
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"metadata": {"annotations": {"bench/poke": "1"}}})),
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await; // settle window: everything reconciles (measured, not asserted)
     let (w3, r3) = operator_calls(&ns.name);
     r.add("writes", "writes during a no-op resync of 1,000 users", (w3 - w2) as f64, "writes", "0", Some(w3 == w2), "");
     r.add("writes", "uncached reads during that resync", (r3 - r2) as f64, "reads", "0", Some(r3 == r2), "");
-    r.add("hashing", "PBKDF2 computations during the resync", op.counter("moat_password_hashes_total") - hashes_before, "hashes", "0", Some(op.counter("moat_password_hashes_total") == hashes_before), "");
+    r.add(
+        "hashing",
+        "PBKDF2 computations during the resync",
+        op.counter("moat_password_hashes_total") - hashes_before,
+        "hashes",
+        "0",
+        Some(op.counter("moat_password_hashes_total") == hashes_before),
+        "",
+    );
 
     // 100 certificate users
     let start = Instant::now();
     let certs: Vec<String> = (0..100).map(|i| format!("gw{i:03}")).collect();
     create_users(client, &ns.name, certs, true, 16).await;
     wait_ready(client, &ns.name, 1100, LONG).await;
-    r.add("convergence", "100 certificate users applied at once: all Ready", start.elapsed().as_secs_f64(), "s", "", None, "issued from the broker CA, P-256");
+    r.add(
+        "convergence",
+        "100 certificate users applied at once: all Ready",
+        start.elapsed().as_secs_f64(),
+        "s",
+        "",
+        None,
+        "issued from the broker CA, P-256",
+    );
     drop(op);
 }
 
@@ -307,12 +411,29 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     r.add("scale", "10,000 users on one broker: all Ready", start.elapsed().as_secs_f64(), "s", "", None, "");
     wait_quiet(&ns.name, Duration::from_secs(5), LONG).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let shards = secrets.list(&ListParams::default().labels("mqtt.moat.dev/broker=bench,app.kubernetes.io/component=passwd")).await.unwrap().items;
+    let shards = secrets
+        .list(&ListParams::default().labels("mqtt.moat.dev/broker=bench,app.kubernetes.io/component=passwd"))
+        .await
+        .unwrap()
+        .items;
     let sizes: Vec<usize> = shards.iter().map(|s| s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()).collect();
-    let lines: usize = shards.iter().map(|s| String::from_utf8_lossy(&s.data.as_ref().unwrap()["passwd"].0).lines().count()).sum();
+    let lines: usize =
+        shards.iter().map(|s| String::from_utf8_lossy(&s.data.as_ref().unwrap()["passwd"].0).lines().count()).sum();
     let largest = *sizes.iter().max().unwrap() as f64 / 1024.0;
-    r.add("scale", &format!("password Secrets: {} shards, {lines} lines, largest", shards.len()), largest, "KiB", "<= 512 KiB", Some(largest <= 512.0 && lines == 10_000), "");
-    let size_errors = std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| l.contains("Too long") || l.contains("too large")).count();
+    r.add(
+        "scale",
+        &format!("password Secrets: {} shards, {lines} lines, largest", shards.len()),
+        largest,
+        "KiB",
+        "<= 512 KiB",
+        Some(largest <= 512.0 && lines == 10_000),
+        "",
+    );
+    let size_errors = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("Too long") || l.contains("too large"))
+        .count();
     r.add("scale", "size-limit errors", size_errors as f64, "errors", "0", Some(size_errors == 0), "");
     let (rss, peak) = op.rss();
     r.add("scale", "operator peak RSS with 10,000 users", peak, "MiB", "<= 64 MiB", Some(peak <= 64.0), "");
@@ -320,8 +441,24 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     let hashes = op.counter("moat_password_hashes_total");
     let issued = op.counter("moat_certificates_issued_total");
     tokio::time::sleep(Duration::from_secs(10)).await; // steady-state window (measured)
-    r.add("hashing", "PBKDF2 computations in a 10 s steady-state window", op.counter("moat_password_hashes_total") - hashes, "hashes", "0", Some(op.counter("moat_password_hashes_total") == hashes), "");
-    r.add("hashing", "certificate issuances in that window", op.counter("moat_certificates_issued_total") - issued, "certs", "0", Some(op.counter("moat_certificates_issued_total") == issued), "");
+    r.add(
+        "hashing",
+        "PBKDF2 computations in a 10 s steady-state window",
+        op.counter("moat_password_hashes_total") - hashes,
+        "hashes",
+        "0",
+        Some(op.counter("moat_password_hashes_total") == hashes),
+        "",
+    );
+    r.add(
+        "hashing",
+        "certificate issuances in that window",
+        op.counter("moat_certificates_issued_total") - issued,
+        "certs",
+        "0",
+        Some(op.counter("moat_certificates_issued_total") == issued),
+        "",
+    );
 
     // restart with 10,000 users: time to steady state, writes
     op.stop();
@@ -347,10 +484,26 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     }
     let steady = start.elapsed() - Duration::from_secs(2);
     let (w1, _) = operator_calls(&ns.name);
-    r.add("scale", "time to steady state after a restart with 10,000 users", steady.as_secs_f64(), "s", "<= 30 s", Some(steady <= Duration::from_secs(30)), "initial lists + a reconcile of every object");
+    r.add(
+        "scale",
+        "time to steady state after a restart with 10,000 users",
+        steady.as_secs_f64(),
+        "s",
+        "<= 30 s",
+        Some(steady <= Duration::from_secs(30)),
+        "initial lists + a reconcile of every object",
+    );
     r.add("scale", "writes during that restart", (w1 - w0) as f64, "writes", "0", Some(w1 == w0), "");
     let (rss, peak) = op2.rss();
-    r.add("scale", "restarted operator RSS (peak)", peak, "MiB", "<= 64 MiB", Some(peak <= 64.0), &format!("current {rss:.1} MiB"));
+    r.add(
+        "scale",
+        "restarted operator RSS (peak)",
+        peak,
+        "MiB",
+        "<= 64 MiB",
+        Some(peak <= 64.0),
+        &format!("current {rss:.1} MiB"),
+    );
     let _ = op2.counter("moat_reconciles_total");
     drop(op2);
 }
@@ -381,14 +534,30 @@ spec: {brokerRef: {name: speed}}
     .unwrap();
     let out = dir.path().join("out");
     let status = Command::new(repo().join("target/release/moat"))
-        .args(["render", "-f", spec.to_str().unwrap(), "--out", out.to_str().unwrap(), "--bind-address", "127.0.0.1", "--port-offset", "30000"])
+        .args([
+            "render",
+            "-f",
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--bind-address",
+            "127.0.0.1",
+            "--port-offset",
+            "30000",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
     let bundle = out.join("bundle");
     Command::new("chown").args(["-R", "mosquitto:mosquitto"]).arg(&out).status().unwrap();
     Command::new("chmod").args(["755", dir.path().to_str().unwrap()]).status().unwrap();
-    let mut broker = Command::new("/usr/sbin/mosquitto").args(["-c", "mosquitto.conf"]).current_dir(&bundle).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut broker = Command::new("/usr/sbin/mosquitto")
+        .args(["-c", "mosquitto.conf"])
+        .current_dir(&bundle)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     for port in [38883, 31883] {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -406,10 +575,15 @@ spec: {brokerRef: {name: speed}}
             let start = Instant::now();
             let mut n = 0u32;
             while start.elapsed() < window {
-                let mut o = rumqttc::MqttOptions::new(format!("bench-{n}"), "127.0.0.1", if tls { 38883 } else { 31883 });
+                let mut o =
+                    rumqttc::MqttOptions::new(format!("bench-{n}"), "127.0.0.1", if tls { 38883 } else { 31883 });
                 o.set_credentials("bench", password.clone());
                 if tls {
-                    o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple { ca: ca.clone().into_bytes(), alpn: None, client_auth: None }));
+                    o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Simple {
+                        ca: ca.clone().into_bytes(),
+                        alpn: None,
+                        client_auth: None,
+                    }));
                 }
                 let (_c, mut el) = rumqttc::AsyncClient::new(o, 10);
                 loop {
@@ -431,7 +605,15 @@ spec: {brokerRef: {name: speed}}
     let tls = measure(true);
     let _ = broker.kill();
     let _ = broker.wait();
-    r.add("broker", "CONNECT rate, plaintext (sequential, 1,000 PBKDF2 iterations)", plain, "conn/s", "", None, "rendered bundle, real Mosquitto 2.0.11");
+    r.add(
+        "broker",
+        "CONNECT rate, plaintext (sequential, 1,000 PBKDF2 iterations)",
+        plain,
+        "conn/s",
+        "",
+        None,
+        "rendered bundle, real Mosquitto 2.0.11",
+    );
     r.add("broker", "CONNECT rate, TLS 1.3 (same bundle, P-256, set_tcp_nodelay)", tls, "conn/s", "", None, "");
     r.add("broker", "  TLS / plaintext", tls / plain, "x", ">= 0.1x", Some(tls / plain >= 0.1), "");
     // connect cost at the configured iterations: one PBKDF2-HMAC-SHA512 at 1,000 iterations
@@ -441,23 +623,47 @@ spec: {brokerRef: {name: speed}}
         let _ = moat::render::passwd::hash_line("bench", &format!("password-{i}"), 1000, &[7u8; 12]).unwrap();
     }
     let per = start.elapsed().as_secs_f64() * 1000.0 / rounds as f64;
-    r.add("broker", "PBKDF2-SHA512 at 1,000 iterations (the broker pays this per CONNECT)", per, "ms", "", None, "moat's implementation; OpenSSL's is similar (notes: 0.93 ms)");
+    r.add(
+        "broker",
+        "PBKDF2-SHA512 at 1,000 iterations (the broker pays this per CONNECT)",
+        per,
+        "ms",
+        "",
+        None,
+        "moat's implementation; OpenSSL's is similar (notes: 0.93 ms)",
+    );
 }
 
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpu.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let model = cpu
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
     let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let total = mem.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0 / 1024.0;
-    format!("{cores} cores ({model}), {total:.0} GiB RAM; control plane (etcd, apiserver, controller-manager, scheduler, kwok), operator and clients share those cores")
+    let total = mem.lines().next().and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()).unwrap_or(0.0)
+        / 1024.0
+        / 1024.0;
+    format!(
+        "{cores} cores ({model}), {total:.0} GiB RAM; control plane (etcd, apiserver, controller-manager, scheduler, kwok), operator and clients share those cores"
+    )
 }
 
 fn write_results(r: &Report) {
     let dir = repo().join("bench");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut md = String::from("# moat benchmark results\n\nGenerated by `make bench` (benches/scale.rs); do not edit by hand.\n\n");
-    md += &format!("- Date: {}\n- Machine: {}\n- Kubernetes v1.36.3 (local control plane, kwok nodes), Mosquitto 2.0.11 (Debian), moat release build\n\n", jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"), machine());
+    let mut md = String::from(
+        "# moat benchmark results\n\nGenerated by `make bench` (benches/scale.rs); do not edit by hand.\n\n",
+    );
+    md += &format!(
+        "- Date: {}\n- Machine: {}\n- Kubernetes v1.36.3 (local control plane, kwok nodes), Mosquitto 2.0.11 (Debian), moat release build\n\n",
+        jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
+        machine()
+    );
     md += "| section | figure | value | unit | target | |\n|---|---|---:|---|---|---|\n";
     for f in &r.figures {
         let mark = match f.met {
@@ -466,10 +672,23 @@ fn write_results(r: &Report) {
             None => "",
         };
         let note = if f.note.is_empty() { String::new() } else { format!(" — {}", f.note) };
-        md += &format!("| {} | {}{} | {:.3} | {} | {} | {} |\n", f.section, f.name.trim(), note, f.value, f.unit, f.target, mark);
+        md += &format!(
+            "| {} | {}{} | {:.3} | {} | {} | {} |\n",
+            f.section,
+            f.name.trim(),
+            note,
+            f.value,
+            f.unit,
+            f.target,
+            mark
+        );
     }
     std::fs::write(dir.join("results.md"), md).unwrap();
-    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&serde_json::json!({"machine": machine(), "figures": r.figures})).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"machine": machine(), "figures": r.figures})).unwrap(),
+    )
+    .unwrap();
 }
 
 fn main() {

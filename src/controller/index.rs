@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 
-use super::context::Context;
+use super::context::{Context, Stores};
 use crate::build::broker::ca_secret_extras;
 use crate::names;
 use crate::pki::CaSet;
@@ -42,13 +42,12 @@ pub fn secret_strings(s: &Secret) -> BTreeMap<String, String> {
 
 /// The applied index of broker `namespace/broker` (rebuilt only when one of its Secrets changed).
 pub fn applied(ctx: &Context, namespace: &str, broker: &str) -> Arc<AppliedIndex> {
-    let secrets: Vec<Arc<Secret>> = ctx.stores.secrets_of(namespace, broker);
-    let relevant = |s: &&Arc<Secret>| {
-        let n = s.name_any();
-        n == names::ca_secret(broker) || n == names::acl_secret(broker) || n.starts_with(&format!("{broker}-passwd-"))
-    };
-    let mut rel: Vec<&Arc<Secret>> = secrets.iter().filter(relevant).collect();
-    rel.sort_by_key(|s| s.name_any());
+    // Direct lookups by name: this runs in every user reconcile, so it must not scan the store.
+    let get = |name: &str| Stores::get(&ctx.stores.secrets, namespace, name);
+    let mut rel: Vec<Arc<Secret>> =
+        [names::acl_secret(broker), names::ca_secret(broker)].iter().filter_map(|n| get(n)).collect();
+    // shards are numbered densely from 0 (the broker controller deletes the surplus tail)
+    rel.extend((0..).map_while(|i| get(&names::passwd_secret(broker, i))));
     let versions: Vec<String> =
         rel.iter().map(|s| format!("{}@{}", s.name_any(), s.resource_version().unwrap_or_default())).collect();
     let key = (namespace.to_string(), broker.to_string());
@@ -58,7 +57,7 @@ pub fn applied(ctx: &Context, namespace: &str, broker: &str) -> Arc<AppliedIndex
         return memo.clone();
     }
     let mut index = AppliedIndex { versions, ..Default::default() };
-    for s in rel {
+    for s in &rel {
         let n = s.name_any();
         if n == names::ca_secret(broker) {
             let data = secret_strings(s);

@@ -29,6 +29,9 @@ use crate::names;
 /// Finalizer that keeps a certificate user until its certificate is in the broker's revocation list.
 pub const REVOKE_FINALIZER: &str = "mqtt.moat.dev/revoke-certificate";
 
+/// How long a new user may wait for the broker's password file before its status says so.
+const FIRST_STATUS_GRACE: Duration = Duration::from_secs(10);
+
 /// Users whose `secretRef` names `secret`.
 pub fn users_referencing(s: &Stores, secret: &Secret) -> Vec<Arc<MqttUser>> {
     let ns = secret.namespace();
@@ -177,7 +180,11 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                     None,
                 );
                 super::broker::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
-                if let Some(why) = g.regenerated {
+                // (the first password of a new user is not news: one Event per created user
+                // would double the API writes of a bulk apply; regenerations and rotations are)
+                if let Some(why) = g.regenerated
+                    && (why != bu::Regenerate::Missing || previous.password_version.is_some())
+                {
                     ctx.event(user, EventType::Normal, why.reason(), format!("password generated ({why:?})")).await;
                 }
                 rotated_at = Some(g.rotated_at);
@@ -226,14 +233,22 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
 
     // --- username conflicts: the oldest claimant keeps the username
     let me = (user.metadata.creation_timestamp.as_ref().map(|t| t.0), name.clone());
+    // (one pass over the store without copying it: this runs for every user of a 10,000-user broker)
+    let claims = |o: &MqttUser| {
+        o.namespace().as_deref() == Some(ns.as_str())
+            && o.spec.broker_ref.name == broker_name
+            && o.metadata.deletion_timestamp.is_none()
+            && o.spec.username.as_deref().or(o.metadata.name.as_deref()) == Some(username.as_str())
+            && o.metadata.name.as_deref() != Some(name.as_str())
+    };
+    let age = |o: &Arc<MqttUser>| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.name_any());
     if let Some(holder) = s
-        .users_of(&ns, &broker_name)
-        .iter()
-        .filter(|o| o.name_any() != name && o.metadata.deletion_timestamp.is_none())
-        .filter(|o| crate::validate::user_spec(&o.name_any(), &o.spec).ok().as_deref() == Some(username.as_str()))
-        .filter(|o| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.name_any()) < me)
+        .users
+        .state_filter(claims)
+        .into_iter()
+        .filter(|o| age(o) < me && crate::validate::user_spec(&o.name_any(), &o.spec).is_ok())
+        .min_by_key(age)
         .map(|o| o.name_any())
-        .next()
     {
         problems.push(("UsernameConflict", format!("username {username} is already used by MqttUser {holder}")));
     }
@@ -309,6 +324,15 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
     };
     if problems.is_empty() && user.spec.authentication.password.is_some() && !in_passwd {
         problems.push(("WaitingForBroker", "the password is not yet in the broker's applied password file".into()));
+    }
+    // A new user whose only wait is the broker's next password file gets its first status with the
+    // outcome (the shard update wakes it), not a transient one: half the status writes of a bulk apply.
+    let age = user.metadata.creation_timestamp.as_ref().map(|t| now.duration_since(t.0).as_secs());
+    if previous.conditions.is_empty()
+        && matches!(problems.as_slice(), [("WaitingForBroker", _)])
+        && age.is_some_and(|a| (0..FIRST_STATUS_GRACE.as_secs() as i64).contains(&a))
+    {
+        return Ok(Action::requeue(FIRST_STATUS_GRACE));
     }
     let ready = match problems.first() {
         None => Cond::ok(CONDITION_READY, "Ready", format!("{username} can connect to {broker_name}")),
