@@ -3,10 +3,10 @@
 # on 127.0.0.1 only: etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok fake nodes.
 # No Docker, no downloads outside the registries, nothing built inside the repository.
 #
-#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|all]  build and cache the binaries (skips what is cached)
+#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|all]  build/fetch and cache (skips what is cached)
 #   hack/local-cluster.sh up                              start everything (idempotent), create fake nodes
 #   hack/local-cluster.sh down                            stop what `up` started (by PID), delete state
-#   hack/local-cluster.sh status | env | bin-dir
+#   hack/local-cluster.sh status | env | bin-dir | policyreport-crd (path of the cached upstream CRD)
 #
 # Environment:
 #   MOAT_CACHE   cache root (default ~/.cache/moat): binaries, GOMODCACHE, GOCACHE
@@ -21,6 +21,8 @@ K8S_VERSION=${K8S_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.21.4}
+# The upstream wgpolicyk8s.io/v1alpha2 PolicyReport CRD, as Kyverno publishes it in its Go module.
+KYVERNO_VERSION=${KYVERNO_VERSION:-v1.13.4}
 
 CACHE=${MOAT_CACHE:-$HOME/.cache/moat}
 BIN_DIR=$CACHE/bin/k8s-$K8S_VERSION
@@ -176,6 +178,20 @@ build_helm() {
   GOBIN=$BIN_DIR with_progress "helm $HELM_VERSION: go install" go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION" \
     "helm.sh/helm/$major/cmd/helm@$HELM_VERSION"
+}
+
+# The PolicyReport CRD (wgpolicyk8s.io/v1alpha2) of the Kubernetes Policy WG for the compliance
+# tests. Kyverno ships it in its module (config/crds/policyreport/), so the Go module proxy serves it.
+POLICYREPORT_CRD=$CACHE/crds/wgpolicyk8s.io_policyreports-kyverno-$KYVERNO_VERSION.yaml
+fetch_policyreport() {
+  [[ -s $POLICYREPORT_CRD ]] && { log "PolicyReport CRD (kyverno $KYVERNO_VERSION): cached"; return 0; }
+  go_env; mkdir -p "$(dirname "$POLICYREPORT_CRD")"
+  with_progress "PolicyReport CRD: go mod download kyverno $KYVERNO_VERSION" \
+    go mod download "github.com/kyverno/kyverno@$KYVERNO_VERSION"
+  install -m 0644 \
+    "$GOMODCACHE/github.com/kyverno/kyverno@$KYVERNO_VERSION/config/crds/policyreport/wgpolicyk8s.io_policyreports.yaml" \
+    "$POLICYREPORT_CRD.tmp"
+  mv "$POLICYREPORT_CRD.tmp" "$POLICYREPORT_CRD"
 }
 
 # ------------------------------------------------------------------ pki ----
@@ -387,8 +403,8 @@ status() {
 case ${1:-} in
   build) shift
          case ${1:-all} in
-           k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;;
-           all) build_etcd; build_k8s; build_kwok; build_helm;;
+           k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;; policyreport) fetch_policyreport;;
+           all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport;;
            *) die "unknown build target ${1:-}";;
          esac;;
   up) up;;
@@ -396,5 +412,6 @@ case ${1:-} in
   status) status;;
   env) echo "export KUBECONFIG=$RUN_DIR/kubeconfig PATH=$BIN_DIR:\$PATH";;
   bin-dir) echo "$BIN_DIR";;
+  policyreport-crd) echo "$POLICYREPORT_CRD";;
   *) sed -n '2,16p' "$0"; exit 2;;
 esac

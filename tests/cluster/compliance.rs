@@ -12,12 +12,7 @@ const T: Duration = Duration::from_secs(90);
 #[tokio::test]
 async fn a_hardened_broker_is_compliant_and_gets_a_policy_report() {
     setup().await;
-    let out = kubectl(&[
-        "apply",
-        "--server-side",
-        "-f",
-        repo().join("tests/cluster/fixtures/policyreport-crd.yaml").to_str().unwrap(),
-    ]);
+    let out = kubectl(&["apply", "--server-side", "-f", policyreport_crd().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl(&["wait", "--for=condition=Established", "crd/policyreports.wgpolicyk8s.io", "--timeout=60s"]);
     assert!(out.status.success());

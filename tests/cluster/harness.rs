@@ -37,6 +37,14 @@ pub fn bin_dir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// The upstream PolicyReport CRD (wgpolicyk8s.io/v1alpha2), fetched by `hack/local-cluster.sh build`.
+pub fn policyreport_crd() -> PathBuf {
+    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("policyreport-crd").output().unwrap();
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(path.is_file(), "{} is missing: run `hack/local-cluster.sh build policyreport`", path.display());
+    path
+}
+
 /// Runs kubectl (matching the server minor) with the admin kubeconfig.
 pub fn kubectl(args: &[&str]) -> std::process::Output {
     Command::new(bin_dir().join("kubectl")).env("KUBECONFIG", kubeconfig()).args(args).output().unwrap()
