@@ -9,7 +9,6 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -154,110 +153,33 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
 
     // --- apply (Secrets before the StatefulSet that mounts them). Once moat has applied a broker
     // (its certificates are in status), a missing managed object was deleted by someone: drift.
-    let established = previous.certificates.is_some();
-    let mut drift: Vec<String> = vec![];
-    let mut changed = 0usize;
+    let mut ap =
+        Applier { ctx, owner: &owner, established: previous.certificates.is_some(), drift: vec![], changed: 0 };
     for secret in secrets_desired.iter_mut() {
         let observed = secrets.get(&secret.name_any()).cloned();
-        record(
-            ctx,
-            "Secret",
-            ensure(ctx, secret, observed.as_deref(), &owner, established).await?,
-            &mut drift,
-            &mut changed,
-        );
+        ap.apply(secret, observed.as_deref()).await?;
     }
-    let observed_cm = Stores::get(&s.config_maps, &ns, &names::ca_bundle_configmap(&name));
     let mut ca_bundle = ca_bundle;
-    record(
-        ctx,
-        "ConfigMap",
-        ensure(ctx, &mut ca_bundle, observed_cm.as_deref(), &owner, established).await?,
-        &mut drift,
-        &mut changed,
-    );
-    let observed_sa = Stores::get(&s.service_accounts, &ns, &name);
-    record(
-        ctx,
-        "ServiceAccount",
-        ensure(ctx, &mut sa, observed_sa.as_deref(), &owner, established).await?,
-        &mut drift,
-        &mut changed,
-    );
+    ap.apply(&mut ca_bundle, Stores::get(&s.config_maps, &ns, &names::ca_bundle_configmap(&name)).as_deref()).await?;
+    ap.apply(&mut sa, Stores::get(&s.service_accounts, &ns, &name).as_deref()).await?;
     let observed_svc = Stores::get(&s.services, &ns, &name);
-    record(
-        ctx,
-        "Service",
-        ensure(ctx, &mut svc, observed_svc.as_deref(), &owner, established).await?,
-        &mut drift,
-        &mut changed,
-    );
-    let observed_headless = Stores::get(&s.services, &ns, &model.headless_service_name());
-    record(
-        ctx,
-        "Service",
-        ensure(ctx, &mut headless, observed_headless.as_deref(), &owner, established).await?,
-        &mut drift,
-        &mut changed,
-    );
+    ap.apply(&mut svc, observed_svc.as_deref()).await?;
+    ap.apply(&mut headless, Stores::get(&s.services, &ns, &model.headless_service_name()).as_deref()).await?;
     let observed_deny = Stores::get(&s.network_policies, &ns, &names::default_deny_policy(&name));
-    record(
-        ctx,
-        "NetworkPolicy",
-        ensure(ctx, &mut deny, observed_deny.as_deref(), &owner, established).await?,
-        &mut drift,
-        &mut changed,
-    );
+    ap.apply(&mut deny, observed_deny.as_deref()).await?;
     let probe_name = network::probe_policy_name(&name);
-    match probe_np {
-        Some(mut np) => {
-            let observed = Stores::get(&s.network_policies, &ns, &probe_name);
-            record(
-                ctx,
-                "NetworkPolicy",
-                ensure(ctx, &mut np, observed.as_deref(), &owner, established).await?,
-                &mut drift,
-                &mut changed,
-            );
-        }
-        None if Stores::get(&s.network_policies, &ns, &probe_name).is_some() => {
-            delete::<NetworkPolicy>(ctx, &ns, &probe_name).await?;
-            changed += 1;
-        }
-        None => {}
-    }
-    record(
-        ctx,
-        "StatefulSet",
-        ensure(ctx, &mut sts, sts_observed.as_deref(), &owner, established).await?,
-        &mut drift,
-        &mut changed,
-    );
-    match pdb {
-        Some(mut pdb) => {
-            let observed = Stores::get(&s.pdbs, &ns, &name);
-            record(
-                ctx,
-                "PodDisruptionBudget",
-                ensure(ctx, &mut pdb, observed.as_deref(), &owner, established).await?,
-                &mut drift,
-                &mut changed,
-            );
-        }
-        None if Stores::get(&s.pdbs, &ns, &name).is_some() => {
-            delete::<PodDisruptionBudget>(ctx, &ns, &name).await?;
-            changed += 1;
-        }
-        None => {}
-    }
+    ap.apply_or_delete(probe_np, Stores::get(&s.network_policies, &ns, &probe_name), &ns, &probe_name).await?;
+    ap.apply(&mut sts, sts_observed.as_deref()).await?;
+    ap.apply_or_delete(pdb, Stores::get(&s.pdbs, &ns, &name), &ns, &name).await?;
     // Password shards beyond the current count are obsolete.
     for (sname, _) in secrets.iter().filter(|(n, _)| n.starts_with(&format!("{name}-passwd-"))) {
         let idx: Option<usize> = sname.rsplit('-').next().and_then(|i| i.parse().ok());
         if idx.is_some_and(|i| i >= plan.shards.len()) {
             delete::<Secret>(ctx, &ns, sname).await?;
-            changed += 1;
+            ap.changed += 1;
         }
     }
+    let Applier { drift, changed, .. } = ap;
     for ordinal in &step.delete_pods {
         let pod = format!("{name}-{ordinal}");
         tracing::info!(broker = %name, %pod, "deleting a pod stuck on the wrong version");
@@ -436,13 +358,61 @@ pub struct Ensured {
     pub drift: Option<String>,
 }
 
-fn record(ctx: &Context, kind: &str, outcome: Ensured, drift: &mut Vec<String>, changed: &mut usize) {
-    if outcome.applied != Applied::Unchanged {
-        *changed += 1;
+/// Applies a broker's objects in order and accumulates what changed and what drifted.
+struct Applier<'a> {
+    ctx: &'a Context,
+    owner: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    /// moat has applied this broker before: a missing object was deleted by someone (drift).
+    established: bool,
+    drift: Vec<String>,
+    changed: usize,
+}
+
+impl Applier<'_> {
+    async fn apply<K>(&mut self, desired: &mut K, observed: Option<&K>) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        let outcome = ensure(self.ctx, desired, observed, self.owner, self.established).await?;
+        if outcome.applied != Applied::Unchanged {
+            self.changed += 1;
+        }
+        if let Some(d) = outcome.drift {
+            let kind = crate::metrics::KindLabels { kind: K::kind(&()).into_owned() };
+            self.ctx.metrics.drift_repaired.get_or_create(&kind).inc();
+            self.drift.push(d);
+        }
+        Ok(())
     }
-    if let Some(d) = outcome.drift {
-        ctx.metrics.drift_repaired.get_or_create(&crate::metrics::KindLabels { kind: kind.into() }).inc();
-        drift.push(d);
+
+    /// Applies `desired`, or deletes the observed object when it is no longer wanted.
+    async fn apply_or_delete<K>(
+        &mut self,
+        desired: Option<K>,
+        observed: Option<Arc<K>>,
+        ns: &str,
+        name: &str,
+    ) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + std::fmt::Debug,
+    {
+        match (desired, observed) {
+            (Some(mut d), observed) => self.apply(&mut d, observed.as_deref()).await,
+            (None, Some(_)) => {
+                delete::<K>(self.ctx, ns, name).await?;
+                self.changed += 1;
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
     }
 }
 
