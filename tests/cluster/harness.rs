@@ -180,6 +180,7 @@ pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObj
 pub struct Operator {
     child: Child,
     log: Arc<Mutex<String>>,
+    namespace: String,
 }
 
 /// Options of a test operator.
@@ -236,7 +237,7 @@ impl Operator {
                 }
             });
         }
-        Operator { child, log }
+        Operator { child, log, namespace: ns.to_string() }
     }
 
     /// Everything the operator logged.
@@ -287,10 +288,17 @@ impl Operator {
     }
 }
 
+/// Every operator of the suite is checked when it stops: its log (debug level) carries no key
+/// material, hash line or token, and none of the passwords and keys stored in its namespace.
 impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
-        crate::hygiene::check_log(&self.log());
+        if std::thread::panicking() {
+            return; // the test already failed; a second panic would abort the whole suite
+        }
+        let log = self.log();
+        crate::hygiene::check_log(&log);
+        crate::hygiene::assert_absent(&log, &crate::hygiene::stored_secret_values(&self.namespace), "operator log");
     }
 }
 

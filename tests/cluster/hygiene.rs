@@ -14,3 +14,22 @@ pub fn assert_absent(text: &str, secrets: &[String], what: &str) {
         assert!(!text.contains(s.as_str()), "{what} contains a secret value");
     }
 }
+
+/// The generated passwords and private keys stored in the Secrets of `ns` (read with kubectl):
+/// each whole value and, for PEM, every base64 line of its body.
+pub fn stored_secret_values(ns: &str) -> Vec<String> {
+    use base64::Engine;
+    let out = crate::harness::kubectl(&["-n", ns, "get", "secrets", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut values = vec![];
+    for item in list["items"].as_array().into_iter().flatten() {
+        for key in ["password", "tls.key", "ca.key", "fingerprint.key"] {
+            let Some(encoded) = item["data"][key].as_str() else { continue };
+            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default();
+            let text = String::from_utf8_lossy(&decoded).into_owned();
+            values.extend(text.lines().filter(|l| !l.starts_with("-----") && l.len() >= 16).map(String::from));
+            values.push(text);
+        }
+    }
+    values
+}
