@@ -327,10 +327,10 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
     }
     // A new user whose only wait is the broker's next password file gets its first status with the
     // outcome (the shard update wakes it), not a transient one: half the status writes of a bulk apply.
-    let age = user.metadata.creation_timestamp.as_ref().map(|t| now.duration_since(t.0).as_secs());
+    let seconds_old = user.metadata.creation_timestamp.as_ref().map(|t| now.duration_since(t.0).as_secs());
     if previous.conditions.is_empty()
         && matches!(problems.as_slice(), [("WaitingForBroker", _)])
-        && age.is_some_and(|a| (0..FIRST_STATUS_GRACE.as_secs() as i64).contains(&a))
+        && seconds_old.is_some_and(|a| (0..FIRST_STATUS_GRACE.as_secs() as i64).contains(&a))
     {
         return Ok(Action::requeue(FIRST_STATUS_GRACE));
     }
