@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -555,18 +555,17 @@ pub fn user_view<'a>(s: &Stores, secrets: &BTreeMap<String, Arc<Secret>>, u: &'a
 }
 
 fn template_version(sts: &StatefulSet) -> Option<String> {
-    sts.spec
-        .as_ref()?
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == workload::BROKER_CONTAINER)?
-        .image
-        .as_ref()?
-        .rsplit_once(':')
-        .map(|(_, v)| v.to_string())
+    image_tag(broker_image(sts.spec.as_ref()?.template.spec.as_ref()?)?)
+}
+
+/// The image of the broker container of a pod spec.
+fn broker_image(pod: &PodSpec) -> Option<&str> {
+    pod.containers.iter().find(|c| c.name == workload::BROKER_CONTAINER)?.image.as_deref()
+}
+
+/// The tag of an image reference (the Mosquitto version for the broker image).
+fn image_tag(image: &str) -> Option<String> {
+    image.rsplit_once(':').map(|(_, v)| v.to_string())
 }
 
 /// The version the broker should run, and whether the user asked for it explicitly.
@@ -619,16 +618,7 @@ fn pod_views(s: &Stores, ns: &str, broker: &str) -> Vec<PodView> {
         })
         .filter_map(|p| {
             let ordinal = p.name_any().rsplit('-').next()?.parse().ok()?;
-            let version = p
-                .spec
-                .as_ref()?
-                .containers
-                .iter()
-                .find(|c| c.name == workload::BROKER_CONTAINER)?
-                .image
-                .as_ref()?
-                .rsplit_once(':')
-                .map(|(_, v)| v.to_string());
+            let version = image_tag(broker_image(p.spec.as_ref()?)?);
             let ready_cond = p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").cloned();
             let ready =
                 p.metadata.deletion_timestamp.is_none() && ready_cond.as_ref().is_some_and(|c| c.status == "True");
