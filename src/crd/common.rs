@@ -68,7 +68,7 @@ impl GoDuration {
     /// Parses the text into a non-negative std duration. Only the syntax of [`DURATION_PATTERN`]
     /// is accepted (no empty string, sign or bare number), the same as admission.
     pub fn parse(&self) -> Result<std::time::Duration, String> {
-        if !matches_duration_pattern(&self.0) {
+        if self.0.len() > 32 || !matches_duration_pattern(&self.0) {
             return Err(format!("invalid duration {:?}: expected e.g. 90s, 15m, 720h or 1h30m", self.0));
         }
         let d = kube::core::Duration::from_str(&self.0).map_err(|e| format!("invalid duration {:?}: {e}", self.0))?;
@@ -80,10 +80,10 @@ impl GoDuration {
 }
 
 /// Whether `text` matches [`DURATION_PATTERN`]: one or more `<digits>[.<digits>]<unit>`.
-fn matches_duration_pattern(text: &str) -> bool {
+pub(crate) fn matches_duration_pattern(text: &str) -> bool {
     const UNITS: [&str; 7] = ["ns", "us", "µs", "ms", "s", "m", "h"];
     let mut rest = text;
-    if rest.is_empty() || rest.len() > 32 {
+    if rest.is_empty() {
         return false;
     }
     while !rest.is_empty() {

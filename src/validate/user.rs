@@ -1,6 +1,6 @@
 //! MQTT usernames and `MqttUser` specs.
 
-use crate::crd::common::GoDuration;
+use crate::crd::common::{GoDuration, matches_duration_pattern};
 use crate::crd::user::MqttUserSpec;
 
 use super::{FieldError, broker_ref, describe_char};
@@ -110,35 +110,6 @@ fn duration(d: &GoDuration) -> Result<std::time::Duration, String> {
         ));
     }
     d.parse()
-}
-
-/// Hand-written matcher for `DURATION_PATTERN`. Taking the longest unit is exact here: after a
-/// unit either the text ends or a digit follows, so `m` followed by `s` can only be `ms`.
-fn matches_duration_pattern(text: &str) -> bool {
-    let mut rest = text;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return false;
-        }
-        rest = &rest[digits..];
-        if let Some(frac) = rest.strip_prefix('.') {
-            let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 {
-                return false;
-            }
-            rest = &frac[digits..];
-        }
-        let unit = ["ns", "us", "µs", "ms", "s", "m", "h"].into_iter().find(|u| rest.starts_with(u));
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 /// `SecretKeyRef.name`: DNS subdomain (`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`), 1 to 253 characters.
