@@ -609,13 +609,8 @@ async fn catalog(ctx: &Context) -> Catalog {
 }
 
 fn pod_views(s: &Stores, ns: &str, broker: &str) -> Vec<PodView> {
-    s.pods
-        .state()
+    super::context::labelled_of(&s.pods, ns, broker)
         .into_iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns)
-                && p.labels().get(names::BROKER_LABEL).map(String::as_str) == Some(broker)
-        })
         .filter_map(|p| {
             let ordinal = p.name_any().rsplit('-').next()?.parse().ok()?;
             let version = image_tag(broker_image(p.spec.as_ref()?)?);

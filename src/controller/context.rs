@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 
 use crate::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
 use crate::metrics::Metrics;
@@ -121,38 +121,41 @@ impl Stores {
 
     /// Users referencing broker `namespace/broker`.
     pub fn users_of(&self, namespace: &str, broker: &str) -> Vec<Arc<MqttUser>> {
-        self.users.state().into_iter().filter(|u| in_broker(&**u, namespace, &u.spec.broker_ref.name, broker)).collect()
+        self.users.state_filter(|u| in_broker(u, namespace, &u.spec.broker_ref.name, broker))
     }
 
     /// ACLs referencing broker `namespace/broker`.
     pub fn acls_of(&self, namespace: &str, broker: &str) -> Vec<Arc<MqttAcl>> {
-        self.acls.state().into_iter().filter(|a| in_broker(&**a, namespace, &a.spec.broker_ref.name, broker)).collect()
+        self.acls.state_filter(|a| in_broker(a, namespace, &a.spec.broker_ref.name, broker))
     }
 
     /// Firewalls referencing broker `namespace/broker`.
     pub fn firewalls_of(&self, namespace: &str, broker: &str) -> Vec<Arc<MqttFirewall>> {
-        self.firewalls
-            .state()
-            .into_iter()
-            .filter(|f| in_broker(&**f, namespace, &f.spec.broker_ref.name, broker))
-            .collect()
+        self.firewalls.state_filter(|f| in_broker(f, namespace, &f.spec.broker_ref.name, broker))
     }
 
     /// Managed Secrets labelled as belonging to broker `namespace/broker`.
     pub fn secrets_of(&self, namespace: &str, broker: &str) -> Vec<Arc<Secret>> {
-        self.secrets
-            .state()
-            .into_iter()
-            .filter(|s| {
-                s.namespace().as_deref() == Some(namespace)
-                    && s.labels().get(crate::names::BROKER_LABEL).map(String::as_str) == Some(broker)
-            })
-            .collect()
+        labelled_of(&self.secrets, namespace, broker)
     }
 }
 
-fn in_broker<K: ResourceExt>(obj: &K, namespace: &str, reference: &str, broker: &str) -> bool {
-    obj.namespace().as_deref() == Some(namespace) && reference == broker
+fn in_broker<K: Resource>(obj: &K, namespace: &str, reference: &str, broker: &str) -> bool {
+    obj.meta().namespace.as_deref() == Some(namespace) && reference == broker
+}
+
+/// Cached objects in `namespace` labelled as belonging to `broker` (the store is filtered in
+/// place, not copied).
+pub fn labelled_of<K>(store: &Store<K>, namespace: &str, broker: &str) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state_filter(|o| {
+        o.meta().namespace.as_deref() == Some(namespace)
+            && o.meta().labels.as_ref().and_then(|l| l.get(crate::names::BROKER_LABEL)).map(String::as_str)
+                == Some(broker)
+    })
 }
 
 /// The clock of the controllers: wall time plus a test-only offset.

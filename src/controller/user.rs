@@ -34,16 +34,17 @@ const FIRST_STATUS_GRACE: Duration = Duration::from_secs(10);
 
 /// Users whose `secretRef` names `secret`.
 pub fn users_referencing(s: &Stores, secret: &Secret) -> Vec<Arc<MqttUser>> {
-    let ns = secret.namespace();
+    let ns = secret.metadata.namespace.as_deref();
     let name = secret.name_any();
-    s.users
-        .state()
-        .into_iter()
-        .filter(|u| u.namespace() == ns)
-        .filter(|u| {
-            u.spec.authentication.password.as_ref().and_then(|p| p.secret_ref.as_ref()).is_some_and(|r| r.name == name)
-        })
-        .collect()
+    s.users.state_filter(|u| {
+        u.metadata.namespace.as_deref() == ns
+            && u.spec
+                .authentication
+                .password
+                .as_ref()
+                .and_then(|p| p.secret_ref.as_ref())
+                .is_some_and(|r| r.name == name)
+    })
 }
 
 /// Users to reconcile when a managed Secret changes: the owner of a per-user Secret, or every user
@@ -235,7 +236,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
     let me = (user.metadata.creation_timestamp.as_ref().map(|t| t.0), name.clone());
     // (one pass over the store without copying it: this runs for every user of a 10,000-user broker)
     let claims = |o: &MqttUser| {
-        o.namespace().as_deref() == Some(ns.as_str())
+        o.metadata.namespace.as_deref() == Some(ns.as_str())
             && o.spec.broker_ref.name == broker_name
             && o.metadata.deletion_timestamp.is_none()
             && o.spec.username.as_deref().or(o.metadata.name.as_deref()) == Some(username.as_str())
