@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use super::apply::{self, Applied};
 use super::conditions::{self, Cond};
 use super::context::{Context, Stores};
-use super::index::secret_strings;
+use super::index::{issued_from, secret_strings, secret_text};
 use super::{Error, Result};
 use crate::build::broker::{self as bb, Existing, PasswordLookup, UserView, Verdict};
 use crate::build::{Password, objects};
@@ -230,7 +230,6 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         None
     };
     let facts = broker_facts(
-        ctx,
         &model,
         &plan,
         &secrets,
@@ -494,20 +493,16 @@ fn existing_material(broker: &str, secrets: &BTreeMap<String, Arc<Secret>>) -> R
         ex.revoked_users = bb::revoked_users(&data);
     }
     if let Some(s) = secrets.get(&names::tls_secret(broker)) {
-        let d = secret_strings(s);
-        if let (Some(cert), Some(key)) = (d.get("tls.crt"), d.get("tls.key")) {
-            ex.server = Some(crate::pki::Issued { cert_pem: cert.clone(), key_pem: key.clone() });
-        }
-        ex.crl_pem = d.get("crl.pem").cloned();
+        ex.server = issued_from(s);
+        ex.crl_pem = secret_text(s, "crl.pem");
     }
     let mut shards: Vec<(usize, String, String)> = vec![];
     for (n, s) in secrets {
         if let Some(i) = n.strip_prefix(&format!("{broker}-passwd-")).and_then(|i| i.parse::<usize>().ok()) {
-            let d = secret_strings(s);
             shards.push((
                 i,
-                d.get("passwd").cloned().unwrap_or_default(),
-                d.get("fingerprints").cloned().unwrap_or_default(),
+                secret_text(s, "passwd").unwrap_or_default(),
+                secret_text(s, "fingerprints").unwrap_or_default(),
             ));
         }
     }
@@ -526,11 +521,7 @@ pub fn user_view<'a>(s: &Stores, secrets: &BTreeMap<String, Arc<Secret>>, u: &'a
     let password = match &u.spec.authentication.password {
         None => PasswordLookup::NotUsed,
         Some(p) => match &p.secret_ref {
-            None => match secrets
-                .get(&names::credentials_secret(&object))
-                .map(|x| secret_strings(x))
-                .and_then(|d| d.get("password").cloned())
-            {
+            None => match secrets.get(&names::credentials_secret(&object)).and_then(|x| secret_text(x, "password")) {
                 Some(pw) => PasswordLookup::Found { password: Password(pw), generated: true },
                 None => PasswordLookup::Missing("credentials not generated yet".into()),
             },
@@ -540,17 +531,14 @@ pub fn user_view<'a>(s: &Stores, secrets: &BTreeMap<String, Arc<Secret>>, u: &'a
                     r.name,
                     names::WATCH_LABEL
                 )),
-                Some(sec) => match secret_strings(&sec).get(&r.key) {
-                    Some(pw) => PasswordLookup::Found { password: Password(pw.clone()), generated: false },
+                Some(sec) => match secret_text(&sec, &r.key) {
+                    Some(pw) => PasswordLookup::Found { password: Password(pw), generated: false },
                     None => PasswordLookup::Missing(format!("Secret {} has no key {}", r.name, r.key)),
                 },
             },
         },
     };
-    let certificate = secrets.get(&names::certificate_secret(&object)).and_then(|x| {
-        let d = secret_strings(x);
-        Some(crate::pki::Issued { cert_pem: d.get("tls.crt")?.clone(), key_pem: d.get("tls.key")?.clone() })
-    });
+    let certificate = secrets.get(&names::certificate_secret(&object)).and_then(|x| issued_from(x));
     UserView { user: u, password, certificate }
 }
 
@@ -723,7 +711,6 @@ async fn run_probe(model: &BrokerModel, plan: &bb::BrokerPlan) -> Option<crate::
 
 #[allow(clippy::too_many_arguments)]
 fn broker_facts<'a>(
-    ctx: &Context,
     model: &'a BrokerModel,
     plan: &bb::BrokerPlan,
     secrets: &BTreeMap<String, Arc<Secret>>,
@@ -741,14 +728,9 @@ fn broker_facts<'a>(
     previous_audit: Option<Timestamp>,
     now: Timestamp,
 ) -> BrokerFacts<'a> {
-    let _ = ctx;
     // Observed objects when they exist; what was just applied otherwise (it is live now).
     let observed_text = |secret: String, key: &str, fallback: &str| {
-        secrets
-            .get(&secret)
-            .map(|s| secret_strings(s))
-            .and_then(|d| d.get(key).cloned())
-            .unwrap_or_else(|| fallback.to_string())
+        secrets.get(&secret).and_then(|s| secret_text(s, key)).unwrap_or_else(|| fallback.to_string())
     };
     let config = observed_text(names::config_secret(&model.name), "mosquitto.conf", &plan.config.text);
     let acl_file = observed_text(names::acl_secret(&model.name), "acl", &plan.acl_text);

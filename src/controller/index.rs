@@ -31,8 +31,14 @@ pub struct AppliedIndex {
     pub revoked: HashSet<String>,
 }
 
-fn text(s: &Secret, key: &str) -> Option<String> {
+/// One key of a Secret as text (None when absent or not UTF-8): decodes only that key.
+pub fn secret_text(s: &Secret, key: &str) -> Option<String> {
     s.data.as_ref()?.get(key).and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// The certificate and private key of a TLS Secret (`tls.crt`, `tls.key`).
+pub fn issued_from(s: &Secret) -> Option<crate::pki::Issued> {
+    Some(crate::pki::Issued { cert_pem: secret_text(s, "tls.crt")?, key_pem: secret_text(s, "tls.key")? })
 }
 
 /// Decoded string data of a Secret.
@@ -67,13 +73,13 @@ pub fn applied(ctx: &Context, namespace: &str, broker: &str) -> Arc<AppliedIndex
                 index.revoked = revoked.into_iter().map(|r| r.serial_hex).collect();
             }
         } else if n == names::acl_secret(broker) {
-            for line in text(s, "sources").unwrap_or_default().lines() {
+            for line in secret_text(s, "sources").unwrap_or_default().lines() {
                 let mut parts = line.split(' ');
                 if let (Some(name), Some(g), Some(l)) = (parts.next(), parts.next(), parts.next()) {
                     index.acls.insert(name.to_string(), (g.parse().unwrap_or_default(), l.parse().unwrap_or_default()));
                 }
             }
-        } else if let Some(fps) = text(s, crate::render::passwd::KEY_FINGERPRINTS)
+        } else if let Some(fps) = secret_text(s, crate::render::passwd::KEY_FINGERPRINTS)
             && let Ok(parsed) = crate::render::passwd::parse_fingerprints(&fps)
         {
             index.fingerprints.extend(parsed);

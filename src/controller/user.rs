@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 
 use super::conditions::{self, Cond};
 use super::context::{Context, Stores};
-use super::index::{applied, secret_strings};
+use super::index::{applied, issued_from, secret_text};
 use super::{Error, Result};
 use crate::build::Password;
 use crate::build::objects::user_secret;
@@ -264,10 +264,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                 let renew = c.renew_before.parse().map_err(Error::Other)?;
                 let secret_name = names::certificate_secret(&name);
                 let observed = Stores::get(&s.secrets, &ns, &secret_name);
-                let existing = observed.as_deref().and_then(|x| {
-                    let d = secret_strings(x);
-                    Some(crate::pki::Issued { cert_pem: d.get("tls.crt")?.clone(), key_pem: d.get("tls.key")?.clone() })
-                });
+                let existing = observed.as_deref().and_then(issued_from);
                 let decided = bu::client_certificate(&username, existing.as_ref(), ca, validity, renew, now)
                     .map_err(|e| Error::Pki(e.to_string()))?;
                 let mut desired = user_secret(
@@ -401,10 +398,9 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
 
 fn stored_credentials(secret: Option<&Secret>) -> StoredCredentials {
     let Some(s) = secret else { return StoredCredentials::default() };
-    let data = secret_strings(s);
     let ann = s.annotations();
     StoredCredentials {
-        password: data.get("password").cloned().map(Password),
+        password: secret_text(s, "password").map(Password),
         rotated_at: ann.get(ROTATED_AT_ANNOTATION).and_then(|t| t.parse().ok()),
         rotation_handled: ann.get(ROTATION_HANDLED_ANNOTATION).cloned(),
     }
@@ -436,8 +432,8 @@ async fn byo_password(
     };
     Ok(match found {
         None => Err(format!("Secret {secret} not found")),
-        Some(s) => match secret_strings(&s).get(key) {
-            Some(pw) => Ok(Password(pw.clone())),
+        Some(s) => match secret_text(&s, key) {
+            Some(pw) => Ok(Password(pw)),
             None => Err(format!("Secret {secret} has no key {key}")),
         },
     })
@@ -451,7 +447,7 @@ fn revocation_done(ctx: &Context, user: &MqttUser, ns: &str, broker: &str) -> bo
     let Some(secret) = Stores::get(&ctx.stores.secrets, ns, &names::certificate_secret(&user.name_any())) else {
         return true;
     };
-    let Some(cert) = secret_strings(&secret).get("tls.crt").cloned() else { return true };
+    let Some(cert) = secret_text(&secret, "tls.crt") else { return true };
     let Ok(info) = crate::pki::inspect(&cert) else { return true };
     applied(ctx, ns, broker).revoked.contains(&info.serial_hex)
 }
