@@ -58,12 +58,12 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let previous = broker.status.clone().unwrap_or_default();
 
     // --- validate
-    let model = match BrokerModel::new(broker).and_then(|m| {
-        upgrade::parse_windows(&m.spec.upgrade.maintenance_windows)
+    let (model, windows) = match BrokerModel::new(broker).and_then(|m| {
+        let windows = upgrade::parse_windows(&m.spec.upgrade.maintenance_windows)
             .map_err(|message| crate::validate::FieldError::new("spec.upgrade.maintenanceWindows", message))?;
-        Ok(m)
+        Ok((m, windows))
     }) {
-        Ok(m) => m,
+        Ok(valid) => valid,
         Err(e) => {
             let mut status = previous.clone();
             status.observed_generation = broker.metadata.generation;
@@ -80,7 +80,6 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
             return Err(Error::InvalidSpec(e));
         }
     };
-    let windows = upgrade::parse_windows(&model.spec.upgrade.maintenance_windows).unwrap_or_default();
     let owner = broker.controller_owner_ref(&()).expect("stored objects have a uid");
 
     // --- dereference (stores only)
@@ -229,6 +228,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     } else {
         None
     };
+    let known = known_cves(&catalog, &running);
     let facts = broker_facts(
         &model,
         &plan,
@@ -240,7 +240,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         &acls,
         &views,
         &running,
-        &catalog,
+        known.clone(),
         &step,
         probe.clone(),
         drift.clone(),
@@ -276,7 +276,6 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     };
     let compliant_cond = super::compliant_condition(&compliance_status);
     let user_ready = plan.verdicts.values().filter(|v| matches!(v, Verdict::InEffect { .. })).count() as u32;
-    let known: Vec<_> = known_cves(&catalog, &running);
     let status = MqttBrokerStatus {
         observed_generation: broker.metadata.generation,
         conditions: conditions::merge(
@@ -721,7 +720,7 @@ fn broker_facts<'a>(
     acls: &[Arc<crate::crd::MqttAcl>],
     views: &[UserView],
     running: &str,
-    catalog: &Catalog,
+    known_cves: Vec<crate::crd::broker::KnownCve>,
     step: &upgrade::RolloutStep,
     probe: Option<crate::probe::ProbeReport>,
     drift: Vec<String>,
@@ -823,7 +822,7 @@ fn broker_facts<'a>(
         drift,
         previous_audit,
         running_version: running.to_string(),
-        known_cves: known_cves(catalog, running),
+        known_cves,
         upgrade_failed: step.state.as_ref().is_some_and(|s| s.phase == upgrade::Phase::Failed),
         upgrade_message: step.state.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
         now,
