@@ -96,9 +96,7 @@ async fn reconcile_inner(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
         pending_users: pending,
         warnings,
     };
-    if status != previous {
-        super::patch_status(ctx, acl, &status).await?;
-    }
+    super::write_status(ctx, acl, &previous, &status).await?;
     match invalid {
         Some(e) => Err(Error::InvalidSpec(e)),
         None => Ok(Action::await_change()),

@@ -76,7 +76,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
                 broker.metadata.generation,
                 now,
             );
-            write_status(ctx, broker, &previous, status).await?;
+            super::write_status(ctx, broker, &previous, &status).await?;
             return Err(Error::InvalidSpec(e));
         }
     };
@@ -300,7 +300,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         firewalls: Some(MemberCounts { total: firewalls.len() as u32, ready: firewalls.len() as u32 }),
         upgrade: step.state.as_ref().map(RolloutState::to_status),
     };
-    write_status(ctx, broker, &previous, status).await?;
+    super::write_status(ctx, broker, &previous, &status).await?;
     if audit_due {
         super::report::write(ctx, broker, &compliance_status).await;
     }
@@ -867,17 +867,4 @@ async fn compliance_events(
             _ => {}
         }
     }
-}
-
-/// Writes status only when it differs from what is stored.
-async fn write_status(
-    ctx: &Context,
-    broker: &MqttBroker,
-    previous: &MqttBrokerStatus,
-    status: MqttBrokerStatus,
-) -> Result<()> {
-    if &status == previous {
-        return Ok(());
-    }
-    super::patch_status(ctx, broker, &status).await
 }

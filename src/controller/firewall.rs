@@ -89,9 +89,7 @@ async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
         policy_count: policies.len() as u32,
         policies,
     };
-    if status != previous {
-        super::patch_status(ctx, fw, &status).await?;
-    }
+    super::write_status(ctx, fw, &previous, &status).await?;
     match invalid {
         Some(e) => Err(Error::InvalidSpec(e)),
         None => Ok(Action::await_change()),

@@ -307,16 +307,20 @@ pub async fn run(
     }
 }
 
-/// Writes a status with server-side apply (field manager `moat`): fields moat no longer sets are
-/// removed, conditions merge by type. Callers only call this when the status changed.
-pub async fn patch_status<K, S>(ctx: &Context, obj: &K, status: &S) -> Result<()>
+/// Writes `status` unless it equals `previous` (a reconcile with nothing to report writes
+/// nothing), with server-side apply (field manager `moat`): fields moat no longer sets are
+/// removed, conditions merge by type.
+pub async fn write_status<K, S>(ctx: &Context, obj: &K, previous: &S, status: &S) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
-    S: serde::Serialize,
+    S: serde::Serialize + PartialEq,
 {
+    if status == previous {
+        return Ok(());
+    }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),

@@ -109,7 +109,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
             user.metadata.generation,
             now,
         );
-        write_status(ctx, user, &previous, status).await?;
+        super::write_status(ctx, user, &previous, &status).await?;
         return Ok(Action::await_change());
     };
     let model = match BrokerModel::new(&broker) {
@@ -124,7 +124,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                 user.metadata.generation,
                 now,
             );
-            write_status(ctx, user, &previous, status).await?;
+            super::write_status(ctx, user, &previous, &status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -140,7 +140,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                 user.metadata.generation,
                 now,
             );
-            write_status(ctx, user, &previous, status).await?;
+            super::write_status(ctx, user, &previous, &status).await?;
             return Err(Error::InvalidSpec(e));
         }
     };
@@ -387,7 +387,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
     }
     status.password_rotated_at = rotated_at.filter(|_| password.is_some()).map(Time);
     status.password_version = version;
-    write_status(ctx, user, &previous, status).await?;
+    super::write_status(ctx, user, &previous, &status).await?;
 
     let wake = next.into_iter().filter(|t| *t > now).min();
     Ok(match wake {
@@ -472,11 +472,4 @@ async fn remove_finalizer(ctx: &Context, user: &MqttUser) -> Result<()> {
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-async fn write_status(ctx: &Context, user: &MqttUser, previous: &MqttUserStatus, status: MqttUserStatus) -> Result<()> {
-    if &status == previous {
-        return Ok(());
-    }
-    super::patch_status(ctx, user, &status).await
 }
