@@ -34,6 +34,10 @@ pub fn acl_secret(broker: &str) -> String {
 pub fn passwd_secret(broker: &str, n: usize) -> String {
     format!("{broker}-passwd-{n}")
 }
+/// The shard number of a [`passwd_secret`] name of `broker`.
+pub fn passwd_shard_index(broker: &str, secret: &str) -> Option<usize> {
+    secret.strip_prefix(broker)?.strip_prefix("-passwd-")?.parse().ok()
+}
 /// The broker's default-deny NetworkPolicy.
 pub fn default_deny_policy(broker: &str) -> String {
     format!("{broker}-default-deny")
@@ -71,4 +75,19 @@ pub fn selector_labels(broker: &str) -> BTreeMap<String, String> {
         ("app.kubernetes.io/instance".to_string(), broker.to_string()),
         (BROKER_LABEL.to_string(), broker.to_string()),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_shard_index_reads_back_passwd_secret_names_of_that_broker_only() {
+        for n in [0, 7, 12] {
+            assert_eq!(passwd_shard_index("plant-b", &passwd_secret("plant-b", n)), Some(n));
+        }
+        assert_eq!(passwd_shard_index("plant", &passwd_secret("plant-b", 1)), None);
+        assert_eq!(passwd_shard_index("plant-b", "plant-b-acl"), None);
+        assert_eq!(passwd_shard_index("plant-b", "plant-b-passwd-x"), None);
+    }
 }

@@ -99,10 +99,7 @@ pub async fn client(
 
 /// Fails with an install hint when the CRDs are missing.
 async fn check_crds(client: &Client, scope: &Scope) -> anyhow::Result<()> {
-    let api: Api<MqttBroker> = match scope {
-        Scope::All => Api::all(client.clone()),
-        Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
-    };
+    let api: Api<MqttBroker> = controller::api(client, scope);
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => anyhow::bail!(

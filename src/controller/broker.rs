@@ -171,9 +171,8 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     ap.apply(&mut sts, sts_observed.as_deref()).await?;
     ap.apply_or_delete(pdb, Stores::get(&s.pdbs, &ns, &name), &ns, &name).await?;
     // Password shards beyond the current count are obsolete.
-    for (sname, _) in secrets.iter().filter(|(n, _)| n.starts_with(&format!("{name}-passwd-"))) {
-        let idx: Option<usize> = sname.rsplit('-').next().and_then(|i| i.parse().ok());
-        if idx.is_some_and(|i| i >= plan.shards.len()) {
+    for sname in secrets.keys() {
+        if names::passwd_shard_index(&name, sname).is_some_and(|i| i >= plan.shards.len()) {
             delete::<Secret>(ctx, &ns, sname).await?;
             ap.changed += 1;
         }
@@ -497,7 +496,7 @@ fn existing_material(broker: &str, secrets: &BTreeMap<String, Arc<Secret>>) -> R
     }
     let mut shards: Vec<(usize, String, String)> = vec![];
     for (n, s) in secrets {
-        if let Some(i) = n.strip_prefix(&format!("{broker}-passwd-")).and_then(|i| i.parse::<usize>().ok()) {
+        if let Some(i) = names::passwd_shard_index(broker, n) {
             shards.push((
                 i,
                 secret_text(s, "passwd").unwrap_or_default(),
@@ -764,15 +763,7 @@ fn broker_facts<'a>(
         .then(|| svc.spec.as_ref().and_then(|s| s.load_balancer_source_ranges.clone()).unwrap_or_default());
     let public_firewalls = firewalls
         .iter()
-        .filter(|f| {
-            f.spec.allow_public_internet
-                && f.spec.ingress.iter().flat_map(|r| &r.from).any(|p| {
-                    p.cidr
-                        .as_deref()
-                        .and_then(|c| crate::validate::cidr(c).ok())
-                        .is_some_and(|n| crate::validate::covers_public_internet(&n))
-                })
-        })
+        .filter(|f| f.spec.allow_public_internet && !crate::validate::public_cidrs(&f.spec).is_empty())
         .map(|f| f.name_any())
         .collect();
     let mut weak = vec![];

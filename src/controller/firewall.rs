@@ -34,16 +34,7 @@ async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
     let previous = fw.status.clone().unwrap_or_default();
     let broker_name = fw.spec.broker_ref.name.clone();
     let generation = fw.metadata.generation;
-    let public: Vec<String> = fw
-        .spec
-        .ingress
-        .iter()
-        .flat_map(|r| &r.from)
-        .filter_map(|p| p.cidr.as_deref())
-        .filter_map(|c| crate::validate::cidr(c).ok())
-        .filter(crate::validate::covers_public_internet)
-        .map(|n| n.to_string())
-        .collect();
+    let public: Vec<String> = crate::validate::public_cidrs(&fw.spec).iter().map(|n| n.to_string()).collect();
 
     let mut invalid = None;
     let mut policies = vec![];

@@ -81,7 +81,8 @@ pub enum Scope {
     Namespace(String),
 }
 
-fn api<K>(client: &Client, scope: &Scope) -> Api<K>
+/// An Api for `K` in the watched scope.
+pub(crate) fn api<K>(client: &Client, scope: &Scope) -> Api<K>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {

@@ -18,7 +18,7 @@ mod user;
 use std::fmt::Write as _;
 
 pub use acl::acl_spec;
-pub use network::{cidr, covers_public_internet, firewall_spec};
+pub use network::{cidr, covers_public_internet, firewall_spec, public_cidrs};
 pub use password::{
     MAX_PASSWORD_BYTES, WeakPassword, character_classes, entropy_bits, is_common_password, mosquitto_password,
     password_strength,

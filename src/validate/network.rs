@@ -80,6 +80,17 @@ pub fn covers_public_internet(net: &IpNet) -> bool {
     })
 }
 
+/// The valid peer CIDRs of a firewall spec that cover part of the public internet.
+pub fn public_cidrs(spec: &MqttFirewallSpec) -> Vec<IpNet> {
+    spec.ingress
+        .iter()
+        .flat_map(|r| &r.from)
+        .filter_map(|p| p.cidr.as_deref())
+        .filter_map(|c| cidr(c).ok())
+        .filter(covers_public_internet)
+        .collect()
+}
+
 /// Validates an `MqttFirewall` spec as the apiserver does: list sizes, listener name lengths,
 /// every peer (`cidr` xor selectors, `except` only with `cidr` and strictly inside it in the same
 /// family), and the public-internet rule.
