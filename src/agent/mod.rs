@@ -72,7 +72,7 @@ impl FileSet {
             h.update((v.len() as u64).to_be_bytes());
             h.update(v);
         }
-        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex(&h.finalize())
     }
 }
 

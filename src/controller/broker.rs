@@ -462,7 +462,7 @@ where
 pub fn hash_of<K: Serialize>(obj: &K) -> String {
     use sha2::{Digest, Sha256};
     let json = serde_json::to_vec(obj).unwrap_or_default();
-    Sha256::digest(&json).iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::hex(&Sha256::digest(&json)[..8])
 }
 
 async fn delete<K>(ctx: &Context, ns: &str, name: &str) -> Result<()>

@@ -11,8 +11,8 @@ use rcgen::{
 
 use super::inspect::{CertInfo, cert_info, with_cert};
 use super::{
-    CLOCK_SKEW, Issued, PkiError, Result, add, first_pem_block, hex, key_is_for, parse_key, random_bytes,
-    random_serial, sub_saturating, to_offset, trunc,
+    CLOCK_SKEW, Issued, PkiError, Result, add, first_pem_block, key_is_for, parse_key, random_bytes, random_serial,
+    sub_saturating, to_offset, trunc,
 };
 
 /// Longest common name written into a certificate (RFC 5280 `ub-common-name`) for CAs.
@@ -130,7 +130,10 @@ pub fn new_ca(common_name: &str, validity: Duration, now: Timestamp) -> Result<I
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "moat");
     dn.push(DnType::CommonName, format!("{} {stamp}", name.trim_end()));
-    dn.push(DnType::CustomDnType(OID_DN_SERIAL_NUMBER.to_vec()), DnValue::PrintableString(hex(&unique).try_into()?));
+    dn.push(
+        DnType::CustomDnType(OID_DN_SERIAL_NUMBER.to_vec()),
+        DnValue::PrintableString(crate::hex(&unique).try_into()?),
+    );
 
     let mut params = CertificateParams::default();
     params.distinguished_name = dn;

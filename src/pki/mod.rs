@@ -188,15 +188,6 @@ fn random_serial() -> rcgen::SerialNumber {
     rcgen::SerialNumber::from_slice(&bytes)
 }
 
-/// Lower-case hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// `raw` without leading zero bytes (at least one byte kept).
 fn strip_zeros(raw: &[u8]) -> &[u8] {
     let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len().saturating_sub(1));
@@ -206,7 +197,7 @@ fn strip_zeros(raw: &[u8]) -> &[u8] {
 /// Canonical serial text: lower-case hex of the integer's big-endian bytes, without leading zero
 /// bytes (DER adds a `00` before positive serials with the top bit set; the value is the same).
 fn serial_hex(raw: &[u8]) -> String {
-    hex(strip_zeros(raw))
+    crate::hex(strip_zeros(raw))
 }
 
 /// Parses serial hex (any case, optional `:` separators) into canonical text and minimal bytes.
@@ -222,7 +213,7 @@ fn parse_serial_hex(text: &str) -> Option<(String, Vec<u8>)> {
         .collect::<std::result::Result<_, _>>()
         .ok()?;
     let value = strip_zeros(&bytes).to_vec();
-    Some((hex(&value), value))
+    Some((crate::hex(&value), value))
 }
 
 /// All PEM blocks of `text` with the given label, decoded to DER.

@@ -173,10 +173,6 @@ pub enum ServerReply {
     Malformed(String),
 }
 
-fn hex_prefix(buf: &[u8]) -> String {
-    buf.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
-}
-
 /// Classify the bytes received so far. `eof` says the peer will send nothing more.
 pub fn classify_reply(buf: &[u8], eof: bool) -> ServerReply {
     let mut handshake = Vec::new();
@@ -188,7 +184,7 @@ pub fn classify_reply(buf: &[u8], eof: bool) -> ServerReply {
         if major != 3 || !matches!(content_type, CONTENT_ALERT | CONTENT_HANDSHAKE) {
             return ServerReply::Malformed(format!(
                 "reply is not a TLS alert or handshake record (first bytes: {})",
-                hex_prefix(&buf[pos..])
+                super::hex_prefix(&buf[pos..])
             ));
         }
         if len > MAX_RECORD {

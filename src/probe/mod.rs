@@ -25,6 +25,11 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The first bytes of a reply, in hex, for error messages.
+fn hex_prefix(buf: &[u8]) -> String {
+    buf.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
 use legacy::{Attempt, LegacyVerdict};
 use modern::{HandshakeError, Mode, Observed};
 use mqtt::ConnackReply;

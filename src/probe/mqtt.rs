@@ -50,10 +50,9 @@ pub enum ConnackReply {
 pub fn parse_connack(buf: &[u8]) -> ConnackReply {
     let header_ok = buf.iter().zip([0x20u8, 0x02]).all(|(got, want)| *got == want);
     match buf {
-        _ if !header_ok => ConnackReply::NotConnack(format!(
-            "first packet is not a CONNACK (bytes: {})",
-            buf.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
-        )),
+        _ if !header_ok => {
+            ConnackReply::NotConnack(format!("first packet is not a CONNACK (bytes: {})", super::hex_prefix(buf)))
+        }
         [_, _, flags, rc, ..] if *flags & 0xfe == 0 => {
             ConnackReply::Connack { session_present: *flags & 1 == 1, return_code: *rc }
         }

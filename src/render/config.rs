@@ -187,12 +187,8 @@ pub fn render(model: &BrokerModel, paths: &ConfigPaths, overrides: &ListenerOver
             let _ = writeln!(r, "# insecurePlaintext: credentials and messages travel in clear text");
         }
     }
-    let restart_hash = hex(&Sha256::digest(restart.as_bytes()));
+    let restart_hash = crate::hex(&Sha256::digest(restart.as_bytes()));
     RenderedConfig { text: global + &restart, restart_hash }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

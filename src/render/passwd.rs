@@ -424,7 +424,7 @@ fn build_shards(entries: &[Entry], n: usize) -> Vec<Shard> {
     for (passwd, _) in &parts {
         sha.update(passwd.as_bytes());
     }
-    let manifest = format!("{n} {}", hex(&sha.finalize()));
+    let manifest = format!("{n} {}", crate::hex(&sha.finalize()));
     parts.into_iter().map(|(passwd, fingerprints)| Shard { passwd, fingerprints, manifest: manifest.clone() }).collect()
 }
 
@@ -456,7 +456,7 @@ pub fn assemble_shards<M: AsRef<str>, P: AsRef<str>>(shards: &[(M, P)]) -> Resul
         return Err(ShardError::ShardCount { expected: n, found: shards.len() });
     }
     let text: String = shards.iter().map(|(_, p)| p.as_ref()).collect();
-    if hex(&Sha256::digest(text.as_bytes())) != checksum {
+    if crate::hex(&Sha256::digest(text.as_bytes())) != checksum {
         return Err(ShardError::Checksum);
     }
     for (i, line) in lines(&text) {
@@ -716,14 +716,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,7 +853,7 @@ mod tests {
         // RFC 4231 test case 1
         let fp = fingerprint(&[0x0b; 20], "Hi There");
         let expected = "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7";
-        assert_eq!(hex(&STANDARD.decode(&fp).unwrap()), expected);
+        assert_eq!(crate::hex(&STANDARD.decode(&fp).unwrap()), expected);
         assert_eq!(fingerprint(KEY, "a"), fingerprint(KEY, "a"));
         assert_ne!(fingerprint(KEY, "a"), fingerprint(KEY, "b"));
         assert_ne!(fingerprint(KEY, "a"), fingerprint(b"another key, also 32 bytes long!", "a"));
@@ -1054,7 +1046,7 @@ mod tests {
         let shards = shard(&[]).unwrap();
         assert_eq!(shards.len(), 1);
         assert_eq!(shards[0].passwd, "");
-        assert_eq!(shards[0].manifest, format!("1 {}", hex(&Sha256::digest(b""))));
+        assert_eq!(shards[0].manifest, format!("1 {}", crate::hex(&Sha256::digest(b""))));
         assert_eq!(assemble_shards(&[(&shards[0].manifest, "")]).unwrap(), "");
     }
 
@@ -1114,12 +1106,12 @@ mod tests {
     #[test]
     fn assemble_shards_refuses_content_mosquitto_would_misread_even_with_a_matching_checksum() {
         for passwd in ["# comment\n", "alice\n", "alice:$7$1$AAAA$BBBB\n", "x:y:z\n", "alice:$7$1$AAAAAAAAAAAAAAAA"] {
-            let manifest = format!("1 {}", hex(&Sha256::digest(passwd.as_bytes())));
+            let manifest = format!("1 {}", crate::hex(&Sha256::digest(passwd.as_bytes())));
             assert!(assemble_shards(&[(manifest, passwd)]).is_err(), "{passwd:?}");
         }
         let line = fake_entry("alice", 1).line;
         let twice = format!("{line}\n{line}\n");
-        let manifest = format!("1 {}", hex(&Sha256::digest(twice.as_bytes())));
+        let manifest = format!("1 {}", crate::hex(&Sha256::digest(twice.as_bytes())));
         assert!(matches!(assemble_shards(&[(manifest, twice)]), Err(ShardError::Invalid(_))));
     }
 
