@@ -198,18 +198,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         .iter()
         .map(|u| UserView { user: u, password: lookup(u), certificate: certs.get(&u.name_any()).cloned() })
         .collect();
-    let previous = crate::render::passwd::previous_from_shards(
-        &first.shards.iter().map(|s| (s.passwd.clone(), s.fingerprints.clone())).collect::<Vec<_>>(),
-    )?;
-    let existing = Existing {
-        ca: Some(first.ca.clone()),
-        revoked: first.revoked.clone(),
-        revoked_users: first.revoked_users.clone(),
-        fingerprint_key: Some(first.fingerprint_key.clone()),
-        server: Some(first.server.clone()),
-        crl_pem: Some(first.crl_pem.clone()),
-        passwd: previous,
-    };
+    let existing = first.to_existing()?;
     let plan = plan(PlanInput {
         model: &model,
         users: &views,

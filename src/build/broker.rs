@@ -166,15 +166,19 @@ pub struct BrokerPlan {
 }
 
 impl BrokerPlan {
-    /// Usernames in effect.
-    pub fn usernames_in_effect(&self) -> BTreeSet<&str> {
-        self.verdicts
-            .values()
-            .filter_map(|v| match v {
-                Verdict::InEffect { username, .. } => Some(username.as_str()),
-                _ => None,
-            })
-            .collect()
+    /// What the next plan finds once this plan's Secrets are applied (as the controller reads
+    /// them back, or `moat render` between its two passes).
+    pub fn to_existing(&self) -> Result<Existing, passwd::ShardError> {
+        let shards: Vec<(&String, &String)> = self.shards.iter().map(|s| (&s.passwd, &s.fingerprints)).collect();
+        Ok(Existing {
+            ca: Some(self.ca.clone()),
+            revoked: self.revoked.clone(),
+            revoked_users: self.revoked_users.clone(),
+            fingerprint_key: Some(self.fingerprint_key.clone()),
+            server: Some(self.server.clone()),
+            crl_pem: Some(self.crl_pem.clone()),
+            passwd: passwd::previous_from_shards(&shards)?,
+        })
     }
 }
 

@@ -21,7 +21,6 @@ use crate::build::Password;
 use crate::build::objects::user_secret;
 use crate::build::user::{self as bu, ROTATED_AT_ANNOTATION, ROTATION_HANDLED_ANNOTATION, StoredCredentials};
 use crate::compliance::{self, UserFacts};
-use crate::crd::broker::ListenerAuthentication;
 use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, CertificateInfo, MqttUser, MqttUserStatus};
 use crate::model::BrokerModel;
 use crate::names;
@@ -343,7 +342,6 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
         .and_then(|fp| index.by_fingerprint.get(fp))
         .map(|users| users.iter().filter(|u| **u != username).cloned().collect())
         .unwrap_or_default();
-    let has_listener = |auth| model.spec.listeners.iter().any(|l| l.authentication == auth);
     let facts = UserFacts {
         password_auth: user.spec.authentication.password.is_some(),
         generated: matches!(password, Some((_, true))),
@@ -360,9 +358,8 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
             .as_ref()
             .and_then(|c| c.renew_before.parse().ok())
             .unwrap_or_default(),
-        has_usable_listener: (user.spec.authentication.password.is_none()
-            || has_listener(ListenerAuthentication::Password))
-            && (!wants_cert || has_listener(ListenerAuthentication::Certificate)),
+        has_usable_listener: (user.spec.authentication.password.is_none() || model.has_password_listener())
+            && (!wants_cert || model.has_certificate_listener()),
         now,
     };
     let checks = compliance::evaluate_user(&facts);

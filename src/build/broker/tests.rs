@@ -56,21 +56,6 @@ fn run(users: &[UserView], acls: &[&MqttAcl], existing: Existing, at: Timestamp)
     .unwrap()
 }
 
-fn existing_from(p: &BrokerPlan) -> Existing {
-    Existing {
-        ca: Some(p.ca.clone()),
-        revoked: p.revoked.clone(),
-        revoked_users: p.revoked_users.clone(),
-        fingerprint_key: Some(p.fingerprint_key.clone()),
-        server: Some(p.server.clone()),
-        crl_pem: Some(p.crl_pem.clone()),
-        passwd: crate::render::passwd::previous_from_shards(
-            &p.shards.iter().map(|s| (s.passwd.clone(), s.fingerprints.clone())).collect::<Vec<_>>(),
-        )
-        .unwrap(),
-    }
-}
-
 #[test]
 fn verdicts_cover_generated_weak_conflicting_and_invalid_users() {
     let a = user("sensor-1", serde_json::json!({"brokerRef": {"name": "plant-a"}}), "2026-01-01T00:00:00Z");
@@ -123,7 +108,7 @@ fn a_second_plan_with_the_stored_material_changes_nothing_and_hashes_nothing() {
     assert_eq!(first.server_renewal, Some(RenewReason::Missing));
     let mut previous = first.clone();
     for hour in 1..=48 {
-        let later = run(&views, &[], existing_from(&previous), after(now(), Duration::from_secs(hour * 3600)));
+        let later = run(&views, &[], previous.to_existing().unwrap(), after(now(), Duration::from_secs(hour * 3600)));
         assert_eq!(later.hashes_computed, 0);
         assert_eq!(later.ca_transition, None);
         assert_eq!(later.server_renewal, None);
@@ -146,12 +131,12 @@ fn a_deleted_certificate_user_is_revoked_in_the_crl() {
         "2026-01-01T00:00:00Z",
     );
     let views = vec![UserView { user: &gw, password: PasswordLookup::NotUsed, certificate: Some(cert.clone()) }];
-    let live = run(&views, &[], existing_from(&first), now());
+    let live = run(&views, &[], first.to_existing().unwrap(), now());
     assert!(matches!(&live.verdicts["gw"], Verdict::InEffect { certificate: true, password: false, .. }));
     assert!(live.revoked.is_empty());
     gw.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
     let views = vec![UserView { user: &gw, password: PasswordLookup::NotUsed, certificate: Some(cert.clone()) }];
-    let gone = run(&views, &[], existing_from(&live), now());
+    let gone = run(&views, &[], live.to_existing().unwrap(), now());
     assert_eq!(gone.newly_revoked, vec!["gw".to_string()]);
     let serial = crate::pki::inspect(&cert.cert_pem).unwrap().serial_hex;
     let crls = crate::pki::parse_crls(&gone.crl_pem).unwrap();
@@ -161,7 +146,7 @@ fn a_deleted_certificate_user_is_revoked_in_the_crl() {
     assert_eq!(gone.revoked_users.keys().collect::<Vec<_>>(), vec!["gw"]);
     assert!(gone.acl_text.contains("user gw\ntopic deny #\ntopic deny $SYS/#"), "{}", gone.acl_text);
     // idempotent: a further plan neither revokes again nor re-signs
-    let again = run(&views, &[], existing_from(&gone), now());
+    let again = run(&views, &[], gone.to_existing().unwrap(), now());
     assert!(again.newly_revoked.is_empty());
     assert_eq!(again.crl_pem, gone.crl_pem);
 }
