@@ -7,6 +7,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
 use crate::crd::broker::{ListenerAuthentication, MqttBrokerSpec};
 use crate::crd::{GoDuration, MqttBroker};
 use crate::names;
@@ -211,6 +213,21 @@ impl BrokerModel {
     /// Standard labels for a generated object of this broker.
     pub fn labels(&self, component: &str) -> std::collections::BTreeMap<String, String> {
         names::labels(&self.name, component)
+    }
+
+    /// Metadata of a generated object of this broker: name, namespace and standard labels.
+    pub fn object_meta(&self, name: String, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels(component)),
+            ..Default::default()
+        }
+    }
+
+    /// Selects the broker's pods.
+    pub fn pod_selector(&self) -> LabelSelector {
+        LabelSelector { match_labels: Some(names::selector_labels(&self.name)), match_expressions: None }
     }
 }
 

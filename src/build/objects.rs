@@ -19,13 +19,7 @@ pub fn secret(
     owner: Option<&OwnerReference>,
 ) -> Secret {
     Secret {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: Some(model.namespace.clone()),
-            labels: Some(model.labels(component)),
-            owner_references: owner.map(|o| vec![o.clone()]),
-            ..Default::default()
-        },
+        metadata: ObjectMeta { owner_references: owner.map(|o| vec![o.clone()]), ..model.object_meta(name, component) },
         type_: Some("Opaque".into()),
         data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
         ..Default::default()
@@ -95,11 +89,8 @@ pub fn broker_secrets(model: &BrokerModel, plan: &BrokerPlan, owner: Option<&Own
 pub fn ca_bundle(model: &BrokerModel, plan: &BrokerPlan, owner: Option<&OwnerReference>) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
-            name: Some(names::ca_bundle_configmap(&model.name)),
-            namespace: Some(model.namespace.clone()),
-            labels: Some(model.labels("ca-bundle")),
             owner_references: owner.map(|o| vec![o.clone()]),
-            ..Default::default()
+            ..model.object_meta(names::ca_bundle_configmap(&model.name), "ca-bundle")
         },
         data: Some(BTreeMap::from([("ca.crt".into(), plan.ca.trust_bundle())])),
         ..Default::default()

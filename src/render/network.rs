@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::broker::ServiceType;
@@ -15,15 +15,6 @@ use crate::crd::firewall::MqttFirewallSpec;
 use crate::model::BrokerModel;
 use crate::names;
 use crate::validate::FieldError;
-
-fn meta(model: &BrokerModel, name: String, component: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some(model.namespace.clone()),
-        labels: Some(model.labels(component)),
-        ..Default::default()
-    }
-}
 
 fn service_ports(model: &BrokerModel) -> Vec<ServicePort> {
     model
@@ -50,7 +41,7 @@ pub fn service(model: &BrokerModel, source_ranges: &[String]) -> Service {
     let withheld = s.type_ == ServiceType::LoadBalancer && source_ranges.is_empty();
     let type_ = if withheld { ServiceType::ClusterIP } else { s.type_ };
     let external = type_ != ServiceType::ClusterIP;
-    let mut metadata = meta(model, model.service_name(), "broker");
+    let mut metadata = model.object_meta(model.service_name(), "broker");
     let mut annotations = s.annotations.clone();
     if withheld {
         annotations.insert(LB_WITHHELD_ANNOTATION.into(), "no MqttFirewall admits a client CIDR yet".into());
@@ -79,7 +70,7 @@ pub const LB_WITHHELD_ANNOTATION: &str = "mqtt.moat.dev/load-balancer-withheld";
 /// The headless Service giving each broker pod a stable DNS name (covered by the server certificate).
 pub fn headless_service(model: &BrokerModel) -> Service {
     Service {
-        metadata: meta(model, model.headless_service_name(), "broker"),
+        metadata: model.object_meta(model.headless_service_name(), "broker"),
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(names::selector_labels(&model.name)),
@@ -90,17 +81,13 @@ pub fn headless_service(model: &BrokerModel) -> Service {
     }
 }
 
-fn pod_selector(model: &BrokerModel) -> LabelSelector {
-    LabelSelector { match_labels: Some(names::selector_labels(&model.name)), match_expressions: None }
-}
-
 /// Denies all ingress and egress of the broker pods; MqttFirewalls add allow policies next to it.
 /// The broker needs no egress at all (no bridges, no DNS lookups), so none is opened.
 pub fn default_deny(model: &BrokerModel) -> NetworkPolicy {
     NetworkPolicy {
-        metadata: meta(model, names::default_deny_policy(&model.name), "firewall"),
+        metadata: model.object_meta(names::default_deny_policy(&model.name), "firewall"),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(pod_selector(model)),
+            pod_selector: Some(model.pod_selector()),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
             ingress: None,
             egress: None,
@@ -134,9 +121,9 @@ pub fn probe_policy(model: &BrokerModel, operator: &OperatorIdentity) -> Network
         ip_block: None,
     };
     NetworkPolicy {
-        metadata: meta(model, probe_policy_name(&model.name), "firewall"),
+        metadata: model.object_meta(probe_policy_name(&model.name), "firewall"),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(pod_selector(model)),
+            pod_selector: Some(model.pod_selector()),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule { from: Some(vec![peer]), ports: Some(ports(model, &[])) }]),
             egress: None,
@@ -253,12 +240,12 @@ pub fn firewall_policy(
             ports: Some(ports(model, &rule.listeners)),
         });
     }
-    let mut metadata = meta(model, firewall_policy_name(&model.name, firewall), "firewall");
+    let mut metadata = model.object_meta(firewall_policy_name(&model.name, firewall), "firewall");
     metadata.labels.get_or_insert_with(Default::default).insert(FIREWALL_LABEL.into(), firewall.into());
     Ok(NetworkPolicy {
         metadata,
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(pod_selector(model)),
+            pod_selector: Some(model.pod_selector()),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(ingress),
             egress: None,

@@ -51,15 +51,6 @@ pub fn passwd_slots(shards: usize) -> usize {
     shards.max(4).next_power_of_two()
 }
 
-fn meta(model: &BrokerModel, name: String, component: &str) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some(model.namespace.clone()),
-        labels: Some(model.labels(component)),
-        ..Default::default()
-    }
-}
-
 /// The pod's and containers' hardened security settings (restricted Pod Security Standard).
 pub fn container_security_context() -> SecurityContext {
     SecurityContext {
@@ -260,7 +251,7 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
     });
 
     StatefulSet {
-        metadata: meta(model, model.name.clone(), "broker"),
+        metadata: model.object_meta(model.name.clone(), "broker"),
         spec: Some(StatefulSetSpec {
             replicas: Some(spec.replicas),
             service_name: Some(model.headless_service_name()),
@@ -308,7 +299,7 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
 /// The broker's own ServiceAccount: no RBAC, token never mounted.
 pub fn service_account(model: &BrokerModel) -> ServiceAccount {
     ServiceAccount {
-        metadata: meta(model, model.name.clone(), "broker"),
+        metadata: model.object_meta(model.name.clone(), "broker"),
         automount_service_account_token: Some(false),
         ..Default::default()
     }
@@ -317,13 +308,10 @@ pub fn service_account(model: &BrokerModel) -> ServiceAccount {
 /// A PodDisruptionBudget allowing one broker pod down at a time (only when replicas > 1).
 pub fn pod_disruption_budget(model: &BrokerModel) -> Option<PodDisruptionBudget> {
     (model.spec.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: meta(model, model.name.clone(), "broker"),
+        metadata: model.object_meta(model.name.clone(), "broker"),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector {
-                match_labels: Some(names::selector_labels(&model.name)),
-                match_expressions: None,
-            }),
+            selector: Some(model.pod_selector()),
             ..Default::default()
         }),
         status: None,
