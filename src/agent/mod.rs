@@ -213,9 +213,8 @@ fn assemble_passwd(dir: &Path) -> Result<String, Refused> {
             shards.push((text(&m, "manifest")?, text(&p, "passwd")?));
         }
     }
-    let assembled = crate::render::passwd::assemble_shards(&shards).map_err(|e| Refused::Passwd(e.to_string()))?;
-    crate::render::passwd::parse_passwd(&assembled).map_err(|e| Refused::Passwd(e.to_string()))?;
-    Ok(assembled)
+    // (assemble_shards also parses the assembled file as Mosquitto would)
+    crate::render::passwd::assemble_shards(&shards).map_err(|e| Refused::Passwd(e.to_string()))
 }
 
 /// Writes the files that differ from what `target` holds (write to a temporary file, then rename,
