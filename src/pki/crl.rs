@@ -121,10 +121,15 @@ pub fn sign_crl(
     Ok(params.signed_by(&signer.issuer)?.pem()?)
 }
 
+/// The serials a CRL lists, canonical and sorted.
+fn revoked_serials(crl: &CertificateRevocationList<'_>) -> Vec<String> {
+    let mut serials: Vec<String> = crl.iter_revoked_certificates().map(|r| serial_hex(r.raw_serial())).collect();
+    serials.sort();
+    serials
+}
+
 fn crl_info(crl: &CertificateRevocationList<'_>) -> Result<CrlInfo> {
-    let mut revoked_serials: Vec<String> =
-        crl.iter_revoked_certificates().map(|r| serial_hex(r.raw_serial())).collect();
-    revoked_serials.sort();
+    let revoked_serials = revoked_serials(crl);
     let number = crl.crl_number().and_then(|n| {
         let bytes = n.to_bytes_be();
         (bytes.len() <= 8).then(|| bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
@@ -160,9 +165,7 @@ pub(super) fn crl_is_current_for(der: &[u8], ca: &Issued, revoked: &[RevokedCert
         let Ok(want) = entries_for(revoked, &cert.subject().to_string()) else {
             return false;
         };
-        let mut have: Vec<String> = crl.iter_revoked_certificates().map(|r| serial_hex(r.raw_serial())).collect();
-        have.sort();
-        have.iter().eq(want.iter().map(|(hex, _, _)| hex))
+        revoked_serials(crl).iter().eq(want.iter().map(|(hex, _, _)| hex))
     };
     with_cert(&ca_der, |cert| with_crl(der, |crl| check(cert, crl)).unwrap_or(false)).unwrap_or(false)
 }
