@@ -13,20 +13,25 @@ pub fn encode_connect(client_id: &str, keep_alive: u16) -> Vec<u8> {
     variable.extend_from_slice(id);
 
     let mut packet = vec![0x10];
-    let mut remaining = variable.len();
-    loop {
-        let mut byte = (remaining % 128) as u8;
-        remaining /= 128;
-        if remaining > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if remaining == 0 {
-            break;
-        }
-    }
+    packet.extend(remaining_length(variable.len()));
     packet.extend_from_slice(&variable);
     packet
+}
+
+/// The MQTT variable-length encoding of a packet's "remaining length".
+pub fn remaining_length(mut n: usize) -> Vec<u8> {
+    let mut out = vec![];
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if n == 0 {
+            return out;
+        }
+    }
 }
 
 /// MQTT 3.1.1 DISCONNECT.
