@@ -110,65 +110,52 @@ pub struct FirewallFacts {
 /// Hardening of a pod template, as observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodHardening {
-    /// Every container runs as non-root 1883.
-    pub non_root_1883: bool,
-    /// Read-only root fs and no privilege escalation everywhere.
-    pub read_only_no_escalation: bool,
-    /// ALL capabilities dropped, none added, seccomp RuntimeDefault everywhere.
-    pub caps_dropped_seccomp: bool,
+    /// Containers (including init containers) in the template.
+    pub containers: usize,
+    /// Containers not running as non-root uid/gid 1883, with what they run as.
+    pub user_problems: Vec<String>,
+    /// Containers with a writable root filesystem or privilege escalation.
+    pub fs_problems: Vec<String>,
+    /// Containers that keep capabilities or lack seccomp RuntimeDefault, with details.
+    pub caps_problems: Vec<String>,
     /// No service account token.
     pub no_token: bool,
     /// Broker container has requests and a memory limit.
     pub resources_set: bool,
-    /// What was found wrong, tagged `user:`, `fs:`, `caps:`.
-    pub problems: Vec<String>,
-}
-
-impl PodHardening {
-    /// Problems of one category.
-    pub fn problems_of(&self, tag: &str) -> Vec<String> {
-        let prefix = format!("{tag}:");
-        self.problems.iter().filter_map(|p| p.strip_prefix(&prefix).map(str::to_string)).collect()
-    }
 }
 
 /// Reads the hardening of a live StatefulSet's pod template.
 pub fn pod_hardening(sts: &StatefulSet) -> PodHardening {
     let Some(pod) = sts.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else { return PodHardening::default() };
     let psc = pod.security_context.clone().unwrap_or_default();
-    let mut h = PodHardening { no_token: pod.automount_service_account_token == Some(false), ..Default::default() };
     let containers: Vec<&Container> = pod.containers.iter().chain(pod.init_containers.iter().flatten()).collect();
-    let mut user_ok = true;
-    let mut fs_ok = true;
-    let mut caps_ok = true;
+    let mut h = PodHardening {
+        containers: containers.len(),
+        no_token: pod.automount_service_account_token == Some(false),
+        ..Default::default()
+    };
     for c in &containers {
         let sc = c.security_context.clone().unwrap_or_default();
         let non_root = sc.run_as_non_root.or(psc.run_as_non_root) == Some(true);
         let uid = sc.run_as_user.or(psc.run_as_user);
         let gid = sc.run_as_group.or(psc.run_as_group);
         if !non_root || uid != Some(1883) || gid != Some(1883) {
-            user_ok = false;
-            h.problems.push(format!("user:{} (runAsNonRoot {non_root}, uid {uid:?}, gid {gid:?})", c.name));
+            h.user_problems.push(format!("{} (runAsNonRoot {non_root}, uid {uid:?}, gid {gid:?})", c.name));
         }
         if sc.read_only_root_filesystem != Some(true)
             || sc.allow_privilege_escalation != Some(false)
             || sc.privileged == Some(true)
         {
-            fs_ok = false;
-            h.problems.push(format!("fs:{}", c.name));
+            h.fs_problems.push(c.name.clone());
         }
         let caps = sc.capabilities.clone().unwrap_or_default();
         let dropped_all = caps.drop.iter().flatten().any(|d| d == "ALL");
         let added = caps.add.iter().flatten().count();
         let seccomp = sc.seccomp_profile.as_ref().or(psc.seccomp_profile.as_ref()).map(|p| p.type_.as_str());
         if !dropped_all || added > 0 || seccomp != Some("RuntimeDefault") {
-            caps_ok = false;
-            h.problems.push(format!("caps:{} (drop ALL {dropped_all}, added {added}, seccomp {seccomp:?})", c.name));
+            h.caps_problems.push(format!("{} (drop ALL {dropped_all}, added {added}, seccomp {seccomp:?})", c.name));
         }
     }
-    h.non_root_1883 = user_ok && !containers.is_empty();
-    h.read_only_no_escalation = fs_ok && !containers.is_empty();
-    h.caps_dropped_seccomp = caps_ok && !containers.is_empty();
     h.resources_set =
         pod.containers.iter().find(|c| c.name == crate::render::workload::BROKER_CONTAINER).is_some_and(|c| {
             c.resources.as_ref().is_some_and(|r| {

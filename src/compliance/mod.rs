@@ -244,24 +244,30 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
             }
         }
         Some(p) => {
-            out.push(Finding::check(
-                "MOAT-CFG-001",
-                p.non_root_1883,
-                "containers run as non-root uid/gid 1883",
-                format!("not all containers run as non-root uid 1883: {}", p.problems_of("user").join("; ")),
-            ));
-            out.push(Finding::check(
-                "MOAT-CFG-002",
-                p.read_only_no_escalation,
-                "read-only root filesystem, no privilege escalation",
-                format!("writable root filesystem or privilege escalation: {}", p.problems_of("fs").join("; ")),
-            ));
-            out.push(Finding::check(
-                "MOAT-CFG-003",
-                p.caps_dropped_seccomp,
-                "all capabilities dropped, seccomp RuntimeDefault",
-                format!("capabilities or seccomp relaxed: {}", p.problems_of("caps").join("; ")),
-            ));
+            // each passes when the template has containers and none of them has that problem
+            for (id, problems, pass, fail) in [
+                (
+                    "MOAT-CFG-001",
+                    &p.user_problems,
+                    "containers run as non-root uid/gid 1883",
+                    "not all containers run as non-root uid 1883",
+                ),
+                (
+                    "MOAT-CFG-002",
+                    &p.fs_problems,
+                    "read-only root filesystem, no privilege escalation",
+                    "writable root filesystem or privilege escalation",
+                ),
+                (
+                    "MOAT-CFG-003",
+                    &p.caps_problems,
+                    "all capabilities dropped, seccomp RuntimeDefault",
+                    "capabilities or seccomp relaxed",
+                ),
+            ] {
+                let ok = p.containers > 0 && problems.is_empty();
+                out.push(Finding::check(id, ok, pass, format!("{fail}: {}", problems.join("; "))));
+            }
             out.push(Finding::check(
                 "MOAT-CFG-004",
                 p.no_token,
