@@ -467,6 +467,14 @@ pub fn risky_grants(rules: &[AclRule]) -> Vec<String> {
     out
 }
 
+/// Splits warnings of [`risky_grants`] (possibly prefixed with the ACL name) into write grants on
+/// every topic and broad `$SYS` grants: the one reader of the texts `risky_grants` writes.
+pub fn split_risky_grants(warnings: &[String]) -> (Vec<&String>, Vec<&String>) {
+    let hash_write = warnings.iter().filter(|w| w.contains("'#'")).collect();
+    let broad_sys = warnings.iter().filter(|w| w.contains("$SYS")).collect();
+    (hash_write, broad_sys)
+}
+
 /// The ACL block of a revoked identity: every topic denied (`#` does not match `$`-topics).
 pub fn revoked_identity_rules() -> Vec<AclRule> {
     vec![

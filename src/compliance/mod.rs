@@ -220,14 +220,13 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         (Some(_), None) => Finding::fail("MOAT-ACL-001", "no applied ACL file"),
         _ => Finding::fail("MOAT-ACL-001", "mosquitto.conf sets no acl_file (Mosquitto would allow everything)"),
     });
-    let hash_write: Vec<&String> = f.acl_warnings.iter().filter(|w| w.contains("'#'")).collect();
+    let (hash_write, sys) = crate::build::broker::split_risky_grants(&f.acl_warnings);
     out.push(Finding::check(
         "MOAT-ACL-002",
         hash_write.is_empty(),
         "no rule grants write access to '#'",
         join_msgs(&hash_write),
     ));
-    let sys: Vec<&String> = f.acl_warnings.iter().filter(|w| w.contains("$SYS")).collect();
     out.push(Finding::check("MOAT-ACL-003", sys.is_empty(), "$SYS is not granted broadly", join_msgs(&sys)));
     out.push(Finding::check(
         "MOAT-ACL-004",
@@ -515,8 +514,7 @@ pub fn evaluate_user(f: &UserFacts) -> Vec<ComplianceCheck> {
 
 /// Evaluates the checks about one ACL.
 pub fn evaluate_acl(f: &AclFacts) -> Vec<ComplianceCheck> {
-    let hash: Vec<&String> = f.warnings.iter().filter(|w| w.contains("'#'")).collect();
-    let sys: Vec<&String> = f.warnings.iter().filter(|w| w.contains("$SYS")).collect();
+    let (hash, sys) = crate::build::broker::split_risky_grants(&f.warnings);
     to_checks(vec![
         Finding::check("MOAT-ACL-101", hash.is_empty(), "no write access to '#'", join_msgs(&hash)),
         Finding::check("MOAT-ACL-102", sys.is_empty(), "no broad $SYS access", join_msgs(&sys)),
