@@ -150,11 +150,6 @@ pub fn firewall_policy_name(broker: &str, firewall: &str) -> String {
     format!("{broker}-fw-{firewall}")
 }
 
-/// Parses and normalizes a CIDR (host bits cleared).
-fn normalize(cidr: &str) -> Result<IpNet, String> {
-    cidr.parse::<IpNet>().map(|n| n.trunc()).map_err(|e| format!("{cidr:?} is not a CIDR: {e}"))
-}
-
 /// One normalized CIDR peer.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct CidrPeer {
@@ -169,10 +164,10 @@ fn normalize_peers(spec: &MqttFirewallSpec, rule: usize) -> Result<Vec<NetworkPo
         let field = |f: &str| format!("spec.ingress[{rule}].from[{j}]{f}");
         match &p.cidr {
             Some(c) => {
-                let net = normalize(c).map_err(|message| FieldError { field: field(".cidr"), message })?;
+                let net = crate::validate::cidr(c).map_err(|message| FieldError { field: field(".cidr"), message })?;
                 let mut except = vec![];
                 for (k, e) in p.except.iter().flatten().enumerate() {
-                    let e = normalize(e)
+                    let e = crate::validate::cidr(e)
                         .map_err(|message| FieldError { field: field(&format!(".except[{k}]")), message })?;
                     if !net.contains(&e) || e.prefix_len() <= net.prefix_len() {
                         return Err(FieldError {
@@ -264,7 +259,7 @@ pub fn load_balancer_source_ranges<'a>(firewalls: impl IntoIterator<Item = &'a M
         .flat_map(|f| f.ingress.iter())
         .flat_map(|r| r.from.iter())
         .filter_map(|p| p.cidr.as_deref())
-        .filter_map(|c| normalize(c).ok())
+        .filter_map(|c| crate::validate::cidr(c).ok())
         .collect();
     nets.sort();
     nets.dedup();
