@@ -133,6 +133,10 @@ pub struct BrokerPlan {
     pub server: Issued,
     /// Why the server certificate was (re)issued now, if it was.
     pub server_renewal: Option<RenewReason>,
+    /// The active CA certificate, parsed (for status, checks and metrics).
+    pub ca_info: Option<pki::CertInfo>,
+    /// The server certificate, parsed.
+    pub server_info: Option<pki::CertInfo>,
     /// The revocation ledger.
     pub revoked: Vec<RevokedCert>,
     /// Usernames of revoked certificates until they expire: a live TLS session of a revoked
@@ -416,9 +420,9 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, BuildError> {
     if let Ok(Some(t)) = ca.next_event_time(d.ca_renew_before, d.trust_propagation, now) {
         events.push(t);
     }
-    if let Ok(info) = pki::inspect(&server.cert_pem)
-        && let Some(t) = pki::leaf_next_event(&info, d.server_renew_before, now)
-    {
+    let server_info = pki::inspect(&server.cert_pem).ok();
+    let ca_info = pki::inspect(&ca.active.cert_pem).ok();
+    if let Some(t) = server_info.as_ref().and_then(|info| pki::leaf_next_event(info, d.server_renew_before, now)) {
         events.push(t);
     }
     if let Some(t) = pki::crl_resign_time(&crl_pem, CRL_RESIGN_MARGIN) {
@@ -431,6 +435,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, BuildError> {
         ca_transition,
         server,
         server_renewal,
+        ca_info,
+        server_info,
         revoked,
         revoked_users,
         newly_revoked,

@@ -316,8 +316,8 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
             .get_or_create(&MeasureLabels { namespace: ns.clone(), broker: name.clone(), measure: m.as_str().into() })
             .set(n as i64);
     }
-    for (role, pem) in [("ca", &plan.ca.active.cert_pem), ("server", &plan.server.cert_pem)] {
-        if let Ok(info) = crate::pki::inspect(pem) {
+    for (role, info) in [("ca", &plan.ca_info), ("server", &plan.server_info)] {
+        if let Some(info) = info {
             ctx.metrics
                 .cert_expiry
                 .get_or_create(&CertLabels {
@@ -649,18 +649,18 @@ fn rollout_ready(
 }
 
 fn certificates_status(plan: &bb::BrokerPlan, model: &BrokerModel) -> CertificatesStatus {
-    let info = |pem: &str, renew| {
-        crate::pki::inspect(pem).ok().map(|i| CertificateInfo {
+    let info = |cert: &Option<crate::pki::CertInfo>, renew| {
+        cert.as_ref().map(|i| CertificateInfo {
             serial: Some(i.serial_hex.clone()),
             not_after: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(i.not_after)),
             renewal_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(crate::pki::renewal_time(
-                &i, renew,
+                i, renew,
             ))),
         })
     };
     CertificatesStatus {
-        ca: info(&plan.ca.active.cert_pem, model.durations.ca_renew_before),
-        server: info(&plan.server.cert_pem, model.durations.server_renew_before),
+        ca: info(&plan.ca_info, model.durations.ca_renew_before),
+        server: info(&plan.server_info, model.durations.server_renew_before),
         ca_rollover: Some(plan.ca.phase().to_string()),
         trusted_cas: plan.ca.trusted().count() as u32,
         revoked: plan.revoked.len() as u32,
@@ -800,8 +800,8 @@ fn broker_facts<'a>(
         extra_service_ports: compliance::extra_service_ports(Some(svc), model),
         load_balancer: lb,
         public_firewalls,
-        server_cert: crate::pki::inspect(&plan.server.cert_pem).ok(),
-        ca: crate::pki::inspect(&plan.ca.active.cert_pem).ok(),
+        server_cert: plan.server_info.clone(),
+        ca: plan.ca_info.clone(),
         ca_rollover_in_progress: plan.ca.pending.is_some() || plan.ca.retiring.is_some(),
         probe,
         acl_warnings,
