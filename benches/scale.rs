@@ -146,11 +146,10 @@ impl Drop for Op {
 
 /// API calls by the operator in `ns` (audit log): (writes, single-object reads).
 fn operator_calls(ns: &str) -> (usize, usize) {
-    let text = std::fs::read_to_string(repo().join(".local-cluster/audit.log")).unwrap_or_default();
     let mut w = 0;
     let mut r = 0;
-    for e in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-        if e["impersonatedUser"]["username"] != OPERATOR_SA || e["objectRef"]["namespace"] != ns {
+    for e in audit_events(ns) {
+        if e["impersonatedUser"]["username"] != OPERATOR_SA {
             continue;
         }
         match e["verb"].as_str() {
@@ -164,11 +163,9 @@ fn operator_calls(ns: &str) -> (usize, usize) {
 
 /// Writes per (resource, subresource) by the operator in `ns`.
 fn writes_by_resource(ns: &str) -> BTreeMap<String, usize> {
-    let text = std::fs::read_to_string(repo().join(".local-cluster/audit.log")).unwrap_or_default();
     let mut out = BTreeMap::new();
-    for e in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+    for e in audit_events(ns) {
         if e["impersonatedUser"]["username"] == OPERATOR_SA
-            && e["objectRef"]["namespace"] == ns
             && matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete"))
         {
             let k = format!(
@@ -342,17 +339,12 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
     let by_resource = writes_by_resource(&ns.name);
     let passwd_writes = by_resource.iter().filter(|(k, _)| k.contains("secrets")).map(|(_, v)| v).sum::<usize>();
     println!("[bench] writes by resource: {by_resource:?}");
-    let shard_updates = {
-        let text = std::fs::read_to_string(repo().join(".local-cluster/audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| {
-                e["impersonatedUser"]["username"] == OPERATOR_SA && e["objectRef"]["namespace"] == ns.name.as_str()
-            })
-            .filter(|e| e["objectRef"]["name"].as_str().is_some_and(|n| n.starts_with("bench-passwd-")))
-            .filter(|e| e["verb"] == "patch")
-            .count()
-    };
+    let shard_updates = audit_events(&ns.name)
+        .into_iter()
+        .filter(|e| e["impersonatedUser"]["username"] == OPERATOR_SA)
+        .filter(|e| e["objectRef"]["name"].as_str().is_some_and(|n| n.starts_with("bench-passwd-")))
+        .filter(|e| e["verb"] == "patch")
+        .count();
     r.add("hashing", "password-file Secret updates during the 1,000-user burst", shard_updates as f64, "updates", "a handful", Some(shard_updates <= 20), &format!("each may trigger one agent reload; the agent coalesces updates within 3 s; {passwd_writes} Secret writes in total"));
 
     // no-op resync of 1,000 users: poke the broker (every user reconciles) and restart the operator

@@ -20,9 +20,18 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The local control plane's run directory (kubeconfig, audit log, pids), as in
+/// hack/local-cluster.sh: `LOCAL_CLUSTER_DIR` when set and non-empty, else `<repo>/.local-cluster`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("LOCAL_CLUSTER_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".local-cluster"))
+}
+
 /// The admin kubeconfig of the local control plane; a missing cluster fails the test (never skips).
 pub fn kubeconfig() -> PathBuf {
-    let p = std::env::var("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|_| repo().join(".local-cluster/kubeconfig"));
+    let p = std::env::var("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|_| run_dir().join("kubeconfig"));
     assert!(
         p.exists(),
         "no local control plane: {} is missing. Run `make cluster-up` (or `make test`, which starts it)",
@@ -312,15 +321,29 @@ pub fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
-/// Write requests (create/update/patch/delete) made by the operator's identity in `ns`, from the
-/// control plane's audit log, optionally after `since` (an audit timestamp).
-pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
-    let audit = repo().join(".local-cluster/audit.log");
-    let text = std::fs::read_to_string(&audit).unwrap_or_default();
-    text.lines()
+/// The control plane's audit events about objects in `namespace` (`objectRef.namespace`), in log
+/// order. Panics when the audit log cannot be read: a missing log must fail a "no writes" check,
+/// never pass it with nothing measured. Lines that do not mention `namespace` are skipped before
+/// JSON parsing (the log holds every test's events); a line not (yet) complete JSON is skipped.
+pub fn audit_events(namespace: &str) -> Vec<serde_json::Value> {
+    let path = run_dir().join("audit.log");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("cannot read the control plane's audit log {}: {e} (is the local control plane up?)", path.display())
+    });
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| l.contains(namespace))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .collect()
+}
+
+/// Write requests (create/update/patch/delete) made by the operator's identity in `ns`, from the
+/// control plane's audit log.
+pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
+    audit_events(ns)
+        .into_iter()
         .filter(|e| e["impersonatedUser"]["username"] == OPERATOR_SA || e["user"]["username"] == OPERATOR_SA)
-        .filter(|e| e["objectRef"]["namespace"] == ns)
         .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete" | "deletecollection")))
         .filter(|e| e["objectRef"]["resource"] != "events")
         .collect()

@@ -138,12 +138,9 @@ async fn make_identity(name: &str) -> String {
 
 /// Writes in `ns` by `identity` (from the audit log) with their timestamps.
 fn writes_by(ns: &str, identity: &str) -> Vec<String> {
-    let audit = repo().join(".local-cluster/audit.log");
-    std::fs::read_to_string(audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["impersonatedUser"]["username"] == identity && e["objectRef"]["namespace"] == ns)
+    audit_events(ns)
+        .into_iter()
+        .filter(|e| e["impersonatedUser"]["username"] == identity)
         .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete")))
         .map(|e| e["requestReceivedTimestamp"].as_str().unwrap_or("").to_string())
         .collect()
