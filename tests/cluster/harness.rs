@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -40,10 +40,16 @@ pub fn kubeconfig() -> PathBuf {
     p
 }
 
-/// Directory of the control plane binaries (kubectl, helm).
+/// Directory of the control plane binaries (kubectl, helm); asked from hack/local-cluster.sh once
+/// per process, not on every kubectl or helm call.
 pub fn bin_dir() -> PathBuf {
-    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("bin-dir").output().unwrap();
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+    BIN_DIR
+        .get_or_init(|| {
+            let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("bin-dir").output().unwrap();
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+        .clone()
 }
 
 /// The upstream PolicyReport CRD (wgpolicyk8s.io/v1alpha2), fetched by `hack/local-cluster.sh build`.
