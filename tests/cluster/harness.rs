@@ -262,20 +262,12 @@ impl Operator {
 
     /// The operator's `/metrics` text (its address is read from its log).
     pub fn metrics(&self) -> String {
-        let log = self.log();
-        let line = log.lines().find(|l| l.contains("serving /healthz")).expect("the operator logged its address");
-        let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
-        let addr = addr.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
-        http_get(addr, "/metrics")
+        metrics_from_log(&self.log())
     }
 
     /// A counter's value from `/metrics` (sum over all label sets), 0 when absent.
     pub fn counter(&self, name: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_counter(&self.metrics(), name)
     }
 
     /// Whether the process still runs.
@@ -315,6 +307,25 @@ impl Drop for Operator {
         crate::hygiene::check_log(&log);
         crate::hygiene::assert_absent(&log, &crate::hygiene::stored_secret_values(&self.namespace), "operator log");
     }
+}
+
+/// The `/metrics` text of the operator that wrote `log`: its address is read from the
+/// "serving /healthz" line.
+pub fn metrics_from_log(log: &str) -> String {
+    let line = log.lines().find(|l| l.contains("serving /healthz")).expect("the operator logged its address");
+    let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+    let addr = addr.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
+    http_get(addr, "/metrics")
+}
+
+/// A counter's value in a `/metrics` text, summed over all label sets, 0 when absent. `name` may
+/// carry a label set to pick one series, e.g. `moat_reconciles_total{kind="MqttUser"}`.
+pub fn sum_counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// A plain HTTP GET on loopback (the operator's health/metrics endpoint).
