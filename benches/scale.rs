@@ -21,6 +21,11 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use moat::crd::{MqttBroker, MqttUser};
 
 const LONG: Duration = Duration::from_secs(900);
+/// How long a no-op resync of 1,000 users may take before the bench fails.
+const RESYNC_TIMEOUT: Duration = Duration::from_secs(120);
+/// The operator's reconcile counters (src/metrics.rs: `moat_reconciles_total{kind}`).
+const USER_RECONCILES: &str = "moat_reconciles_total{kind=\"MqttUser\"}";
+const BROKER_RECONCILES: &str = "moat_reconciles_total{kind=\"MqttBroker\"}";
 
 /// One measured figure.
 #[derive(serde::Serialize)]
@@ -340,8 +345,11 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         .count();
     r.add("hashing", "password-file Secret updates during the 1,000-user burst", shard_updates as f64, "updates", "a handful", Some(shard_updates <= 20), &format!("each may trigger one agent reload; the agent coalesces updates within 3 s; {passwd_writes} Secret writes in total"));
 
-    // no-op resync of 1,000 users: poke the broker (every user reconciles) and restart the operator
-    let hashes_before = op.counter("moat_password_hashes_total");
+    // no-op resync of 1,000 users: poke the broker (the broker and every user of it reconcile)
+    let before = op.metrics();
+    let hashes_before = sum_counter(&before, "moat_password_hashes_total");
+    let user_reconciles = sum_counter(&before, USER_RECONCILES);
+    let broker_reconciles = sum_counter(&before, BROKER_RECONCILES);
     let (w2, r2) = operator_calls(&ns.name);
     let brokers: Api<MqttBroker> = Api::namespaced(client.clone(), &ns.name);
     brokers
@@ -352,7 +360,21 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await; // settle window: everything reconciles (measured, not asserted)
+    // measured once the resync has run: the broker and the 1,000 users reconciled since the poke
+    let deadline = Instant::now() + RESYNC_TIMEOUT;
+    loop {
+        let m = op.metrics();
+        let user_delta = sum_counter(&m, USER_RECONCILES) - user_reconciles;
+        let broker_delta = sum_counter(&m, BROKER_RECONCILES) - broker_reconciles;
+        if user_delta >= 1000.0 && broker_delta >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resync after poking the broker: {user_delta} MqttUser (of 1,000) and {broker_delta} MqttBroker reconciles in {RESYNC_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let (w3, r3) = operator_calls(&ns.name);
     r.add("writes", "writes during a no-op resync of 1,000 users", (w3 - w2) as f64, "writes", "0", Some(w3 == w2), "");
     r.add("writes", "uncached reads during that resync", (r3 - r2) as f64, "reads", "0", Some(r3 == r2), "");
