@@ -812,12 +812,6 @@ pub fn agent_once(source: &Path, target: &Path) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// Starts Mosquitto on a config file by absolute path (the agent-installed run directory).
-pub fn start_broker_on(conf: &Path, ports: &[u16]) -> Broker {
-    let dir = conf.parent().unwrap();
-    Broker::start_with(dir, conf.file_name().unwrap().to_str().unwrap(), ports, &[])
-}
-
 /// What `moat probe` printed and returned.
 pub struct ProbeRun {
     /// Exit code.
