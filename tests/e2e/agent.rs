@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
 const WAIT: Duration = Duration::from_secs(15);
 
 /// The minimal broker as a pod: the agent's init run installs the files, Mosquitto starts on
