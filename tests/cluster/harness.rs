@@ -165,6 +165,23 @@ where
     }
 }
 
+/// Polls `check` every 200 ms for the whole of `window` and fails with `what` as soon as it
+/// returns false: a state that must hold throughout, not only at one instant.
+pub async fn holds_for<F, Fut>(window: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        assert!(check().await, "{what} (after {:?} of a {window:?} window)", start.elapsed());
+        if start.elapsed() >= window {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Applies a YAML stream (server-side, as field manager `test`) into `ns` with discovery.
 pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObject> {
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
