@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use harness::*;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use moat::crd::{MqttBroker, MqttUser};
 
 const LONG: Duration = Duration::from_secs(900);
@@ -224,35 +223,16 @@ async fn create_users(client: &kube::Client, ns: &str, names: Vec<String>, cert:
     elapsed
 }
 
-async fn count_ready(client: &kube::Client, ns: &str) -> usize {
-    let api: Api<MqttUser> = Api::namespaced(client.clone(), ns);
-    let mut ready = 0;
-    let mut token: Option<String> = None;
-    loop {
-        let mut lp = ListParams::default().limit(2000);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let page = api.list(&lp).await.unwrap();
-        ready += page.items.iter().filter(|u| condition(*u, "Ready").is_some_and(|c| c.0 == "True")).count();
-        match page.metadata.continue_ {
-            Some(t) if !t.is_empty() => token = Some(t),
-            _ => break,
-        }
-    }
-    ready
-}
-
 async fn wait_ready(client: &kube::Client, ns: &str, n: usize, timeout: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if count_ready(client, ns).await >= n {
+        if ready_users(client, ns).await >= n {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < timeout,
             "only {} of {n} users Ready after {timeout:?}",
-            count_ready(client, ns).await
+            ready_users(client, ns).await
         );
         // listing is not free: poll large sets less often so the measurement does not load the apiserver
         tokio::time::sleep(Duration::from_millis(250 * (n as u64 / 1000).max(1))).await;
@@ -418,12 +398,7 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     wait_ready(client, &ns.name, 10_000, Duration::from_secs(1800)).await;
     r.add("scale", "10,000 users on one broker: all Ready", start.elapsed().as_secs_f64(), "s", "", None, "");
     wait_quiet(&ns.name, Duration::from_secs(5), LONG).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let shards = secrets
-        .list(&ListParams::default().labels("mqtt.moat.dev/broker=bench,app.kubernetes.io/component=passwd"))
-        .await
-        .unwrap()
-        .items;
+    let shards = passwd_shards(client, &ns.name, "bench").await;
     let sizes: Vec<usize> = shards.iter().map(|s| s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()).collect();
     let lines: usize =
         shards.iter().map(|s| String::from_utf8_lossy(&s.data.as_ref().unwrap()["passwd"].0).lines().count()).sum();

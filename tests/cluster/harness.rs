@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Client, Config, Discovery, ResourceExt};
@@ -431,6 +431,41 @@ where
     })
     .await;
     found.unwrap_or_else(|_| panic!("timed out waiting for {what}; last condition: {last:?}"))
+}
+
+/// The MqttUsers of `ns`: (how many, how many with Ready=True), listed in pages of 2,000.
+pub async fn user_readiness(client: &Client, ns: &str) -> kube::Result<(usize, usize)> {
+    let api: Api<moat::crd::MqttUser> = Api::namespaced(client.clone(), ns);
+    let (mut total, mut ready) = (0, 0);
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(2000);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await?;
+        total += page.items.len();
+        ready += page.items.iter().filter(|u| condition(*u, "Ready").is_some_and(|c| c.0 == "True")).count();
+        match page.metadata.continue_ {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => break,
+        }
+    }
+    Ok((total, ready))
+}
+
+/// How many MqttUsers of `ns` are Ready.
+pub async fn ready_users(client: &Client, ns: &str) -> usize {
+    user_readiness(client, ns).await.unwrap().1
+}
+
+/// The password-file shard Secrets of broker `broker` in `ns`, sorted by name.
+pub async fn passwd_shards(client: &Client, ns: &str, broker: &str) -> Vec<Secret> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let selector = format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=passwd");
+    let mut shards = secrets.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    shards.sort_by_key(|s| s.metadata.name.clone());
+    shards
 }
 
 /// Events about `name` in `ns` (events.k8s.io), as (reason, note).
