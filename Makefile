@@ -39,7 +39,6 @@ e2e:
 
 cluster-test:
 	@echo "[make test] cluster tests against the local control plane"
-	$(CARGO) build --bin moat
 	hack/with-cluster.sh bash -c '$(CARGO) test --features cluster-tests --test cluster -- --test-threads 4 && \
 	  echo "[make test] control-plane restart tests (alone)" && \
 	  $(CARGO) test --features cluster-tests --test disruptive -- --test-threads 1'

@@ -16,11 +16,15 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use harness::*;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use moat::crd::{MqttBroker, MqttUser};
 
 const LONG: Duration = Duration::from_secs(900);
+/// How long a no-op resync of 1,000 users may take before the bench fails.
+const RESYNC_TIMEOUT: Duration = Duration::from_secs(120);
+/// The operator's reconcile counters (src/metrics.rs: `moat_reconciles_total{kind}`).
+const USER_RECONCILES: &str = "moat_reconciles_total{kind=\"MqttUser\"}";
+const BROKER_RECONCILES: &str = "moat_reconciles_total{kind=\"MqttBroker\"}";
 
 /// One measured figure.
 #[derive(serde::Serialize)]
@@ -104,17 +108,10 @@ impl Op {
         self.child.id()
     }
     fn metrics(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let line = text.lines().find(|l| l.contains("serving /healthz")).expect("operator address");
-        let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        http_get(&addr, "/metrics")
+        metrics_from_log(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
     fn counter(&self, name: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_counter(&self.metrics(), name)
     }
     /// (current RSS, peak RSS) in MiB.
     fn rss(&self) -> (f64, f64) {
@@ -146,11 +143,10 @@ impl Drop for Op {
 
 /// API calls by the operator in `ns` (audit log): (writes, single-object reads).
 fn operator_calls(ns: &str) -> (usize, usize) {
-    let text = std::fs::read_to_string(repo().join(".local-cluster/audit.log")).unwrap_or_default();
     let mut w = 0;
     let mut r = 0;
-    for e in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
-        if e["impersonatedUser"]["username"] != OPERATOR_SA || e["objectRef"]["namespace"] != ns {
+    for e in audit_events(ns) {
+        if e["impersonatedUser"]["username"] != OPERATOR_SA {
             continue;
         }
         match e["verb"].as_str() {
@@ -164,11 +160,9 @@ fn operator_calls(ns: &str) -> (usize, usize) {
 
 /// Writes per (resource, subresource) by the operator in `ns`.
 fn writes_by_resource(ns: &str) -> BTreeMap<String, usize> {
-    let text = std::fs::read_to_string(repo().join(".local-cluster/audit.log")).unwrap_or_default();
     let mut out = BTreeMap::new();
-    for e in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+    for e in audit_events(ns) {
         if e["impersonatedUser"]["username"] == OPERATOR_SA
-            && e["objectRef"]["namespace"] == ns
             && matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete"))
         {
             let k = format!(
@@ -229,35 +223,16 @@ async fn create_users(client: &kube::Client, ns: &str, names: Vec<String>, cert:
     elapsed
 }
 
-async fn count_ready(client: &kube::Client, ns: &str) -> usize {
-    let api: Api<MqttUser> = Api::namespaced(client.clone(), ns);
-    let mut ready = 0;
-    let mut token: Option<String> = None;
-    loop {
-        let mut lp = ListParams::default().limit(2000);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let page = api.list(&lp).await.unwrap();
-        ready += page.items.iter().filter(|u| condition(*u, "Ready").is_some_and(|c| c.0 == "True")).count();
-        match page.metadata.continue_ {
-            Some(t) if !t.is_empty() => token = Some(t),
-            _ => break,
-        }
-    }
-    ready
-}
-
 async fn wait_ready(client: &kube::Client, ns: &str, n: usize, timeout: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        if count_ready(client, ns).await >= n {
+        if ready_users(client, ns).await >= n {
             return start.elapsed();
         }
         assert!(
             start.elapsed() < timeout,
             "only {} of {n} users Ready after {timeout:?}",
-            count_ready(client, ns).await
+            ready_users(client, ns).await
         );
         // listing is not free: poll large sets less often so the measurement does not load the apiserver
         tokio::time::sleep(Duration::from_millis(250 * (n as u64 / 1000).max(1))).await;
@@ -342,21 +317,19 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
     let by_resource = writes_by_resource(&ns.name);
     let passwd_writes = by_resource.iter().filter(|(k, _)| k.contains("secrets")).map(|(_, v)| v).sum::<usize>();
     println!("[bench] writes by resource: {by_resource:?}");
-    let shard_updates = {
-        let text = std::fs::read_to_string(repo().join(".local-cluster/audit.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| {
-                e["impersonatedUser"]["username"] == OPERATOR_SA && e["objectRef"]["namespace"] == ns.name.as_str()
-            })
-            .filter(|e| e["objectRef"]["name"].as_str().is_some_and(|n| n.starts_with("bench-passwd-")))
-            .filter(|e| e["verb"] == "patch")
-            .count()
-    };
+    let shard_updates = audit_events(&ns.name)
+        .into_iter()
+        .filter(|e| e["impersonatedUser"]["username"] == OPERATOR_SA)
+        .filter(|e| e["objectRef"]["name"].as_str().is_some_and(|n| n.starts_with("bench-passwd-")))
+        .filter(|e| e["verb"] == "patch")
+        .count();
     r.add("hashing", "password-file Secret updates during the 1,000-user burst", shard_updates as f64, "updates", "a handful", Some(shard_updates <= 20), &format!("each may trigger one agent reload; the agent coalesces updates within 3 s; {passwd_writes} Secret writes in total"));
 
-    // no-op resync of 1,000 users: poke the broker (every user reconciles) and restart the operator
-    let hashes_before = op.counter("moat_password_hashes_total");
+    // no-op resync of 1,000 users: poke the broker (the broker and every user of it reconcile)
+    let before = op.metrics();
+    let hashes_before = sum_counter(&before, "moat_password_hashes_total");
+    let user_reconciles = sum_counter(&before, USER_RECONCILES);
+    let broker_reconciles = sum_counter(&before, BROKER_RECONCILES);
     let (w2, r2) = operator_calls(&ns.name);
     let brokers: Api<MqttBroker> = Api::namespaced(client.clone(), &ns.name);
     brokers
@@ -367,17 +340,32 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await; // settle window: everything reconciles (measured, not asserted)
+    // measured once the resync has run: the broker and the 1,000 users reconciled since the poke
+    let deadline = Instant::now() + RESYNC_TIMEOUT;
+    loop {
+        let m = op.metrics();
+        let user_delta = sum_counter(&m, USER_RECONCILES) - user_reconciles;
+        let broker_delta = sum_counter(&m, BROKER_RECONCILES) - broker_reconciles;
+        if user_delta >= 1000.0 && broker_delta >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resync after poking the broker: {user_delta} MqttUser (of 1,000) and {broker_delta} MqttBroker reconciles in {RESYNC_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let (w3, r3) = operator_calls(&ns.name);
     r.add("writes", "writes during a no-op resync of 1,000 users", (w3 - w2) as f64, "writes", "0", Some(w3 == w2), "");
     r.add("writes", "uncached reads during that resync", (r3 - r2) as f64, "reads", "0", Some(r3 == r2), "");
+    let hashes_after = op.counter("moat_password_hashes_total");
     r.add(
         "hashing",
         "PBKDF2 computations during the resync",
-        op.counter("moat_password_hashes_total") - hashes_before,
+        hashes_after - hashes_before,
         "hashes",
         "0",
-        Some(op.counter("moat_password_hashes_total") == hashes_before),
+        Some(hashes_after == hashes_before),
         "",
     );
 
@@ -410,12 +398,7 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     wait_ready(client, &ns.name, 10_000, Duration::from_secs(1800)).await;
     r.add("scale", "10,000 users on one broker: all Ready", start.elapsed().as_secs_f64(), "s", "", None, "");
     wait_quiet(&ns.name, Duration::from_secs(5), LONG).await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let shards = secrets
-        .list(&ListParams::default().labels("mqtt.moat.dev/broker=bench,app.kubernetes.io/component=passwd"))
-        .await
-        .unwrap()
-        .items;
+    let shards = passwd_shards(client, &ns.name, "bench").await;
     let sizes: Vec<usize> = shards.iter().map(|s| s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()).collect();
     let lines: usize =
         shards.iter().map(|s| String::from_utf8_lossy(&s.data.as_ref().unwrap()["passwd"].0).lines().count()).sum();
@@ -438,25 +421,29 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     let (rss, peak) = op.rss();
     r.add("scale", "operator peak RSS with 10,000 users", peak, "MiB", "<= 64 MiB", Some(peak <= 64.0), "");
     r.add("scale", "operator steady-state RSS", rss, "MiB", "", None, "");
-    let hashes = op.counter("moat_password_hashes_total");
-    let issued = op.counter("moat_certificates_issued_total");
+    let before = op.metrics();
+    let hashes = sum_counter(&before, "moat_password_hashes_total");
+    let issued = sum_counter(&before, "moat_certificates_issued_total");
     tokio::time::sleep(Duration::from_secs(10)).await; // steady-state window (measured)
+    let after = op.metrics();
+    let hashes_after = sum_counter(&after, "moat_password_hashes_total");
+    let issued_after = sum_counter(&after, "moat_certificates_issued_total");
     r.add(
         "hashing",
         "PBKDF2 computations in a 10 s steady-state window",
-        op.counter("moat_password_hashes_total") - hashes,
+        hashes_after - hashes,
         "hashes",
         "0",
-        Some(op.counter("moat_password_hashes_total") == hashes),
+        Some(hashes_after == hashes),
         "",
     );
     r.add(
         "hashing",
         "certificate issuances in that window",
-        op.counter("moat_certificates_issued_total") - issued,
+        issued_after - issued,
         "certs",
         "0",
-        Some(op.counter("moat_certificates_issued_total") == issued),
+        Some(issued_after == issued),
         "",
     );
 

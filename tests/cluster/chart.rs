@@ -11,6 +11,9 @@ use moat::crd::MqttBroker;
 use crate::harness::*;
 
 const T: Duration = Duration::from_secs(90);
+/// How long a broker must stay not Ready when a chart RBAC rule is missing: three retries of a
+/// failed reconcile (requeued after 5 s).
+const RBAC_WINDOW: Duration = Duration::from_secs(15);
 
 fn chart() -> String {
     repo().join("charts/moat").to_str().unwrap().to_string()
@@ -144,11 +147,13 @@ async fn every_rbac_rule_is_needed_secrets_and_network_policies() {
         })
         .await;
         assert!(denied.contains(resource));
-        let b: Option<MqttBroker> = get(&client, &ns.name, "plant-a").await;
-        assert!(
-            b.and_then(|b| condition(&b, "Ready")).is_none_or(|c| c.0 != "True"),
-            "the broker became Ready without {resource} access"
-        );
+        // not only at the first denial: the operator keeps retrying (failed reconciles requeue
+        // after 5 s) and the broker must stay not Ready throughout
+        holds_for(RBAC_WINDOW, &format!("the broker became Ready without {resource} access"), || async {
+            let b: Option<MqttBroker> = get(&client, &ns.name, "plant-a").await;
+            b.and_then(|b| condition(&b, "Ready")).is_none_or(|c| c.0 != "True")
+        })
+        .await;
     }
 }
 

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::{Client, Config, Discovery, ResourceExt};
@@ -20,9 +20,18 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The local control plane's run directory (kubeconfig, audit log, pids), as in
+/// hack/local-cluster.sh: `LOCAL_CLUSTER_DIR` when set and non-empty, else `<repo>/.local-cluster`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("LOCAL_CLUSTER_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".local-cluster"))
+}
+
 /// The admin kubeconfig of the local control plane; a missing cluster fails the test (never skips).
 pub fn kubeconfig() -> PathBuf {
-    let p = std::env::var("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|_| repo().join(".local-cluster/kubeconfig"));
+    let p = std::env::var("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|_| run_dir().join("kubeconfig"));
     assert!(
         p.exists(),
         "no local control plane: {} is missing. Run `make cluster-up` (or `make test`, which starts it)",
@@ -31,10 +40,16 @@ pub fn kubeconfig() -> PathBuf {
     p
 }
 
-/// Directory of the control plane binaries (kubectl, helm).
+/// Directory of the control plane binaries (kubectl, helm); asked from hack/local-cluster.sh once
+/// per process, not on every kubectl or helm call.
 pub fn bin_dir() -> PathBuf {
-    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("bin-dir").output().unwrap();
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+    BIN_DIR
+        .get_or_init(|| {
+            let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("bin-dir").output().unwrap();
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+        .clone()
 }
 
 /// The upstream PolicyReport CRD (wgpolicyk8s.io/v1alpha2), fetched by `hack/local-cluster.sh build`.
@@ -150,6 +165,23 @@ where
     }
 }
 
+/// Polls `check` every 200 ms for the whole of `window` and fails with `what` as soon as it
+/// returns false: a state that must hold throughout, not only at one instant.
+pub async fn holds_for<F, Fut>(window: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        assert!(check().await, "{what} (after {:?} of a {window:?} window)", start.elapsed());
+        if start.elapsed() >= window {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Applies a YAML stream (server-side, as field manager `test`) into `ns` with discovery.
 pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) -> Vec<DynamicObject> {
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
@@ -247,20 +279,12 @@ impl Operator {
 
     /// The operator's `/metrics` text (its address is read from its log).
     pub fn metrics(&self) -> String {
-        let log = self.log();
-        let line = log.lines().find(|l| l.contains("serving /healthz")).expect("the operator logged its address");
-        let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
-        let addr = addr.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
-        http_get(addr, "/metrics")
+        metrics_from_log(&self.log())
     }
 
     /// A counter's value from `/metrics` (sum over all label sets), 0 when absent.
     pub fn counter(&self, name: &str) -> f64 {
-        self.metrics()
-            .lines()
-            .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sum_counter(&self.metrics(), name)
     }
 
     /// Whether the process still runs.
@@ -302,6 +326,25 @@ impl Drop for Operator {
     }
 }
 
+/// The `/metrics` text of the operator that wrote `log`: its address is read from the
+/// "serving /healthz" line.
+pub fn metrics_from_log(log: &str) -> String {
+    let line = log.lines().find(|l| l.contains("serving /healthz")).expect("the operator logged its address");
+    let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+    let addr = addr.trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':');
+    http_get(addr, "/metrics")
+}
+
+/// A counter's value in a `/metrics` text, summed over all label sets, 0 when absent. `name` may
+/// carry a label set to pick one series, e.g. `moat_reconciles_total{kind="MqttUser"}`.
+pub fn sum_counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A plain HTTP GET on loopback (the operator's health/metrics endpoint).
 pub fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -312,15 +355,29 @@ pub fn http_get(addr: &str, path: &str) -> String {
     out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
 
-/// Write requests (create/update/patch/delete) made by the operator's identity in `ns`, from the
-/// control plane's audit log, optionally after `since` (an audit timestamp).
-pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
-    let audit = repo().join(".local-cluster/audit.log");
-    let text = std::fs::read_to_string(&audit).unwrap_or_default();
-    text.lines()
+/// The control plane's audit events about objects in `namespace` (`objectRef.namespace`), in log
+/// order. Panics when the audit log cannot be read: a missing log must fail a "no writes" check,
+/// never pass it with nothing measured. Lines that do not mention `namespace` are skipped before
+/// JSON parsing (the log holds every test's events); a line not (yet) complete JSON is skipped.
+pub fn audit_events(namespace: &str) -> Vec<serde_json::Value> {
+    let path = run_dir().join("audit.log");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("cannot read the control plane's audit log {}: {e} (is the local control plane up?)", path.display())
+    });
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter(|l| l.contains(namespace))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .collect()
+}
+
+/// Write requests (create/update/patch/delete) made by the operator's identity in `ns`, from the
+/// control plane's audit log.
+pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
+    audit_events(ns)
+        .into_iter()
         .filter(|e| e["impersonatedUser"]["username"] == OPERATOR_SA || e["user"]["username"] == OPERATOR_SA)
-        .filter(|e| e["objectRef"]["namespace"] == ns)
         .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete" | "deletecollection")))
         .filter(|e| e["objectRef"]["resource"] != "events")
         .collect()
@@ -374,6 +431,41 @@ where
     })
     .await;
     found.unwrap_or_else(|_| panic!("timed out waiting for {what}; last condition: {last:?}"))
+}
+
+/// The MqttUsers of `ns`: (how many, how many with Ready=True), listed in pages of 2,000.
+pub async fn user_readiness(client: &Client, ns: &str) -> kube::Result<(usize, usize)> {
+    let api: Api<moat::crd::MqttUser> = Api::namespaced(client.clone(), ns);
+    let (mut total, mut ready) = (0, 0);
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(2000);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await?;
+        total += page.items.len();
+        ready += page.items.iter().filter(|u| condition(*u, "Ready").is_some_and(|c| c.0 == "True")).count();
+        match page.metadata.continue_ {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => break,
+        }
+    }
+    Ok((total, ready))
+}
+
+/// How many MqttUsers of `ns` are Ready.
+pub async fn ready_users(client: &Client, ns: &str) -> usize {
+    user_readiness(client, ns).await.unwrap().1
+}
+
+/// The password-file shard Secrets of broker `broker` in `ns`, sorted by name.
+pub async fn passwd_shards(client: &Client, ns: &str, broker: &str) -> Vec<Secret> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let selector = format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=passwd");
+    let mut shards = secrets.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    shards.sort_by_key(|s| s.metadata.name.clone());
+    shards
 }
 
 /// Events about `name` in `ns` (events.k8s.io), as (reason, note).

@@ -16,11 +16,20 @@ pub fn assert_absent(text: &str, secrets: &[String], what: &str) {
 }
 
 /// The generated passwords and private keys stored in the Secrets of `ns` (read with kubectl):
-/// each whole value and, for PEM, every base64 line of its body.
+/// each whole value and, for PEM, every base64 line of its body. Panics when kubectl fails, except
+/// when the namespace is already gone (this runs when an operator stops): it holds no Secrets.
 pub fn stored_secret_values(ns: &str) -> Vec<String> {
     use base64::Engine;
     let out = crate::harness::kubectl(&["-n", ns, "get", "secrets", "-o", "json"]);
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains(&format!("namespaces \"{ns}\" not found")) {
+            return vec![];
+        }
+        panic!("kubectl -n {ns} get secrets failed ({}): {stderr}", out.status);
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kubectl -n {ns} get secrets -o json printed no JSON list: {e}"));
     let mut values = vec![];
     for item in list["items"].as_array().into_iter().flatten() {
         for key in ["password", "tls.key", "ca.key", "fingerprint.key"] {

@@ -54,12 +54,8 @@ async fn material(client: &kube::Client, ns: &str) -> BTreeMap<(String, String),
 }
 
 async fn passwd_users(client: &kube::Client, ns: &str) -> BTreeSet<String> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    secrets
-        .list(&ListParams::default().labels("mqtt.moat.dev/broker=plant-a,app.kubernetes.io/component=passwd"))
+    passwd_shards(client, ns, "plant-a")
         .await
-        .unwrap()
-        .items
         .iter()
         .filter_map(|s| s.data.as_ref()?.get("passwd").map(|p| String::from_utf8_lossy(&p.0).into_owned()))
         .flat_map(|text| text.lines().filter_map(|l| l.split(':').next().map(str::to_string)).collect::<Vec<_>>())
@@ -67,9 +63,7 @@ async fn passwd_users(client: &kube::Client, ns: &str) -> BTreeSet<String> {
 }
 
 async fn all_ready(client: &kube::Client, ns: &str, n: usize) -> bool {
-    let api: Api<MqttUser> = Api::namespaced(client.clone(), ns);
-    let users = api.list(&Default::default()).await.unwrap().items;
-    users.len() == n && users.iter().all(|u| condition(u, "Ready").is_some_and(|c| c.0 == "True"))
+    user_readiness(client, ns).await.unwrap() == (n, n)
 }
 
 #[tokio::test]
@@ -138,12 +132,9 @@ async fn make_identity(name: &str) -> String {
 
 /// Writes in `ns` by `identity` (from the audit log) with their timestamps.
 fn writes_by(ns: &str, identity: &str) -> Vec<String> {
-    let audit = repo().join(".local-cluster/audit.log");
-    std::fs::read_to_string(audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["impersonatedUser"]["username"] == identity && e["objectRef"]["namespace"] == ns)
+    audit_events(ns)
+        .into_iter()
+        .filter(|e| e["impersonatedUser"]["username"] == identity)
         .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete")))
         .map(|e| e["requestReceivedTimestamp"].as_str().unwrap_or("").to_string())
         .collect()

@@ -18,33 +18,13 @@ fn data(s: &Secret, key: &str) -> Option<String> {
 
 /// The assembled password file of a broker (every shard Secret).
 async fn passwd_file(client: &kube::Client, ns: &str, broker: &str) -> String {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let mut shards: Vec<Secret> = secrets
-        .list(
-            &ListParams::default().labels(&format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=passwd")),
-        )
-        .await
-        .unwrap()
-        .items;
-    shards.sort_by_key(|s| s.metadata.name.clone());
-    shards.iter().filter_map(|s| data(s, "passwd")).collect()
+    passwd_shards(client, ns, broker).await.iter().filter_map(|s| data(s, "passwd")).collect()
 }
 
 fn users_yaml(n: usize) -> String {
     (0..n)
         .map(|i| format!("apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttUser\nmetadata: {{name: device-{i:04}}}\nspec: {{brokerRef: {{name: plant-a}}}}\n---\n"))
         .collect()
-}
-
-async fn ready_users(client: &kube::Client, ns: &str) -> usize {
-    let api: Api<MqttUser> = Api::namespaced(client.clone(), ns);
-    api.list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|u| condition(*u, "Ready").is_some_and(|c| c.0 == "True"))
-        .count()
 }
 
 #[tokio::test]

@@ -12,11 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::*;
-use kube::api::Api;
-use moat::crd::MqttUser;
 
 fn restart(components: &[&str]) {
-    let dir = repo().join(".local-cluster");
+    let dir = run_dir();
     for c in components {
         let pid: i32 = std::fs::read_to_string(dir.join(format!("{c}.pid"))).unwrap().trim().parse().unwrap();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -45,10 +43,8 @@ async fn the_operator_reconnects_after_the_apiserver_and_etcd_restart_mid_reconc
     restart(&["kube-apiserver", "etcd"]);
     restart(&["kube-apiserver"]);
     let client = admin().await;
-    let api: Api<MqttUser> = Api::namespaced(client.clone(), &ns.name);
     eventually(Duration::from_secs(180), "100 Ready users after the restarts", || async {
-        let list = api.list(&Default::default()).await.ok()?.items;
-        (list.len() == 100 && list.iter().all(|u| condition(u, "Ready").is_some_and(|c| c.0 == "True"))).then_some(())
+        (user_readiness(&client, &ns.name).await.ok()? == (100, 100)).then_some(())
     })
     .await;
     wait_condition::<moat::crd::MqttBroker>(&client, &ns.name, "plant-a", "Ready", "True", Duration::from_secs(60))

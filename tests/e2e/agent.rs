@@ -7,36 +7,20 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Setup {
-    r: Rendered,
-    volumes: PodVolumes,
-    run: std::path::PathBuf,
-    broker: Broker,
-    agent: Agent,
-}
-
-fn setup() -> Setup {
-    let r = render(MINIMAL, &[8883]);
-    let run = r.dir.path().join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let volumes = PodVolumes::from_rendered(&r, "plant-a", &r.dir.path().join("secrets"), &run);
-    // init container: install once, then Mosquitto starts with the files in place
-    let (ok, log) = agent_once(&volumes.root, &run);
-    assert!(ok, "agent --once failed: {log}");
-    let broker = start_broker_on(&run.join("mosquitto.conf"), &[r.port(8883)]);
-    let agent = Agent::start(&volumes.root, &run, broker.pid());
-    Setup { r, volumes, run, broker, agent }
+/// The minimal broker as a pod: the agent's init run installs the files, Mosquitto starts on
+/// them, and `moat agent` watches the mounted Secrets.
+fn setup() -> Pod {
+    Pod::start(render(MINIMAL, &[8883]), "plant-a", &[8883], &[])
 }
 
 fn creds(r: &Rendered, user: &str) -> (String, String) {
     (user.to_string(), r.client_file(user, "password"))
 }
 
-fn conn(r: &Rendered, c: Option<(String, String)>) -> Conn {
-    Conn { port: r.port(8883), ca: Some(r.ca()), credentials: c, ..Default::default() }
+fn conn(s: &Pod, c: Option<(String, String)>) -> Conn {
+    Conn { credentials: c, ..s.tls(8883) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +43,7 @@ async fn a_new_password_file_reaches_the_running_broker_without_a_restart() {
     let bob = creds(&s.r, "bob");
     let carol = ("carol".to_string(), "Carol-Generated-Passw0rd-For-Tests".to_string());
     assert!(
-        matches!(connect(&conn(&s.r, Some(carol.clone()))).await, Err(Refusal::Refused(_))),
+        matches!(connect(&conn(&s, Some(carol.clone()))).await, Err(Refusal::Refused(_))),
         "carol does not exist yet"
     );
 
@@ -68,16 +52,16 @@ async fn a_new_password_file_reaches_the_running_broker_without_a_restart() {
     s.volumes.passwd.write(&files);
     assert!(s.agent.wait_for("sent SIGHUP", 1, WAIT), "agent did not reload: {}", s.agent.log());
     assert!(s.broker.wait_log(0, "Reloading config", WAIT), "{}", s.broker.log());
-    let c = connect(&conn(&s.r, Some(carol.clone()))).await;
+    let c = connect(&conn(&s, Some(carol.clone()))).await;
     assert!(c.is_ok(), "carol after reload: {:?}", c.err());
 
     // remove bob: his live session is dropped and he cannot log in again
-    let mut bob_session = connect(&conn(&s.r, Some(bob.clone()))).await.expect("bob connects before removal");
+    let mut bob_session = connect(&conn(&s, Some(bob.clone()))).await.expect("bob connects before removal");
     s.volumes.passwd.write(&shard_files(&s.r, "plant-a", &[alice.clone(), carol.clone()], 1000));
     assert!(s.agent.wait_for("sent SIGHUP", 2, WAIT), "{}", s.agent.log());
     assert!(bob_session.wait_closed(WAIT).await.is_some(), "bob's live session survived his removal");
-    assert!(matches!(connect(&conn(&s.r, Some(bob))).await, Err(Refusal::Refused(_))), "bob can still log in");
-    assert!(connect(&conn(&s.r, Some(alice))).await.is_ok(), "alice is unaffected");
+    assert!(matches!(connect(&conn(&s, Some(bob))).await, Err(Refusal::Refused(_))), "bob can still log in");
+    assert!(connect(&conn(&s, Some(alice))).await.is_ok(), "alice is unaffected");
     assert_eq!(s.broker.pid(), pid);
     assert!(s.broker.alive(), "the broker was restarted");
 }
@@ -85,7 +69,7 @@ async fn a_new_password_file_reaches_the_running_broker_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_acl_is_refused_and_the_old_acl_stays_enforced() {
     let mut s = setup();
-    let mut bob = connect(&conn(&s.r, Some(creds(&s.r, "bob")))).await.unwrap();
+    let mut bob = connect(&conn(&s, Some(creds(&s.r, "bob")))).await.unwrap();
     // bob may only read public/#: his publish to public/x is refused
     assert_eq!(bob.publish("public/x", b"1").await, puback_not_authorized());
 
@@ -105,8 +89,9 @@ async fn an_invalid_acl_is_refused_and_the_old_acl_stays_enforced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_agent_mosquitto_fails_open_on_the_same_acl() {
     let s = setup();
+    let bob = conn(&s, Some(creds(&s.r, "bob")));
     drop(s.agent);
-    let mut bob = connect(&conn(&s.r, Some(creds(&s.r, "bob")))).await.unwrap();
+    let mut bob = connect(&bob).await.unwrap();
     assert_eq!(bob.publish("public/x", b"1").await, puback_not_authorized());
     std::fs::write(s.run.join("acl"), "user bob\ntopic readwrite #\nbogus line\n").unwrap();
     s.broker.reload();

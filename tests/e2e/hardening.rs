@@ -6,17 +6,6 @@ use rumqttc::v5::mqttbytes::v5::ConnectReturnCode;
 
 use crate::harness::*;
 
-const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
-const PRODUCTION: &[&str] = &[
-    "examples/broker-production.yaml",
-    "examples/user-password.yaml",
-    "examples/user-certificate.yaml",
-    "examples/user-byo-password.yaml",
-    "examples/acl-per-user.yaml",
-    "examples/acl-pattern.yaml",
-    "examples/firewall.yaml",
-];
-
 fn tls(r: &Rendered, port: u16) -> Conn {
     Conn { port: r.port(port), ca: Some(r.ca()), ..Default::default() }
 }

@@ -15,6 +15,19 @@ use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, Subscr
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, Transport};
 
+/// The minimal example broker (moat's defaults) with the users alice and bob and their ACLs.
+pub const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
+/// The production example broker (plant-b) with the example users, ACLs and firewall.
+pub const PRODUCTION: &[&str] = &[
+    "examples/broker-production.yaml",
+    "examples/user-password.yaml",
+    "examples/user-certificate.yaml",
+    "examples/user-byo-password.yaml",
+    "examples/acl-per-user.yaml",
+    "examples/acl-pattern.yaml",
+    "examples/firewall.yaml",
+];
+
 /// Path of the `moat` binary under test.
 pub fn moat_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_moat"))
@@ -810,12 +823,6 @@ pub fn agent_once(source: &Path, target: &Path) -> (bool, String) {
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// Starts Mosquitto on a config file by absolute path (the agent-installed run directory).
-pub fn start_broker_on(conf: &Path, ports: &[u16]) -> Broker {
-    let dir = conf.parent().unwrap();
-    Broker::start_with(dir, conf.file_name().unwrap().to_str().unwrap(), ports, &[])
 }
 
 /// What `moat probe` printed and returned.

@@ -11,7 +11,9 @@ use moat::pki::{self, CaSet, CaTransition, Issued, RevokedCert};
 
 use crate::harness::*;
 
-const PRODUCTION: &[&str] = &[
+/// The production example broker with its users and the pattern ACL (not harness::PRODUCTION:
+/// no per-user ACL, no firewall).
+const PKI_PRODUCTION: &[&str] = &[
     "examples/broker-production.yaml",
     "examples/user-certificate.yaml",
     "examples/user-password.yaml",
@@ -27,7 +29,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const CRL_VALIDITY: Duration = moat::build::broker::CRL_VALIDITY;
 
 fn production_pod() -> Pod {
-    Pod::start(render(PRODUCTION, &[8883, 8884, 8443]), "plant-b", &[8883, 8884, 8443], &[])
+    Pod::start(render(PKI_PRODUCTION, &[8883, 8884, 8443]), "plant-b", &[8883, 8884, 8443], &[])
 }
 
 fn plus(t: Timestamp, d: Duration) -> Timestamp {

@@ -3,8 +3,6 @@
 
 use crate::harness::*;
 
-const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
-
 fn checks(run: &ProbeRun) -> [String; 4] {
     ["legacy TLS refused", "modern TLS", "chain trusted", "anonymous refused"].map(|c| run.check(c))
 }

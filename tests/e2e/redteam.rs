@@ -9,15 +9,6 @@ use moat::pki::{self, RevokedCert};
 
 use crate::harness::*;
 
-const PRODUCTION: &[&str] = &[
-    "examples/broker-production.yaml",
-    "examples/user-password.yaml",
-    "examples/user-certificate.yaml",
-    "examples/user-byo-password.yaml",
-    "examples/acl-per-user.yaml",
-    "examples/acl-pattern.yaml",
-    "examples/firewall.yaml",
-];
 const FLOOD: &[&str] = &["tests/e2e/fixtures/broker-flood.yaml"];
 /// The brought password of `dashboard` (examples/user-byo-password.yaml).
 const DASHBOARD: &str = "c0rrect-Horse-battery-staple-Plant-B";
