@@ -931,22 +931,6 @@ pub struct RawMqtt {
     stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
 }
 
-/// MQTT variable-length "remaining length".
-fn remaining_length(mut n: usize) -> Vec<u8> {
-    let mut out = vec![];
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return out;
-        }
-    }
-}
-
 fn mqtt_string(s: &str) -> Vec<u8> {
     let mut out = (s.len() as u16).to_be_bytes().to_vec();
     out.extend_from_slice(s.as_bytes());
@@ -978,7 +962,7 @@ impl RawMqtt {
         body.extend(mqtt_string(user));
         body.extend(mqtt_string(password));
         let mut packet = vec![0x10];
-        packet.extend(remaining_length(body.len()));
+        packet.extend(moat::probe::mqtt::remaining_length(body.len()));
         packet.extend(body);
         raw.stream.write_all(&packet).await?;
         match raw.read_packet(Duration::from_secs(5)).await? {
@@ -996,7 +980,7 @@ impl RawMqtt {
         use tokio::io::AsyncWriteExt;
         let mut header = vec![0x32];
         let variable = [mqtt_string(topic), vec![0, 1]].concat(); // packet id 1
-        header.extend(remaining_length(variable.len() + payload_len));
+        header.extend(moat::probe::mqtt::remaining_length(variable.len() + payload_len));
         header.extend(variable);
         self.stream.write_all(&header).await?;
         let chunk = vec![b'x'; 64 * 1024];
