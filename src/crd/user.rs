@@ -79,6 +79,7 @@ impl Default for UserAuthentication {
 /// Password settings of a user.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = crate::validate::lifetime::cel(&[crate::validate::lifetime::ROTATE_AFTER_RULE])))]
 pub struct PasswordAuth {
     /// Bring your own password from a Secret key. The password must satisfy the broker's
     /// `passwords` policy (else the user is `Ready=False, reason=WeakPassword` and not added to the
@@ -86,8 +87,8 @@ pub struct PasswordAuth {
     /// and stores it in the Secret named in `status.credentialsSecret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretKeyRef>,
-    /// Maximum password age. A generated password is rotated when it is older; a brought one is
-    /// reported non-compliant. Unset: no rotation. To rotate at once, annotate the MqttUser with
+    /// Maximum password age, at least 1h. A generated password is rotated when it is older; a
+    /// brought one is reported non-compliant. Unset: no rotation. To rotate at once, annotate the MqttUser with
     /// `mqtt.moat.dev/rotate-password` set to any new value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_after: Option<GoDuration>,
@@ -96,17 +97,14 @@ pub struct PasswordAuth {
 /// Client certificate settings of a user.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "duration(self.renewBefore) < duration(self.validity)",
-        "message": "renewBefore must be shorter than validity"
-    }
-]))]
+#[schemars(extend("x-kubernetes-validations" = crate::validate::lifetime::cel(&crate::validate::lifetime::LEAF_RULES)))]
 pub struct CertificateAuth {
-    /// Certificate lifetime. Default: 2160h (90 days).
+    /// Certificate lifetime; at least 1h. Default: 2160h (90 days).
     #[serde(default = "default_validity")]
     pub validity: GoDuration,
-    /// Renew this long before expiry. Default: 360h (15 days). Must be shorter than `validity`.
+    /// Renew this long before expiry; at least 1m and at most half of `validity`. Default: 360h
+    /// (15 days). After a renewal the previous certificate stays valid for a short overlap (so
+    /// clients can pick up the new one), then it is revoked.
     #[serde(default = "default_renew_before")]
     pub renew_before: GoDuration,
 }

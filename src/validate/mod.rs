@@ -10,6 +10,7 @@
 //! the rule; they quote hostile input only in escaped, truncated form, and never contain a password.
 
 mod acl;
+pub mod lifetime;
 mod network;
 mod password;
 mod topic;

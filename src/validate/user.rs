@@ -47,7 +47,7 @@ fn is_username_char(c: char) -> bool {
 ///
 /// Mirrors the CRD: the username/metadata.name rule, `authentication` needing a password or a
 /// certificate, the `secretRef` name and key patterns, the duration syntax of `rotateAfter`,
-/// `validity` and `renewBefore`, and `renewBefore < validity`.
+/// `validity` and `renewBefore`, and their lower bounds ([`super::lifetime`]).
 pub fn user_spec(name: &str, spec: &MqttUserSpec) -> Result<String, FieldError> {
     broker_ref(&spec.broker_ref.name)?;
     let effective = match &spec.username {
@@ -78,7 +78,8 @@ pub fn user_spec(name: &str, spec: &MqttUserSpec) -> Result<String, FieldError> 
             secret_key(&secret.key).map_err(|m| FieldError::new("spec.authentication.password.secretRef.key", m))?;
         }
         if let Some(rotate) = &password.rotate_after {
-            duration(rotate).map_err(|m| FieldError::new("spec.authentication.password.rotateAfter", m))?;
+            let field = "spec.authentication.password.rotateAfter";
+            super::lifetime::rotate_after(field, duration(rotate).map_err(|m| FieldError::new(field, m))?)?;
         }
     }
     if let Some(cert) = &auth.certificate {
@@ -86,12 +87,7 @@ pub fn user_spec(name: &str, spec: &MqttUserSpec) -> Result<String, FieldError> 
             duration(&cert.validity).map_err(|m| FieldError::new("spec.authentication.certificate.validity", m))?;
         let renew = duration(&cert.renew_before)
             .map_err(|m| FieldError::new("spec.authentication.certificate.renewBefore", m))?;
-        if renew >= validity {
-            return Err(FieldError::new(
-                "spec.authentication.certificate",
-                "renewBefore must be shorter than validity",
-            ));
-        }
+        super::lifetime::LEAF.check("spec.authentication.certificate", validity, renew)?;
     }
     Ok(effective)
 }
@@ -221,11 +217,11 @@ mod tests {
     }
 
     #[test]
-    fn user_spec_checks_renew_before_shorter_than_validity() {
+    fn user_spec_checks_renew_before_within_half_of_validity() {
         let mut s = spec(Some("alice"));
         s.authentication.certificate =
-            Some(CertificateAuth { validity: GoDuration::new("24h"), renew_before: GoDuration::new("24h") });
-        assert_eq!(user_spec("x", &s).unwrap_err().field, "spec.authentication.certificate");
+            Some(CertificateAuth { validity: GoDuration::new("24h"), renew_before: GoDuration::new("13h") });
+        assert_eq!(user_spec("x", &s).unwrap_err().field, "spec.authentication.certificate.renewBefore");
         s.authentication.certificate =
             Some(CertificateAuth { validity: GoDuration::new("24h"), renew_before: GoDuration::new("1h30m") });
         assert!(user_spec("x", &s).is_ok());
