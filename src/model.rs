@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
-use crate::crd::broker::{ListenerAuthentication, MqttBrokerSpec};
+use crate::crd::broker::{ListenerAuthentication, ListenerProtocol, MqttBrokerSpec};
 use crate::crd::{GoDuration, MqttBroker};
 use crate::names;
-use crate::validate::FieldError;
+use crate::validate::{FieldError, lifetime};
 
 /// Kubernetes cluster domain used in generated DNS names.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
@@ -86,18 +86,8 @@ impl BrokerModel {
             ready_grace: duration("spec.upgrade.readyGracePeriod", &spec.upgrade.ready_grace_period)?,
             autosave_interval: duration("spec.persistence.autosaveInterval", &spec.persistence.autosave_interval)?,
         };
-        if durations.ca_renew_before >= durations.ca_validity {
-            return Err(FieldError {
-                field: "spec.tls.ca.renewBefore".into(),
-                message: "must be shorter than spec.tls.ca.validity".into(),
-            });
-        }
-        if durations.server_renew_before >= durations.server_validity {
-            return Err(FieldError {
-                field: "spec.tls.server.renewBefore".into(),
-                message: "must be shorter than spec.tls.server.validity".into(),
-            });
-        }
+        lifetime::CA.check("spec.tls.ca", durations.ca_validity, durations.ca_renew_before)?;
+        lifetime::LEAF.check("spec.tls.server", durations.server_validity, durations.server_renew_before)?;
         if durations.audit_interval < Duration::from_secs(10) {
             return Err(FieldError { field: "spec.audit.interval".into(), message: "must be at least 10s".into() });
         }
@@ -134,6 +124,14 @@ impl BrokerModel {
                 return Err(FieldError {
                     field: field("authentication"),
                     message: "certificate authentication needs TLS (tls.enabled: true)".into(),
+                });
+            }
+            if l.protocol != ListenerProtocol::Mqtt && l.authentication == ListenerAuthentication::Certificate {
+                return Err(FieldError {
+                    field: field("authentication"),
+                    message: "certificate authentication is only possible on Mqtt listeners: Mosquitto does not \
+                              load the CRL on WebSockets listeners, so revoked certificates would still connect"
+                        .into(),
                 });
             }
         }
@@ -389,6 +387,18 @@ pub(crate) mod tests {
                 "spec.listeners[0].port",
             ),
             (Box::new(|s| s.audit.interval = GoDuration::new("1s")), "spec.audit.interval"),
+            (
+                Box::new(|s| {
+                    s.listeners.push(Listener {
+                        name: "wss".into(),
+                        port: 8443,
+                        protocol: ListenerProtocol::WebSockets,
+                        authentication: ListenerAuthentication::Certificate,
+                        ..s.listeners[0].clone()
+                    })
+                }),
+                "spec.listeners[1].authentication",
+            ),
             (Box::new(|s| s.tls.server.ip_addresses = vec!["10.0.0.300".into()]), "spec.tls.server.ipAddresses[0]"),
         ];
         for (mutate, field) in cases {

@@ -191,25 +191,7 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
             (a, b) => Finding::unknown("MOAT-TLS-005", format!("{}; {}", a.message(), b.message())),
         },
     });
-    let cert_listeners: Vec<&str> = f
-        .model
-        .spec
-        .listeners
-        .iter()
-        .filter(|l| l.authentication == crate::crd::broker::ListenerAuthentication::Certificate)
-        .map(|l| l.name.as_str())
-        .collect();
-    let crl_lines = conf_lines("crlfile ").len();
-    out.push(Finding::check(
-        "MOAT-TLS-006",
-        crl_lines == cert_listeners.len(),
-        if cert_listeners.is_empty() {
-            "no certificate listeners".to_string()
-        } else {
-            format!("certificate listener(s) {} check revocations (CRL)", cert_listeners.join(", "))
-        },
-        "a certificate listener has no crlfile: revoked certificates would still be accepted",
-    ));
+    out.push(revocation_finding(conf, f.model));
 
     // --- acl
     out.push(match (&conf, &f.acl_file) {
@@ -461,6 +443,72 @@ fn cert_finding(
         );
     }
     Finding::pass(id, format!("{what} valid until {}, renewal at {renew_at}", c.not_after))
+}
+
+/// One `listener` block of an applied `mosquitto.conf`: its port and its option lines.
+struct ListenerBlock<'a> {
+    port: &'a str,
+    lines: Vec<&'a str>,
+}
+
+/// The listener blocks of a config, in order (options before the first `listener` are global).
+fn listener_blocks(conf: &str) -> Vec<ListenerBlock<'_>> {
+    let mut out: Vec<ListenerBlock> = vec![];
+    for line in conf.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("listener ") {
+            out.push(ListenerBlock { port: rest.split_whitespace().next().unwrap_or(""), lines: vec![] });
+        } else if let Some(b) = out.last_mut()
+            && !line.is_empty()
+            && !line.starts_with('#')
+        {
+            b.lines.push(line);
+        }
+    }
+    out
+}
+
+/// MOAT-TLS-006 from what the applied config enforces: every listener that accepts client
+/// certificates as identities must be an MQTT listener (Mosquitto loads no CRL on WebSockets
+/// listeners) with a `crlfile`, and every certificate listener of the spec must be such a block.
+fn revocation_finding(conf: Option<&str>, model: &crate::model::BrokerModel) -> Finding {
+    let Some(conf) = conf else { return Finding::fail("MOAT-TLS-006", "no applied mosquitto.conf found") };
+    let blocks = listener_blocks(conf);
+    let has = |b: &ListenerBlock, l: &str| b.lines.contains(&l);
+    let mut problems = vec![];
+    let mut enforced = 0;
+    for b in blocks.iter().filter(|b| has(b, "require_certificate true") || has(b, "use_identity_as_username true")) {
+        let websockets = has(b, "protocol websockets");
+        let crl = b.lines.iter().any(|l| l.starts_with("crlfile "));
+        match (websockets, crl) {
+            (true, _) => problems.push(format!(
+                "listener on port {} takes client certificates over WebSockets, where Mosquitto checks no CRL",
+                b.port
+            )),
+            (false, false) => {
+                problems.push(format!("listener on port {} takes client certificates without a crlfile", b.port))
+            }
+            (false, true) => enforced += 1,
+        }
+    }
+    let wanted: Vec<&str> = model
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| l.authentication == crate::crd::broker::ListenerAuthentication::Certificate)
+        .map(|l| l.name.as_str())
+        .collect();
+    if problems.is_empty() && enforced < wanted.len() {
+        problems
+            .push(format!("{} certificate listener(s) in the spec but {enforced} in the applied config", wanted.len()));
+    }
+    match (problems.is_empty(), wanted.is_empty()) {
+        (false, _) => Finding::fail("MOAT-TLS-006", problems.join("; ")),
+        (true, true) => Finding::pass("MOAT-TLS-006", "no certificate listeners"),
+        (true, false) => Finding::pass(
+            "MOAT-TLS-006",
+            format!("certificate listener(s) {} are MQTT listeners that load the CRL", wanted.join(", ")),
+        ),
+    }
 }
 
 /// Evaluates the checks about one user.

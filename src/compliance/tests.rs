@@ -367,3 +367,46 @@ fn every_measure_has_checks_and_a_guide_section() {
         assert!(guide.contains(d.id), "the guide does not mention {}", d.id);
     }
 }
+
+/// MOAT-TLS-006 judges what the applied config enforces, not how many `crlfile` lines it has: a
+/// WebSockets listener that takes client certificates fails even with a `crlfile` line (Mosquitto
+/// loads no CRL there), and so does a certificate listener whose block lost its `crlfile`.
+#[test]
+fn revocation_check_reads_what_each_listener_enforces() {
+    let w = world();
+    let mut spec = minimal_spec();
+    spec.listeners.push(crate::crd::broker::Listener {
+        name: "mtls".into(),
+        port: 8884,
+        authentication: crate::crd::broker::ListenerAuthentication::Certificate,
+        ..spec.listeners[0].clone()
+    });
+    let model = BrokerModel::from_spec("plant-a", "iot", &spec).unwrap();
+    let mut f = good(&w);
+    f.model = &model;
+    f.config = Some(
+        crate::render::config::render(&model, &crate::render::config::ConfigPaths::in_pod(), &Default::default()).text,
+    );
+    assert_eq!(result_of(&evaluate_broker(&f), "MOAT-TLS-006"), CheckResult::Pass);
+
+    // the certificate listener is turned into a WebSockets listener in the applied config
+    let mut ws = good(&w);
+    ws.model = &model;
+    ws.config = f.config.as_ref().map(|c| {
+        let (head, tail) = c.split_once("listener 8884").unwrap();
+        format!("{head}listener 8884{}", tail.replacen("protocol mqtt", "protocol websockets", 1))
+    });
+    let checks = evaluate_broker(&ws);
+    assert_eq!(result_of(&checks, "MOAT-TLS-006"), CheckResult::Fail);
+    assert!(checks.iter().any(|c| c.id == "MOAT-TLS-006" && c.message.contains("WebSockets")));
+
+    // the crlfile line moves out of the certificate listener's block (same line count)
+    let mut moved = good(&w);
+    moved.model = &model;
+    moved.config = f.config.as_ref().map(|c| {
+        let crl = c.lines().find(|l| l.starts_with("crlfile ")).unwrap().to_string();
+        let without = c.replacen(&format!("{crl}\n"), "", 1);
+        without.replacen("listener 8883\n", &format!("listener 8883\n{crl}\n"), 1)
+    });
+    assert_eq!(result_of(&evaluate_broker(&moved), "MOAT-TLS-006"), CheckResult::Fail);
+}

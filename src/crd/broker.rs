@@ -192,6 +192,10 @@ impl Default for ImageSpec {
     {
         "rule": "self.tls.enabled || self.authentication == 'Password'",
         "message": "certificate authentication needs TLS (tls.enabled: true)"
+    },
+    {
+        "rule": "self.protocol == 'Mqtt' || self.authentication == 'Password'",
+        "message": "certificate authentication is only possible on Mqtt listeners: Mosquitto does not load the CRL on WebSockets listeners, so revoked certificates would still connect"
     }
 ]))]
 pub struct Listener {
@@ -206,7 +210,8 @@ pub struct Listener {
     pub protocol: ListenerProtocol,
     /// How clients authenticate: `Password` (username + password from the password file) or
     /// `Certificate` (mTLS client certificate issued by moat's CA; CN = username; revoked
-    /// certificates are refused through a CRL). Default: Password.
+    /// certificates are refused through a CRL; only on `Mqtt` listeners, because Mosquitto does
+    /// not check the CRL on WebSockets listeners). Default: Password.
     #[serde(default)]
     pub authentication: ListenerAuthentication,
     /// TLS settings. TLS is on by default.
@@ -315,33 +320,24 @@ impl Default for TlsSpec {
 /// Lifetime of a certificate.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "duration(self.renewBefore) < duration(self.validity)",
-        "message": "renewBefore must be shorter than validity"
-    }
-]))]
+#[schemars(extend("x-kubernetes-validations" = crate::validate::lifetime::cel(&crate::validate::lifetime::CA_RULES)))]
 pub struct CertificatePolicy {
-    /// Certificate lifetime, e.g. `8760h`.
+    /// Certificate lifetime, e.g. `8760h`; at least 24h.
     pub validity: GoDuration,
-    /// Renew this long before the certificate expires, e.g. `720h`. Must be shorter than `validity`.
+    /// Renew this long before the certificate expires, e.g. `720h`; at least 1h and at most half
+    /// of `validity`.
     pub renew_before: GoDuration,
 }
 
 /// Server certificate policy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "duration(self.renewBefore) < duration(self.validity)",
-        "message": "renewBefore must be shorter than validity"
-    }
-]))]
+#[schemars(extend("x-kubernetes-validations" = crate::validate::lifetime::cel(&crate::validate::lifetime::LEAF_RULES)))]
 pub struct ServerCertificate {
-    /// Certificate lifetime. Default: 2160h (90 days).
+    /// Certificate lifetime; at least 1h. Default: 2160h (90 days).
     #[serde(default = "default_server_validity")]
     pub validity: GoDuration,
-    /// Renew this long before expiry. Default: 360h (15 days). Must be shorter than `validity`.
+    /// Renew this long before expiry; at least 1m and at most half of `validity`. Default: 360h (15 days).
     #[serde(default = "default_server_renew_before")]
     pub renew_before: GoDuration,
     /// Extra DNS names for the server certificate (the Service and pod names are always included).
