@@ -8,9 +8,18 @@ pub const FIELD_MANAGER: &str = "moat";
 pub const MANAGED_BY: &str = "moat";
 /// Label on generated objects naming the MqttBroker they belong to.
 pub const BROKER_LABEL: &str = "mqtt.moat.dev/broker";
-/// Label put on Secrets referenced by `MqttUser.spec.authentication.password.secretRef`, so the
-/// operator's Secret watch stays bounded to Secrets it needs.
+/// Label a Secret referenced by `MqttUser.spec.authentication.password.secretRef` must carry (set
+/// by whoever owns that Secret, never by moat): the operator watches only Secrets with this label.
 pub const WATCH_LABEL: &str = "mqtt.moat.dev/watch";
+/// Annotation by which a Secret opts in to be a `secretRef` password source: a comma-separated
+/// list of the MqttUser names (same namespace) that may use it.
+pub const PASSWORD_FOR_ANNOTATION: &str = "mqtt.moat.dev/password-for";
+
+/// Whether the annotations of a Secret let MqttUser `user` use it as its password source.
+pub fn password_for(annotations: &BTreeMap<String, String>, user: &str) -> bool {
+    annotations.get(PASSWORD_FOR_ANNOTATION).is_some_and(|v| v.split(',').map(str::trim).any(|n| n == user))
+}
+
 /// Annotation that asks for a new generated password (any new value).
 pub const ROTATE_PASSWORD_ANNOTATION: &str = "mqtt.moat.dev/rotate-password";
 

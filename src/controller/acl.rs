@@ -2,7 +2,6 @@
 //! the broker's applied ACL Secret).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -16,13 +15,7 @@ use crate::crd::{CONDITION_READY, MqttAcl, MqttAclStatus};
 
 /// Reconciles one MqttAcl.
 pub async fn reconcile(acl: Arc<MqttAcl>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.stores.ready() {
-        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
-    }
-    let started = Instant::now();
-    let result = reconcile_inner(&acl, &ctx).await;
-    ctx.metrics.observe_reconcile("MqttAcl", started.elapsed());
-    result
+    super::observed_reconcile("MqttAcl", &*acl, &ctx, reconcile_inner(&acl, &ctx)).await
 }
 
 async fn reconcile_inner(acl: &MqttAcl, ctx: &Context) -> Result<Action> {

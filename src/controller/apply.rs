@@ -6,14 +6,18 @@
 //! value moat set, e.g. `spec.template.spec.containers[0].securityContext.runAsNonRoot`.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::context::Context;
+use super::{Error, Result};
 use crate::names::FIELD_MANAGER;
 
 /// Returns the first path at which `observed` does not carry what `desired` asks for, or `None`
@@ -81,26 +85,33 @@ pub enum Applied {
 }
 
 /// Applies `desired` unless `observed` (from a reflector cache) already carries it.
+///
+/// An object missing from the cache is *created* (never server-side applied), so an object of the
+/// same name that moat did not create is never taken over: the apiserver answers 409 and the
+/// caller decides (see [`ensure`]).
 pub async fn apply<K>(client: &Client, desired: &K, observed: Option<&K>) -> kube::Result<Applied>
 where
     K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
 {
-    let mut desired_json = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
+    let ns = desired.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let desired_json = with_type_meta::<K>(serde_json::to_value(desired).map_err(kube::Error::SerdeError)?);
     let outcome = match observed {
-        None => Applied::Created,
+        None => {
+            let obj: K = serde_json::from_value(desired_json).map_err(kube::Error::SerdeError)?;
+            let pp = kube::api::PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            api.create(&pp, &obj).await?;
+            return Ok(Applied::Created);
+        }
         Some(o) => {
             let observed_json = serde_json::to_value(o).map_err(kube::Error::SerdeError)?;
-            // apiVersion/kind are not part of the typed struct's serialization in k8s-openapi
-            match drift(&with_type_meta::<K>(desired_json.clone()), &with_type_meta::<K>(observed_json)) {
+            match drift(&desired_json, &with_type_meta::<K>(observed_json)) {
                 None => return Ok(Applied::Unchanged),
                 Some(path) => Applied::Updated(path),
             }
         }
     };
-    desired_json = with_type_meta::<K>(desired_json);
-    let ns = desired.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(client.clone(), &ns);
     api.patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired_json)).await?;
     Ok(outcome)
 }
@@ -129,6 +140,178 @@ where
         Ok(_) => Ok(true),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// The controllers' apply layer: ownership, the applied-hash stamp, drift and metrics.
+
+/// Annotation with the hash of what moat last applied (drift = the object differs but carries
+/// the hash of the current desired state, i.e. someone else changed it).
+pub const APPLIED_HASH_ANNOTATION: &str = "mqtt.moat.dev/applied-hash";
+
+/// What [`ensure`] did.
+pub struct Ensured {
+    /// Whether anything was written.
+    pub applied: Applied,
+    /// Drift that was found and repaired (the object carried moat's hash but differed).
+    pub drift: Option<String>,
+}
+
+/// Who controls an object: the uid of its controller owner reference, if any.
+pub fn controller_uid<K: Resource>(obj: &K) -> Option<&str> {
+    obj.meta().owner_references.as_ref()?.iter().find(|o| o.controller == Some(true)).map(|o| o.uid.as_str())
+}
+
+/// Whether `obj` is controlled by the object with uid `owner`.
+pub fn owned_by<K: Resource>(obj: &K, owner: &OwnerReference) -> bool {
+    controller_uid(obj) == Some(owner.uid.as_str())
+}
+
+fn name_conflict<K: Resource<DynamicType = ()>>(name: &str, holder: Option<&K>) -> Error {
+    let holder = holder
+        .and_then(|h| h.meta().owner_references.as_ref()?.iter().find(|o| o.controller == Some(true)))
+        .map(|o| format!("{} {}", o.kind, o.name))
+        .unwrap_or_else(|| "an object moat did not create".into());
+    Error::NameConflict { kind: K::kind(&()).into_owned(), name: name.to_string(), holder }
+}
+
+/// Applies `desired` (controlled by `owner`, stamped with the hash of its desired state) unless
+/// the observed object already matches. Never touches an object of that name that `owner` does
+/// not control ([`Error::NameConflict`]): generated names of different objects can collide, and
+/// moat must not adopt (or hand out) what belongs to someone else. Reports drift when the
+/// observed object carries the current hash but differs (someone else changed what moat applied),
+/// or when an object that moat had already applied (`established`) is missing (someone deleted it).
+pub async fn ensure<K>(
+    ctx: &Context,
+    desired: &mut K,
+    observed: Option<&K>,
+    owner: &OwnerReference,
+    established: bool,
+) -> Result<Ensured>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+{
+    if let Some(o) = observed
+        && !owned_by(o, owner)
+    {
+        return Err(name_conflict(&desired.name_any(), Some(o)));
+    }
+    desired.meta_mut().owner_references = Some(vec![owner.clone()]);
+    let hash = hash_of(desired);
+    desired
+        .meta_mut()
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(APPLIED_HASH_ANNOTATION.into(), hash.clone());
+    let applied = match apply(&ctx.client, desired, observed).await {
+        Ok(a) => a,
+        Err(kube::Error::Api(e)) if e.code == 409 && observed.is_none() => {
+            // created by an earlier reconcile whose object the cache has not seen yet, or a
+            // foreign object: read it and decide by its controller
+            let api: Api<K> = Api::namespaced(ctx.client.clone(), &desired.namespace().unwrap_or_default());
+            let live = api.get_opt(&desired.name_any()).await?;
+            match live {
+                Some(l) if owned_by(&l, owner) => apply(&ctx.client, desired, Some(&l)).await?,
+                other => return Err(name_conflict(&desired.name_any(), other.as_ref())),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if applied != Applied::Unchanged {
+        ctx.metrics.write(&K::kind(&()), "apply");
+    }
+    let drift = match (&applied, observed) {
+        (Applied::Updated(path), Some(o)) if o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash) => {
+            let what = format!("{} {} changed outside moat at {path}", K::kind(&()), desired.name_any());
+            tracing::warn!(drift = %what, "drift detected");
+            Some(what)
+        }
+        (Applied::Created, None) if established => {
+            let what = format!("{} {} was deleted outside moat", K::kind(&()), desired.name_any());
+            tracing::warn!(drift = %what, "drift detected");
+            Some(what)
+        }
+        _ => None,
+    };
+    Ok(Ensured { applied, drift })
+}
+
+/// SHA-256 (hex, 16 chars) of an object's JSON.
+pub fn hash_of<K: Serialize>(obj: &K) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(obj).unwrap_or_default();
+    crate::hex(&Sha256::digest(&json)[..8])
+}
+
+/// Deletes `namespace/name` (counted in the write metrics); already gone is success.
+pub async fn delete_as<K>(ctx: &Context, namespace: &str, name: &str) -> Result<()>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + DeserializeOwned + Clone + Debug,
+{
+    ctx.metrics.write(&K::kind(&()), "delete");
+    delete::<K>(&ctx.client, namespace, name).await?;
+    Ok(())
+}
+
+/// Applies one owner's objects in order and accumulates what changed and what drifted.
+pub struct Applier<'a> {
+    /// The controller context.
+    pub ctx: &'a Context,
+    /// The owner of every object.
+    pub owner: &'a OwnerReference,
+    /// moat has applied this owner's objects before: a missing object was deleted by someone (drift).
+    pub established: bool,
+    /// Drift found and repaired.
+    pub drift: Vec<String>,
+    /// Objects written.
+    pub changed: usize,
+}
+
+impl<'a> Applier<'a> {
+    /// An applier for `owner`'s objects.
+    pub fn new(ctx: &'a Context, owner: &'a OwnerReference, established: bool) -> Self {
+        Self { ctx, owner, established, drift: vec![], changed: 0 }
+    }
+
+    /// [`ensure`]s one object.
+    pub async fn apply<K>(&mut self, desired: &mut K, observed: Option<&K>) -> Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        let outcome = ensure(self.ctx, desired, observed, self.owner, self.established).await?;
+        if outcome.applied != Applied::Unchanged {
+            self.changed += 1;
+        }
+        if let Some(d) = outcome.drift {
+            let kind = crate::metrics::KindLabels { kind: K::kind(&()).into_owned() };
+            self.ctx.metrics.drift_repaired.get_or_create(&kind).inc();
+            self.drift.push(d);
+        }
+        Ok(())
+    }
+
+    /// Applies `desired`, or deletes the observed object when it is no longer wanted (only if
+    /// the owner controls it).
+    pub async fn apply_or_delete<K>(
+        &mut self,
+        desired: Option<K>,
+        observed: Option<Arc<K>>,
+        ns: &str,
+        name: &str,
+    ) -> Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        match (desired, observed) {
+            (Some(mut d), observed) => self.apply(&mut d, observed.as_deref()).await,
+            (None, Some(o)) if owned_by(&*o, self.owner) => {
+                delete_as::<K>(self.ctx, ns, name).await?;
+                self.changed += 1;
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -13,10 +13,8 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::apply::{self, Applied};
+use super::apply::{self, Applier};
 use super::conditions::{self, Cond};
 use super::context::{Context, Stores};
 use super::index::{issued_from, secret_strings, secret_text};
@@ -36,19 +34,9 @@ use crate::render::config::{ConfigPaths, ListenerOverrides};
 use crate::render::{network, workload};
 use crate::upgrade::{self, Catalog, MosquittoVersion, PodView, RolloutInput, RolloutState};
 
-/// Annotation with the hash of what moat last applied (drift = the object differs but carries
-/// the hash of the current desired state, i.e. someone else changed it).
-pub const APPLIED_HASH_ANNOTATION: &str = "mqtt.moat.dev/applied-hash";
-
 /// Reconciles one MqttBroker.
 pub async fn reconcile(broker: Arc<MqttBroker>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.stores.ready() {
-        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
-    }
-    let started = Instant::now();
-    let result = reconcile_inner(&broker, &ctx).await;
-    ctx.metrics.observe_reconcile("MqttBroker", started.elapsed());
-    result
+    super::observed_reconcile("MqttBroker", &*broker, &ctx, reconcile_inner(&broker, &ctx)).await
 }
 
 async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
@@ -87,10 +75,14 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let users = s.users_of(&ns, &name);
     let acls = s.acls_of(&ns, &name);
     let firewalls = s.firewalls_of(&ns, &name);
-    let secrets: BTreeMap<String, Arc<Secret>> =
+    // Secrets labelled for this broker: its own (controlled by it) and its users' (each read only
+    // when that user controls it: a colliding name never hands one object another's material).
+    let labelled: BTreeMap<String, Arc<Secret>> =
         s.secrets_of(&ns, &name).into_iter().map(|x| (x.name_any(), x)).collect();
+    let secrets: BTreeMap<String, Arc<Secret>> =
+        labelled.iter().filter(|(_, x)| apply::owned_by(&***x, &owner)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let existing = existing_material(&name, &secrets)?;
-    let views: Vec<UserView> = users.iter().map(|u| user_view(s, &secrets, u)).collect();
+    let views: Vec<UserView> = users.iter().map(|u| user_view(s, &labelled, u)).collect();
     let acl_refs: Vec<&crate::crd::MqttAcl> = acls.iter().map(|a| &**a).collect();
 
     // --- build (pure)
@@ -152,8 +144,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
 
     // --- apply (Secrets before the StatefulSet that mounts them). Once moat has applied a broker
     // (its certificates are in status), a missing managed object was deleted by someone: drift.
-    let mut ap =
-        Applier { ctx, owner: &owner, established: previous.certificates.is_some(), drift: vec![], changed: 0 };
+    let mut ap = Applier::new(ctx, &owner, previous.certificates.is_some());
     for secret in secrets_desired.iter_mut() {
         let observed = secrets.get(&secret.name_any()).cloned();
         ap.apply(secret, observed.as_deref()).await?;
@@ -173,7 +164,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     // Password shards beyond the current count are obsolete.
     for sname in secrets.keys() {
         if names::passwd_shard_index(&name, sname).is_some_and(|i| i >= plan.shards.len()) {
-            delete::<Secret>(ctx, &ns, sname).await?;
+            apply::delete_as::<Secret>(ctx, &ns, sname).await?;
             ap.changed += 1;
         }
     }
@@ -181,7 +172,7 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     for ordinal in &step.delete_pods {
         let pod = format!("{name}-{ordinal}");
         tracing::info!(broker = %name, %pod, "deleting a pod stuck on the wrong version");
-        delete::<Pod>(ctx, &ns, &pod).await?;
+        apply::delete_as::<Pod>(ctx, &ns, &pod).await?;
     }
 
     // --- events
@@ -347,136 +338,6 @@ async fn reconcile_inner(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(crate::pki::requeue_after(wake, now).max(Duration::from_secs(1))))
 }
 
-/// What [`ensure`] did.
-pub struct Ensured {
-    /// Whether anything was written.
-    pub applied: Applied,
-    /// Drift that was found and repaired (the object carried moat's hash but differed).
-    pub drift: Option<String>,
-}
-
-/// Applies a broker's objects in order and accumulates what changed and what drifted.
-struct Applier<'a> {
-    ctx: &'a Context,
-    owner: &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-    /// moat has applied this broker before: a missing object was deleted by someone (drift).
-    established: bool,
-    drift: Vec<String>,
-    changed: usize,
-}
-
-impl Applier<'_> {
-    async fn apply<K>(&mut self, desired: &mut K, observed: Option<&K>) -> Result<()>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-    {
-        let outcome = ensure(self.ctx, desired, observed, self.owner, self.established).await?;
-        if outcome.applied != Applied::Unchanged {
-            self.changed += 1;
-        }
-        if let Some(d) = outcome.drift {
-            let kind = crate::metrics::KindLabels { kind: K::kind(&()).into_owned() };
-            self.ctx.metrics.drift_repaired.get_or_create(&kind).inc();
-            self.drift.push(d);
-        }
-        Ok(())
-    }
-
-    /// Applies `desired`, or deletes the observed object when it is no longer wanted.
-    async fn apply_or_delete<K>(
-        &mut self,
-        desired: Option<K>,
-        observed: Option<Arc<K>>,
-        ns: &str,
-        name: &str,
-    ) -> Result<()>
-    where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + std::fmt::Debug,
-    {
-        match (desired, observed) {
-            (Some(mut d), observed) => self.apply(&mut d, observed.as_deref()).await,
-            (None, Some(_)) => {
-                delete::<K>(self.ctx, ns, name).await?;
-                self.changed += 1;
-                Ok(())
-            }
-            (None, None) => Ok(()),
-        }
-    }
-}
-
-/// Applies `desired` (owned by `owner`, stamped with the hash of its desired state) unless the
-/// observed object already matches; reports drift when the observed object carries the current
-/// hash but differs (someone else changed what moat applied), or when an object that moat had
-/// already applied (`established`) is missing (someone deleted it).
-pub async fn ensure<K>(
-    ctx: &Context,
-    desired: &mut K,
-    observed: Option<&K>,
-    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-    established: bool,
-) -> Result<Ensured>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
-    desired.meta_mut().owner_references = Some(vec![owner.clone()]);
-    let hash = hash_of(desired);
-    desired
-        .meta_mut()
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(APPLIED_HASH_ANNOTATION.into(), hash.clone());
-    let applied = apply::apply(&ctx.client, desired, observed).await?;
-    if applied != Applied::Unchanged {
-        ctx.metrics.write(&K::kind(&()), "apply");
-    }
-    let drift = match (&applied, observed) {
-        (Applied::Updated(path), Some(o)) if o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash) => {
-            let what = format!("{} {} changed outside moat at {path}", K::kind(&()), desired.name_any());
-            tracing::warn!(drift = %what, "drift detected");
-            Some(what)
-        }
-        (Applied::Created, None) if established => {
-            let what = format!("{} {} was deleted outside moat", K::kind(&()), desired.name_any());
-            tracing::warn!(drift = %what, "drift detected");
-            Some(what)
-        }
-        _ => None,
-    };
-    Ok(Ensured { applied, drift })
-}
-
-/// SHA-256 (hex, 16 chars) of an object's JSON.
-pub fn hash_of<K: Serialize>(obj: &K) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(obj).unwrap_or_default();
-    crate::hex(&Sha256::digest(&json)[..8])
-}
-
-async fn delete<K>(ctx: &Context, ns: &str, name: &str) -> Result<()>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-{
-    ctx.metrics.write(&K::kind(&()), "delete");
-    apply::delete::<K>(&ctx.client, ns, name).await?;
-    Ok(())
-}
-
 fn existing_material(broker: &str, secrets: &BTreeMap<String, Arc<Secret>>) -> Result<Existing> {
     let mut ex = Existing::default();
     if let Some(s) = secrets.get(&names::ca_secret(broker)) {
@@ -516,19 +377,22 @@ fn existing_material(broker: &str, secrets: &BTreeMap<String, Arc<Secret>>) -> R
 pub fn user_view<'a>(s: &Stores, secrets: &BTreeMap<String, Arc<Secret>>, u: &'a crate::crd::MqttUser) -> UserView<'a> {
     let ns = u.namespace().unwrap_or_default();
     let object = u.name_any();
+    // only Secrets this user controls: a colliding name (another user's or a broker's Secret)
+    // must never hand this user someone else's password or certificate
+    let own = |name: String| {
+        secrets.get(&name).filter(|x| {
+            apply::controller_uid(&***x).is_some() && apply::controller_uid(&***x) == u.metadata.uid.as_deref()
+        })
+    };
     let password = match &u.spec.authentication.password {
         None => PasswordLookup::NotUsed,
         Some(p) => match &p.secret_ref {
-            None => match secrets.get(&names::credentials_secret(&object)).and_then(|x| secret_text(x, "password")) {
+            None => match own(names::credentials_secret(&object)).and_then(|x| secret_text(x, "password")) {
                 Some(pw) => PasswordLookup::Found { password: Password(pw), generated: true },
                 None => PasswordLookup::Missing("credentials not generated yet".into()),
             },
-            Some(r) => match Stores::get(&s.watched_secrets, &ns, &r.name) {
-                None => PasswordLookup::Missing(format!(
-                    "Secret {} not found (or not yet labelled {}=true)",
-                    r.name,
-                    names::WATCH_LABEL
-                )),
+            Some(r) => match byo_secret(s, &ns, &object, &r.name) {
+                None => PasswordLookup::Missing(byo_unavailable(&object, &r.name)),
                 Some(sec) => match secret_text(&sec, &r.key) {
                     Some(pw) => PasswordLookup::Found { password: Password(pw), generated: false },
                     None => PasswordLookup::Missing(format!("Secret {} has no key {}", r.name, r.key)),
@@ -536,8 +400,27 @@ pub fn user_view<'a>(s: &Stores, secrets: &BTreeMap<String, Arc<Secret>>, u: &'a
             },
         },
     };
-    let certificate = secrets.get(&names::certificate_secret(&object)).and_then(|x| issued_from(x));
+    let certificate = own(names::certificate_secret(&object)).and_then(|x| issued_from(x));
     UserView { user: u, password, certificate }
+}
+
+/// The Secret a `secretRef` of MqttUser `user` names, only if that Secret opted in for this user:
+/// labelled [`names::WATCH_LABEL`]`=true` (so it is in the watched cache; moat never reads or
+/// labels a Secret on its own) and annotated [`names::PASSWORD_FOR_ANNOTATION`] with the user's
+/// name. Any other Secret of the namespace is invisible, whether it exists or not: a `secretRef`
+/// cannot be used to learn anything about Secrets its author may not read.
+pub fn byo_secret(s: &Stores, ns: &str, user: &str, secret: &str) -> Option<Arc<Secret>> {
+    Stores::get(&s.watched_secrets, ns, secret).filter(|x| names::password_for(x.annotations(), user))
+}
+
+/// The one message for a `secretRef` Secret that cannot be used (missing or not opted in alike).
+pub fn byo_unavailable(user: &str, secret: &str) -> String {
+    format!(
+        "Secret {secret} is not available to MqttUser {user}: it must exist, carry the label {}=true and the \
+         annotation {}: {user}",
+        names::WATCH_LABEL,
+        names::PASSWORD_FOR_ANNOTATION
+    )
 }
 
 fn template_version(sts: &StatefulSet) -> Option<String> {

@@ -63,6 +63,42 @@ pub fn status_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str
     conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.as_str())
 }
 
+/// A moat kind with a status holding `Ready`/`Compliant` conditions.
+pub trait Reported:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    /// The status type.
+    type Status: Default + Clone + PartialEq + serde::Serialize;
+    /// The current status (default when none).
+    fn current_status(&self) -> Self::Status;
+    /// The conditions of a status.
+    fn conditions_of(status: &mut Self::Status) -> &mut Vec<Condition>;
+}
+
+macro_rules! reported {
+    ($($kind:ty => $status:ty),*) => {$(
+        impl Reported for $kind {
+            type Status = $status;
+            fn current_status(&self) -> $status {
+                self.status.clone().unwrap_or_default()
+            }
+            fn conditions_of(status: &mut $status) -> &mut Vec<Condition> {
+                &mut status.conditions
+            }
+        }
+    )*};
+}
+
+reported!(
+    crate::crd::MqttBroker => crate::crd::broker::MqttBrokerStatus,
+    crate::crd::MqttUser => crate::crd::MqttUserStatus,
+    crate::crd::MqttAcl => crate::crd::MqttAclStatus,
+    crate::crd::MqttFirewall => crate::crd::MqttFirewallStatus
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

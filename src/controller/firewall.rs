@@ -2,7 +2,6 @@
 //! deleting it removes the policy) and status.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -18,13 +17,7 @@ use crate::render::network;
 
 /// Reconciles one MqttFirewall.
 pub async fn reconcile(fw: Arc<MqttFirewall>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.stores.ready() {
-        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
-    }
-    let started = Instant::now();
-    let result = reconcile_inner(&fw, &ctx).await;
-    ctx.metrics.observe_reconcile("MqttFirewall", started.elapsed());
-    result
+    super::observed_reconcile("MqttFirewall", &*fw, &ctx, reconcile_inner(&fw, &ctx)).await
 }
 
 async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
@@ -59,7 +52,7 @@ async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
                 let pname = policy.name_any();
                 let observed = Stores::get(&ctx.stores.network_policies, &ns, &pname);
                 let ensured =
-                    super::broker::ensure(ctx, &mut policy, observed.as_deref(), &owner, !previous.policies.is_empty())
+                    super::apply::ensure(ctx, &mut policy, observed.as_deref(), &owner, !previous.policies.is_empty())
                         .await?;
                 if let Some(d) = ensured.drift {
                     drifted = true;
@@ -70,6 +63,25 @@ async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
             }
         },
     };
+    // Invalid (or orphaned) means closed: an allow policy applied while the firewall was valid
+    // must not outlive its validity.
+    if policies.is_empty() {
+        for stale in ctx.stores.network_policies.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str())
+                && p.labels().get(network::FIREWALL_LABEL) == Some(&name)
+                && p.owner_references().iter().any(|o| Some(&o.uid) == fw.metadata.uid.as_ref())
+        }) {
+            let pname = stale.name_any();
+            super::apply::delete_as::<k8s_openapi::api::networking::v1::NetworkPolicy>(ctx, &ns, &pname).await?;
+            ctx.event(
+                fw,
+                EventType::Warning,
+                "PolicyWithdrawn",
+                format!("NetworkPolicy {pname} deleted: the firewall is not valid"),
+            )
+            .await;
+        }
+    }
     let checks = compliance::evaluate_firewall(&FirewallFacts { public_cidrs: public, policy_in_effect: !drifted });
     let summary = compliance::summarize(checks, None);
     let compliant = super::compliant_condition(&summary);

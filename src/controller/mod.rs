@@ -55,6 +55,17 @@ pub enum Error {
     /// Anything else; retried with backoff.
     #[error("{0}")]
     Other(String),
+    /// An object moat would generate already exists and belongs to someone else (generated
+    /// names of different objects can collide); moat never takes it over.
+    #[error("{kind} {name} already exists and belongs to {holder}: rename one of the two objects")]
+    NameConflict {
+        /// Kind of the contested object.
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Who controls it.
+        holder: String,
+    },
 }
 
 impl Error {
@@ -65,6 +76,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Pki(_) => "pki",
             Error::Other(_) => "other",
+            Error::NameConflict { .. } => "name_conflict",
         }
     }
 }
@@ -362,6 +374,51 @@ pub fn compliant_condition(c: &crate::crd::ComplianceStatus) -> conditions::Cond
     }
 }
 
+/// Reports a reconcile that stopped on an error the object's owner must act on (a name
+/// conflict): `Ready=False` with the error as message, `Compliant` Unknown. Written only when it
+/// changed.
+pub async fn report_error<K>(ctx: &Context, obj: &K, err: &Error) -> Result<()>
+where
+    K: conditions::Reported,
+{
+    let reason = match err {
+        Error::NameConflict { .. } => "NameConflict",
+        _ => return Ok(()),
+    };
+    let previous = obj.current_status();
+    let mut status = previous.clone();
+    let generation = obj.meta().generation;
+    let conds = K::conditions_of(&mut status);
+    *conds = conditions::merge(
+        conds,
+        vec![
+            conditions::Cond::not(crate::crd::CONDITION_READY, reason, err.to_string()),
+            conditions::Cond::unknown(crate::crd::CONDITION_COMPLIANT, reason, "not evaluated: the object is blocked"),
+        ],
+        generation,
+        ctx.clock.now(),
+    );
+    write_status(ctx, obj, &previous, &status).await
+}
+
+/// Runs one reconcile with its metrics; errors the owner must see are reported in status.
+pub(crate) async fn observed_reconcile<K, F>(kind: &str, obj: &K, ctx: &Context, run: F) -> Result<Action>
+where
+    K: conditions::Reported,
+    F: Future<Output = Result<Action>>,
+{
+    if !ctx.stores.ready() {
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let started = std::time::Instant::now();
+    let result = run.await;
+    ctx.metrics.observe_reconcile(kind, started.elapsed());
+    if let Err(e) = &result {
+        report_error(ctx, obj, e).await?;
+    }
+    result
+}
+
 /// Invalid input waits for the object to change; everything else retries with a delay.
 fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
@@ -370,6 +427,8 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Ar
         .inc();
     match err {
         Error::InvalidSpec(_) => Action::await_change(),
+        // someone must rename or delete an object first; its deletion may not be watched
+        Error::NameConflict { .. } => Action::requeue(Duration::from_secs(30)),
         _ => {
             tracing::warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or(""), error = %err, "reconcile failed; retrying");
             Action::requeue(Duration::from_secs(5))

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -64,13 +64,7 @@ pub fn users_for_managed_secret(s: &Stores, secret: &Secret) -> Vec<ObjectRef<Mq
 
 /// Reconciles one MqttUser.
 pub async fn reconcile(user: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx.stores.ready() {
-        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
-    }
-    let started = Instant::now();
-    let result = reconcile_inner(&user, &ctx).await;
-    ctx.metrics.observe_reconcile("MqttUser", started.elapsed());
-    result
+    super::observed_reconcile("MqttUser", &*user, &ctx, reconcile_inner(&user, &ctx)).await
 }
 
 async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
@@ -179,7 +173,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                     annotations,
                     None,
                 );
-                super::broker::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
+                super::apply::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
                 // (the first password of a new user is not news: one Event per created user
                 // would double the API writes of a bulk apply; regenerations and rotations are)
                 if let Some(why) = g.regenerated
@@ -275,7 +269,7 @@ async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
                     BTreeMap::new(),
                     None,
                 );
-                super::broker::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
+                super::apply::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
                 if let Some(r) = decided.renewal {
                     ctx.metrics
                         .certificates_issued
