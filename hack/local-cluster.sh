@@ -171,13 +171,31 @@ PY
   mv "$stages.tmp" "$stages"
 }
 
+# helm is stamped like its upstream Makefile does for a release: the version, a clean tree, and the
+# Kubernetes version it assumes when no cluster is asked (--kube-version unset: `helm template`), which
+# upstream derives from its client-go requirement (v0.X.Y -> 1.X). Without the last two flags helm
+# assumes v1.20 and charts with a kubeVersion constraint fail. The marker makes caches holding a binary
+# built with other flags rebuild it once.
+HELM_STAMP=moat2
 build_helm() {
-  [[ -x $BIN_DIR/helm ]] && { log "helm $HELM_VERSION: cached"; return 0; }
+  local marker=$BIN_DIR/.helm-$HELM_VERSION-$HELM_STAMP
+  if [[ -x $BIN_DIR/helm && -f $marker ]]; then log "helm $HELM_VERSION: cached"; return 0; fi
   go_env
-  local major=${HELM_VERSION%%.*}
-  GOBIN=$BIN_DIR with_progress "helm $HELM_VERSION: go install" go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/$major/cmd/helm@$HELM_VERSION"
+  local major=${HELM_VERSION%%.*} gomod cgo k8s_major k8s_minor
+  gomod=$(cd "$(mktemp -d)" && go mod download -json "helm.sh/helm/$major@$HELM_VERSION" |
+          sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  cgo=$(sed -n 's|^[[:space:]]*k8s\.io/client-go v\([0-9]*\)\.\([0-9]*\)\..*|\1 \2|p' "$gomod" | head -1)
+  [[ -n $cgo ]] || die "helm $HELM_VERSION: no k8s.io/client-go requirement in $gomod"
+  k8s_major=$(( ${cgo% *} + 1 )); k8s_minor=${cgo#* }
+  local pkg ld="-s -w -X helm.sh/helm/$major/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/$major/internal/version.metadata= -X helm.sh/helm/$major/internal/version.gitTreeState=clean"
+  for pkg in pkg/lint/rules pkg/chartutil; do
+    ld+=" -X helm.sh/helm/$major/$pkg.k8sVersionMajor=$k8s_major -X helm.sh/helm/$major/$pkg.k8sVersionMinor=$k8s_minor"
+  done
+  rm -f "$BIN_DIR"/.helm-*
+  GOBIN=$BIN_DIR with_progress "helm $HELM_VERSION: go install (assumes Kubernetes v$k8s_major.$k8s_minor)" \
+    go install -trimpath -ldflags "$ld" "helm.sh/helm/$major/cmd/helm@$HELM_VERSION"
+  touch "$marker"
 }
 
 # The PolicyReport CRD (wgpolicyk8s.io/v1alpha2) of the Kubernetes Policy WG for the compliance
