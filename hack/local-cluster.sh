@@ -239,8 +239,9 @@ pki() {
   )
   local b64ca b64crt b64key
   b64ca=$(base64 -w0 < "$PKI/ca.crt"); b64crt=$(base64 -w0 < "$PKI/admin.crt"); b64key=$(base64 -w0 < "$PKI/admin.key")
-  umask 077
-  cat > "$RUN_DIR/kubeconfig" <<EOF
+  # umask only for this file: a process-wide 077 would reach everything `up` starts (containerd then
+  # unpacks image layers into 0700 snapshot dirs that non-root containers cannot enter).
+  (umask 077; cat > "$RUN_DIR/kubeconfig") <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -288,7 +289,8 @@ wait_for() { # name timeout_s cmd...
 }
 
 curl_api() { curl -sf --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" "https://127.0.0.1:$API_PORT$1"; }
-kubectl_local() { "$BIN_DIR/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" "$@"; }
+# --cache-dir: kubectl's discovery/http cache stays in the run dir instead of ~/.kube/cache.
+kubectl_local() { "$BIN_DIR/kubectl" --kubeconfig="$RUN_DIR/kubeconfig" --cache-dir="$RUN_DIR/kube-cache" "$@"; }
 
 audit_policy() { # writes and single-object reads are logged (metadata only): tests count an operator's API calls per namespace
   cat > "$RUN_DIR/audit-policy.yaml" <<'EOF2'
@@ -333,7 +335,8 @@ up() {
     --use-service-account-credentials=false \
     --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
     --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
-    --controllers='*' --kube-api-qps=200 --kube-api-burst=400
+    --controllers='*' --kube-api-qps=200 --kube-api-burst=400 \
+    --flex-volume-plugin-dir="$RUN_DIR/flex-volume" # default: it creates /usr/libexec/kubernetes/... on the host
   start kube-scheduler "$BIN_DIR/kube-scheduler" \
     --kubeconfig="$RUN_DIR/kubeconfig" --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" \
     --authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics --leader-elect=false
