@@ -175,6 +175,10 @@ APT::Architecture "amd64";
 APT::Architectures { "amd64"; };
 APT::Sandbox::User "root";
 Acquire::Languages "none";
+// indexes stay compressed and no binary caches are kept: ~10 MB per suite instead of ~140 MB
+Acquire::GzipIndexes "true";
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
 // deb.debian.org's sid Release here was past its Valid-Until (the signature still verifies).
 Acquire::Check-Valid-Until "false";
 EOF
@@ -223,11 +227,16 @@ print("\n".join(sorted(seen)))
 }
 
 has_version() { # suite pkg version
-  local out; out=$(apt_q "$1" apt-cache show "$2=$3" 2>/dev/null || true)
-  grep -qxF "Version: $3" <<< "$out"
+  apt_q "$1" apt-cache madison "$2" | awk -v v="$3" -F'|' '{gsub(/ /, "", $2)} $2 == v {f = 1} END {exit !f}'
 }
-candidate() { # suite pkg -> the version apt would install
-  apt_q "$1" apt-cache policy "$2" | sed -n 's/^  Candidate: //p'
+versions() { # suite version pkgs... -> "pkg=version" lines: the given version where the suite has
+  # it (packages built from the mosquitto source), else the candidate apt would install
+  local s=$1 v=$2; shift 2
+  { apt_q "$s" apt-cache madison "$@" | awk -v v="$v" -F'|' '{gsub(/ /, "", $1); gsub(/ /, "", $2)} $2 == v {print "same", $1}'
+    apt_q "$s" apt-cache policy "$@" | awk '/^[^ ].*:$/ {p = substr($0, 1, length($0) - 1)} /^  Candidate: / {print "cand", p, $2}'
+  } | awk -v v="$v" '$1 == "same" {same[$2] = 1} $1 == "cand" {c[$2] = $3; order[++n] = $2}
+      END {for (i = 1; i <= n; i++) {p = order[i]; if (c[p] == "(none)") {print "missing " p; continue}
+           print p "=" (p in same ? v : c[p])}}'
 }
 
 # Pins: $IMG/locks/<name>.lock, "package=version" per line. Written once, then re-used, so a
@@ -238,26 +247,24 @@ resolve_broker() { # lockfile suite version
   apt_update "$s"
   has_version "$s" mosquitto "$v" ||
     die "mosquitto=$v is not in Debian $s any more (apt-cache madison: $(apt_q "$s" apt-cache madison mosquitto | awk '{print $3}' | tr '\n' ' '))"
-  local p pv out=() pkgs
+  local pkgs out
   pkgs=$(closure "$s" "$v")
   [[ $pkgs == *mosquitto* ]] || die "empty dependency closure for mosquitto=$v ($s)"
-  for p in $pkgs base-files; do
-    # packages built from the mosquitto source (libmosquitto1) get the same version as mosquitto
-    if has_version "$s" "$p" "$v"; then pv=$v; else pv=$(candidate "$s" "$p"); fi
-    [[ -n $pv ]] || die "no candidate for $p in $s"
-    out+=("$p=$pv")
-  done
+  # shellcheck disable=SC2086
+  out=$(versions "$s" "$v" $pkgs base-files)
+  [[ $out != *missing* ]] || die "no candidate in $s for: $(grep missing <<< "$out" | tr '\n' ' ')"
   mkdir -p "$(dirname "$lock")"
-  printf '%s\n' "${out[@]}" | sort > "$lock.tmp" && mv "$lock.tmp" "$lock"
+  sort <<< "$out" > "$lock.tmp" && mv "$lock.tmp" "$lock"
   log "pinned $(wc -l < "$lock") packages for mosquitto=$v ($s): $lock"
 }
 resolve_list() { # lockfile suite pkgs...
-  local lock=$1 s=$2 p pv out=(); shift 2
+  local lock=$1 s=$2 out; shift 2
   if [[ -s $lock && $REFRESH != true ]]; then return 0; fi
   apt_update "$s"
-  for p in "$@"; do pv=$(candidate "$s" "$p"); [[ -n $pv ]] || die "no $p in $s"; out+=("$p=$pv"); done
+  out=$(versions "$s" none "$@")
+  [[ $out != *missing* ]] || die "no candidate in $s for: $(grep missing <<< "$out" | tr '\n' ' ')"
   mkdir -p "$(dirname "$lock")"
-  printf '%s\n' "${out[@]}" | sort > "$lock.tmp" && mv "$lock.tmp" "$lock"
+  sort <<< "$out" > "$lock.tmp" && mv "$lock.tmp" "$lock"
 }
 
 deb_file() { # pkg version -> path in the cache (may not exist yet)
@@ -581,7 +588,9 @@ build() { # [--refresh] [all|pause|brokers|moat]
 }
 
 # ----------------------------------------------------------------- load ----
-ctr_() { "$CTR" --address "$CONTAINERD_ADDRESS" -n "$CTR_NAMESPACE" "$@"; }
+ctr_() { # containerd 2.4 warns about cgroup v1 on every call: drop that line
+  "$CTR" --address "$CONTAINERD_ADDRESS" -n "$CTR_NAMESPACE" "$@" 2> >(grep -v 'msg="DEPRECATION: The support for cgroup v1' >&2)
+}
 load() {
   [[ -s $IMG/index.tsv ]] || die "nothing built: run $0 build"
   [[ -x $CTR ]] || die "ctr not found at $CTR (set CTR=...; is the node built? hack/local-node.sh)"
