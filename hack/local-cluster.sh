@@ -3,9 +3,10 @@
 # on 127.0.0.1 only: etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok fake nodes.
 # No Docker, no downloads outside the registries, nothing built inside the repository.
 #
-#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|all]  build/fetch and cache (skips what is cached)
-#   hack/local-cluster.sh up                              start everything (idempotent), create fake nodes
-#   hack/local-cluster.sh down                            stop what `up` started (by PID), delete state
+#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|node|all]  build/fetch and cache (skips what is cached)
+#   hack/local-cluster.sh up                              start everything (idempotent), create fake nodes,
+#                                                         then the real node (hack/local-node.sh; MOAT_REAL_NODE=0 skips it)
+#   hack/local-cluster.sh down                            stop the real node, then what `up` started (by PID), delete state
 #   hack/local-cluster.sh status | env | bin-dir | policyreport-crd (path of the cached upstream CRD)
 #
 # Environment:
@@ -13,6 +14,7 @@
 #   LOCAL_CLUSTER_DIR  run dir (default <repo>/.local-cluster): pki, kubeconfig, logs, pids, etcd data
 #   K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION   component versions (see hack/README.md)
 #   KWOK_NODES   number of fake nodes (default 2)
+#   MOAT_REAL_NODE  1 (default): `up` also starts the real kubelet node moat-real-0; 0: control plane + kwok only
 # What really worked and what changed from the reference recipe: hack/README.md.
 set -euo pipefail
 
@@ -42,7 +44,8 @@ POD_CIDR=${POD_CIDR:-10.244.0.0/16}
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-log() { printf '[local-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+LOG_TAG=${LOG_TAG:-local-cluster}
+log() { printf '[%s %s] %s\n' "$LOG_TAG" "$(date +%H:%M:%S)" "$*" >&2; }
 UP_IN_PROGRESS=false
 STARTED_NOW=()
 # On a failed `up`, stop only what this invocation started (a running cluster is left alone).
@@ -81,7 +84,8 @@ version_ldflags() { # stamps both version packages like kubernetes' hack/lib/ver
 }
 
 build_k8s() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) b missing=false
+  # kubelet is for the real node (hack/local-node.sh); built in the same module graph as the servers.
+  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet) b missing=false
   for b in "${want[@]}"; do [[ -x $BIN_DIR/$b ]] || missing=true; done
   $missing || { log "kubernetes $K8S_VERSION: cached in $BIN_DIR"; return 0; }
   go_env
@@ -112,6 +116,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 EOF
   with_progress "kubernetes $K8S_VERSION: go mod tidy (downloads ~1 GB of modules on a cold cache)" go mod tidy
@@ -213,30 +218,51 @@ fetch_policyreport() {
 }
 
 # ------------------------------------------------------------------ pki ----
-pki() {
-  [[ -f $PKI/admin.crt && -f $RUN_DIR/kubeconfig ]] && return 0
-  mkdir -p "$PKI"
-  (
-    cd "$PKI"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
-      -subj "/CN=moat-local-ca" 2>/dev/null
-    local svc_ip
-    svc_ip=$(python3 -c "import ipaddress,sys;print(next(ipaddress.ip_network(sys.argv[1]).hosts()))" "$SERVICE_CIDR")
-    sign() { # name subject ext
-      openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
-      printf '%b' "$3" > "$1.ext"
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" \
-        -days 3650 -extfile "$1.ext" 2>/dev/null
-      rm -f "$1.csr" "$1.ext"
-    }
-    sign apiserver "/CN=kube-apiserver" \
-      "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:$svc_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-    sign admin "/O=system:masters/CN=kubernetes-admin" \
+# The real node's bridge address (hack/local-node.sh): pods reach the apiserver through a TCP forwarder
+# on it, so the serving certificate names it too.
+NODE_BRIDGE_IP=10.88.0.1
+APISERVER_KUBELET_CLIENT_USER=moat-local:apiserver-kubelet-client
+
+pki_sign() { # path-prefix subject ext: key + certificate signed by the cluster CA
+  openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+  printf '%b' "$3" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -CAserial "$PKI/ca.srl" -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
+  rm -f "$1.csr" "$1.ext"; chmod 600 "$1.key"
+}
+
+sign_apiserver() {
+  local svc_ip
+  svc_ip=$(python3 -c "import ipaddress,sys;print(next(ipaddress.ip_network(sys.argv[1]).hosts()))" "$SERVICE_CIDR")
+  pki_sign "$PKI/apiserver" "/CN=kube-apiserver" \
+    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:$svc_ip,IP:$NODE_BRIDGE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+}
+
+# Pieces added for the real node, also into a run dir made before it existed: the apiserver's serving
+# certificate gains the bridge IP (kube-apiserver reloads the files by itself), and the apiserver gets a
+# client certificate for kubelets (kubectl logs/exec), bound to system:kubelet-api-admin in `up`.
+pki_node_pieces() {
+  if ! openssl x509 -in "$PKI/apiserver.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$NODE_BRIDGE_IP\b"; then
+    sign_apiserver
+  fi
+  if [[ ! -f $PKI/apiserver-kubelet-client.crt ]]; then
+    pki_sign "$PKI/apiserver-kubelet-client" "/CN=$APISERVER_KUBELET_CLIENT_USER" \
       "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
-    openssl genrsa -out sa.key 2048 2>/dev/null
-    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-    chmod 600 ./*.key
-  )
+  fi
+}
+
+pki() {
+  if [[ -f $PKI/admin.crt && -f $RUN_DIR/kubeconfig ]]; then pki_node_pieces; return 0; fi
+  mkdir -p "$PKI"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$PKI/ca.key" -out "$PKI/ca.crt" -days 3650 \
+    -subj "/CN=moat-local-ca" 2>/dev/null
+  sign_apiserver
+  pki_sign "$PKI/admin" "/O=system:masters/CN=kubernetes-admin" \
+    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
+  openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  chmod 600 "$PKI"/*.key
+  pki_node_pieces
   local b64ca b64crt b64key
   b64ca=$(base64 -w0 < "$PKI/ca.crt"); b64crt=$(base64 -w0 < "$PKI/admin.crt"); b64key=$(base64 -w0 < "$PKI/admin.key")
   # umask only for this file: a process-wide 077 would reach everything `up` starts (containerd then
@@ -262,7 +288,10 @@ EOF
 }
 
 # ------------------------------------------------------------ processes ----
-running() { [[ -f $RUN_DIR/$1.pid ]] && kill -0 "$(cat "$RUN_DIR/$1.pid")" 2>/dev/null; }
+# A process that exited stays a zombie until its parent (here mostly init) reaps it, and kill -0 still
+# succeeds on a zombie: look at its state instead, so `down` does not wait seconds for the dead.
+pid_alive() { local st; st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1); [[ -n $st && $st != Z ]]; }
+running() { [[ -f $RUN_DIR/$1.pid ]] && pid_alive "$(cat "$RUN_DIR/$1.pid")"; }
 
 start() { # name cmd...
   local name=$1; shift
@@ -326,8 +355,13 @@ up() {
     --authorization-mode=Node,RBAC --allow-privileged=true \
     --endpoint-reconciler-type=none --max-requests-inflight=1600 --max-mutating-requests-inflight=800 \
     --audit-policy-file="$RUN_DIR/audit-policy.yaml" --audit-log-path="$RUN_DIR/audit.log" \
-    --audit-log-maxsize=200 --audit-log-maxbackup=3 --audit-log-mode=blocking
+    --audit-log-maxsize=200 --audit-log-maxbackup=3 --audit-log-mode=blocking \
+    --kubelet-preferred-address-types=InternalIP,Hostname --kubelet-certificate-authority="$PKI/ca.crt" \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
   wait_for kube-apiserver 120 curl_api /readyz
+  # kubelets authorize the apiserver's calls (logs, exec, port-forward) by webhook: allow its client user.
+  kubectl_local create clusterrolebinding moat-local:apiserver-kubelet-api-admin --clusterrole=system:kubelet-api-admin \
+    --user="$APISERVER_KUBELET_CLIENT_USER" --dry-run=client -o yaml | kubectl_local apply -f - >/dev/null
 
   start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
     --kubeconfig="$RUN_DIR/kubeconfig" --bind-address=127.0.0.1 --secure-port="$KCM_PORT" \
@@ -353,7 +387,9 @@ up() {
   wait_nodes_ready "$KWOK_NODES"
   wait_default_sa
   UP_IN_PROGRESS=false
-  log "cluster up: export KUBECONFIG=$RUN_DIR/kubeconfig (kubectl: $BIN_DIR/kubectl)"
+  log "control plane up: export KUBECONFIG=$RUN_DIR/kubeconfig (kubectl: $BIN_DIR/kubectl)"
+  # The real node has its own clean-up on failure; the control plane stays up either way.
+  if [[ ${MOAT_REAL_NODE:-1} != 0 ]]; then bash "$NODE_SCRIPT" up; fi
 }
 
 nodes() {
@@ -401,7 +437,7 @@ stop_all() { # [names...] stops processes (default: all) in reverse start order;
     [[ -f $RUN_DIR/$name.pid ]] || continue
     pid=$(cat "$RUN_DIR/$name.pid")
     if kill "$pid" 2>/dev/null; then
-      for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+      for _ in $(seq 60); do pid_alive "$pid" || break; sleep 0.25; done
       kill -9 "$pid" 2>/dev/null || true
       log "stopped $name (pid $pid)"
     fi
@@ -410,6 +446,10 @@ stop_all() { # [names...] stops processes (default: all) in reverse start order;
 }
 
 down() {
+  # The node first: it drains its pods through the apiserver and removes its host state.
+  if [[ -d $RUN_DIR/node ]] || ip link show moatbr0 >/dev/null 2>&1; then
+    bash "$NODE_SCRIPT" down || log "WARNING: the real node's down failed (see above); stopping the control plane anyway"
+  fi
   stop_all
   if [[ ${KEEP_LOCAL_CLUSTER:-} != 1 ]]; then rm -rf "$RUN_DIR"; fi
 }
@@ -419,20 +459,26 @@ status() {
   for name in "${COMPONENTS[@]}"; do
     if running "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
   done
+  if [[ -d $RUN_DIR/node ]]; then bash "$NODE_SCRIPT" status; fi
 }
 
-case ${1:-} in
-  build) shift
-         case ${1:-all} in
-           k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;; policyreport) fetch_policyreport;;
-           all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport;;
-           *) die "unknown build target ${1:-}";;
-         esac;;
-  up) up;;
-  down) down;;
-  status) status;;
-  env) echo "export KUBECONFIG=$RUN_DIR/kubeconfig PATH=$BIN_DIR:\$PATH";;
-  bin-dir) echo "$BIN_DIR";;
-  policyreport-crd) echo "$POLICYREPORT_CRD";;
-  *) sed -n '2,16p' "$0"; exit 2;;
-esac
+NODE_SCRIPT=$REPO/hack/local-node.sh
+# hack/local-node.sh sources this file for its helpers and settings; only a direct run dispatches.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  case ${1:-} in
+    build) shift
+           case ${1:-all} in
+             k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;; policyreport) fetch_policyreport;;
+             node) bash "$NODE_SCRIPT" build;;
+             all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport; bash "$NODE_SCRIPT" build;;
+             *) die "unknown build target ${1:-}";;
+           esac;;
+    up) up;;
+    down) down;;
+    status) status;;
+    env) echo "export KUBECONFIG=$RUN_DIR/kubeconfig PATH=$BIN_DIR:\$PATH";;
+    bin-dir) echo "$BIN_DIR";;
+    policyreport-crd) echo "$POLICYREPORT_CRD";;
+    *) sed -n '2,18p' "$0"; exit 2;;
+  esac
+fi
