@@ -9,11 +9,11 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 
-use crate::build::Password;
-use crate::build::broker::{Existing, PasswordLookup, PlanInput, UserView, Verdict, plan};
 use crate::crd::{AclAccess, AclRule, GoDuration, MqttAcl, MqttBrokerSpec, MqttUser};
 use crate::model::BrokerModel;
 use crate::model::tests::minimal_spec;
+use crate::plan::Password;
+use crate::plan::broker::{Cred, Existing, PasswordLookup, PlanInput, UserView, Verdict, deny_all_rules, plan};
 use crate::render::config::{ConfigPaths, ListenerOverrides, render};
 
 fn cases() -> ProptestConfig {
@@ -175,6 +175,7 @@ proptest! {
         let views: Vec<UserView> = objects.iter().zip(&users).map(|(u, (_, pw, generated))| UserView {
             user: u,
             password: PasswordLookup::Found { password: Password(pw.clone()), generated: *generated },
+            password_revision: None,
             certificate: None,
         }).collect();
         let access = [AclAccess::Read, AclAccess::Write, AclAccess::ReadWrite, AclAccess::Deny];
@@ -198,8 +199,8 @@ proptest! {
             extra_ips: &[],
             now: "2026-02-01T00:00:00Z".parse().unwrap(),
         }).unwrap();
-        let in_effect: BTreeSet<String> = p.verdicts.values().filter_map(|v| match v {
-            Verdict::InEffect { username, password: true, .. } => Some(username.clone()),
+        let in_effect: BTreeSet<String> = p.verdicts.values().filter_map(|o| match &o.verdict {
+            Verdict::Holder(h) if h.password == Cred::InEffect => Some(h.username.clone()),
             _ => None,
         }).collect();
         let passwd: String = p.shards.iter().map(|s| s.passwd.as_str()).collect();
@@ -216,11 +217,15 @@ proptest! {
                 }
             }
         }
-        let acl_parsed = crate::render::acl::parse(&p.acl_text).unwrap();
+        let acl_parsed = crate::render::acl::parse(&p.acl_text()).unwrap();
         prop_assert!(acl_parsed.anonymous.is_empty(), "rules for anonymous clients");
         let outcome = &p.acls[0];
         if outcome.invalid.is_some() {
-            prop_assert!(acl_parsed.users.is_empty() && acl_parsed.patterns.is_empty(), "an invalid ACL reached the file");
+            // invalid means closed: nothing of it reaches the file, the users it lists get nothing
+            prop_assert!(acl_parsed.patterns.is_empty(), "an invalid ACL reached the file");
+            for rules in acl_parsed.users.values() {
+                prop_assert_eq!(rules, &deny_all_rules());
+            }
         } else if all_users {
             prop_assert_eq!(acl_parsed.patterns.len(), rules.iter().map(|r| (r.0.clone(), r.1)).collect::<BTreeSet<_>>().len());
         } else {

@@ -6,7 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
-pub mod build;
 pub mod compliance;
 pub mod controller;
 pub mod crd;
@@ -18,6 +17,7 @@ pub mod names;
 pub mod offline;
 pub mod operator;
 pub mod pki;
+pub mod plan;
 pub mod probe;
 pub mod render;
 pub mod telemetry;

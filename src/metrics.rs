@@ -93,6 +93,9 @@ pub struct Metrics {
     pub writes: Family<WriteLabels, Counter>,
     /// Drift found and repaired, by kind of object.
     pub drift_repaired: Family<KindLabels, Counter>,
+    /// nextUpdate of each broker's CRL (Unix seconds): certificate clients stop working then
+    /// unless moat re-signs it.
+    pub crl_next_update: Family<BrokerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -109,6 +112,7 @@ impl Default for Metrics {
             certificates_issued: Family::default(),
             writes: Family::default(),
             drift_repaired: Family::default(),
+            crl_next_update: Family::default(),
         }
     }
 }
@@ -143,6 +147,11 @@ impl Metrics {
             "drift_repaired",
             "Managed objects found changed outside moat and repaired",
             self.drift_repaired.clone(),
+        );
+        r.register(
+            "crl_next_update_timestamp_seconds",
+            "nextUpdate of the broker's CRL (certificate clients are refused after it unless re-signed)",
+            self.crl_next_update.clone(),
         );
     }
 

@@ -35,17 +35,32 @@ pub fn tls_secret(broker: &str) -> String {
 pub fn config_secret(broker: &str) -> String {
     format!("{broker}-config")
 }
-/// Secret with the ACL file.
-pub fn acl_secret(broker: &str) -> String {
+/// The single ACL Secret of moat versions before the ACL file was sharded (deleted when found).
+pub fn legacy_acl_secret(broker: &str) -> String {
     format!("{broker}-acl")
+}
+/// Part `n` of the ACL file.
+pub fn acl_secret(broker: &str, n: usize) -> String {
+    format!("{broker}-acl-{n}")
 }
 /// Shard `n` of the password file.
 pub fn passwd_secret(broker: &str, n: usize) -> String {
     format!("{broker}-passwd-{n}")
 }
+/// Part `n` of the certificate ledger (never mounted).
+pub fn ledger_secret(broker: &str, n: usize) -> String {
+    format!("{broker}-certs-{n}")
+}
 /// The shard number of a [`passwd_secret`] name of `broker`.
 pub fn passwd_shard_index(broker: &str, secret: &str) -> Option<usize> {
-    secret.strip_prefix(broker)?.strip_prefix("-passwd-")?.parse().ok()
+    part_index(broker, "passwd", secret)
+}
+/// The part number of a sharded Secret `<broker>-<what>-<n>` (`what` = `passwd`, `acl`, `certs`).
+pub fn part_index(broker: &str, what: &str, secret: &str) -> Option<usize> {
+    let n = secret.strip_prefix(broker)?.strip_prefix('-')?.strip_prefix(what)?.strip_prefix('-')?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && (n == "0" || !n.starts_with('0')))
+        .then(|| n.parse().ok())
+        .flatten()
 }
 /// The broker's default-deny NetworkPolicy.
 pub fn default_deny_policy(broker: &str) -> String {
@@ -98,5 +113,9 @@ mod tests {
         assert_eq!(passwd_shard_index("plant", &passwd_secret("plant-b", 1)), None);
         assert_eq!(passwd_shard_index("plant-b", "plant-b-acl"), None);
         assert_eq!(passwd_shard_index("plant-b", "plant-b-passwd-x"), None);
+        assert_eq!(passwd_shard_index("plant-b", "plant-b-passwd-01"), None);
+        assert_eq!(part_index("plant-b", "acl", &acl_secret("plant-b", 3)), Some(3));
+        assert_eq!(part_index("plant-b", "certs", &ledger_secret("plant-b", 0)), Some(0));
+        assert_eq!(part_index("plant", "acl", &acl_secret("plant-b", 3)), None);
     }
 }

@@ -16,16 +16,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use serde::Serialize;
 
-use crate::build::broker::{Existing, PasswordLookup, PlanInput, UserView, plan};
-use crate::build::user::{
-    StoredCredentials, certificate_data, client_certificate, credentials_data, generated_password,
-};
-use crate::build::{Password, objects};
 use crate::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
 use crate::model::BrokerModel;
 use crate::names;
+use crate::plan::broker::{Existing, PasswordLookup, PlanInput, UserView, plan};
+use crate::plan::user::{StoredCredentials, credentials_data, generated_password};
+use crate::plan::{Password, objects};
 use crate::render::config::{ConfigPaths, ListenerOverrides};
-use crate::render::{network, workload};
+use crate::render::network;
 
 /// Command-line options of `moat render`.
 #[derive(clap::Args, Clone, Debug)]
@@ -170,11 +168,13 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let in_pod = ConfigPaths::in_pod();
     let no_overrides = ListenerOverrides::default();
 
-    // Pass 1 creates the CA; client certificates are issued from it; pass 2 sees them (as the
-    // controllers would over two reconciles) and reuses every hash and key of pass 1.
-    let views: Vec<UserView> =
-        users.iter().map(|u| UserView { user: u, password: lookup(u), certificate: None }).collect();
-    let first = plan(PlanInput {
+    // One plan, as a first reconcile makes it: the CA, the server certificate, every client
+    // certificate (the plan is their only issuer), the password and ACL files.
+    let views: Vec<UserView> = users
+        .iter()
+        .map(|u| UserView { user: u, password: lookup(u), password_revision: None, certificate: None })
+        .collect();
+    let plan = plan(PlanInput {
         model: &model,
         users: &views,
         acls: &acls,
@@ -184,65 +184,53 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         extra_ips: &extra_ips,
         now,
     })?;
-    let mut certs: BTreeMap<String, crate::pki::Issued> = BTreeMap::new();
-    for u in &users {
-        if let Some(c) = &u.spec.authentication.certificate
-            && let Ok(username) = crate::validate::user_spec(&u.name_any(), &u.spec)
-        {
-            let validity = c.validity.parse().map_err(anyhow::Error::msg)?;
-            let renew = c.renew_before.parse().map_err(anyhow::Error::msg)?;
-            certs.insert(u.name_any(), client_certificate(&username, None, &first.ca, validity, renew, now)?.issued);
-        }
-    }
-    let views: Vec<UserView> = users
-        .iter()
-        .map(|u| UserView { user: u, password: lookup(u), certificate: certs.get(&u.name_any()).cloned() })
-        .collect();
-    let existing = first.to_existing()?;
-    let plan = plan(PlanInput {
-        model: &model,
-        users: &views,
-        acls: &acls,
-        existing,
-        paths: &in_pod,
-        overrides: &no_overrides,
-        extra_ips: &extra_ips,
-        now,
-    })?;
 
     // Everything moat would apply.
+    let valid_firewalls: Vec<&crate::crd::MqttFirewallSpec> = firewalls
+        .iter()
+        .map(|f| {
+            crate::validate::firewall_spec(&f.spec)
+                .map_err(|e| anyhow::anyhow!("MqttFirewall {}: {e}", f.name_any()))?;
+            Ok(&f.spec)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let operator = crate::controller::Config::default().operator;
+    let objs = objects::broker_objects(
+        &model,
+        &plan,
+        &objects::ObjectInputs {
+            agent_image: &args.agent_image,
+            version: &model.spec.version,
+            partition: 0,
+            firewalls: &valid_firewalls,
+            operator: &operator,
+        },
+    )?;
     let mut docs: Vec<serde_json::Value> = vec![];
     let mut push = |v: &dyn erased::Json| docs.push(v.json());
-    for s in objects::broker_secrets(&model, &plan, None) {
-        push(&s);
+    for s in &objs.secrets {
+        push(s);
     }
-    push(&objects::ca_bundle(&model, &plan, None));
-    let slots = workload::passwd_slots(plan.shards.len());
-    let params = workload::WorkloadParams {
-        agent_image: args.agent_image.clone(),
-        version: model.spec.version.clone(),
-        partition: 0,
-        restart_hash: plan.config.restart_hash.clone(),
-        passwd_slots: slots,
-    };
-    push(&workload::service_account(&model));
-    push(&workload::statefulset(&model, &params));
-    if let Some(pdb) = workload::pod_disruption_budget(&model) {
-        push(&pdb);
+    push(&objs.ca_bundle);
+    push(&objs.service_account);
+    push(&objs.statefulset);
+    if let Some(pdb) = &objs.pdb {
+        push(pdb);
     }
-    let ranges = network::load_balancer_source_ranges(firewalls.iter().map(|f| &f.spec));
-    push(&network::service(&model, &ranges));
-    push(&network::headless_service(&model));
-    push(&network::default_deny(&model));
-    if model.spec.security.active_probe {
-        push(&network::probe_policy(&model, &crate::controller::Config::default().operator));
+    push(&objs.service);
+    push(&objs.headless);
+    push(&objs.default_deny);
+    if let Some(p) = &objs.probe_policy {
+        push(p);
     }
     for f in &firewalls {
-        crate::validate::firewall_spec(&f.spec).map_err(|e| anyhow::anyhow!("MqttFirewall {}: {e}", f.name_any()))?;
         push(
             &network::firewall_policy(&model, &f.name_any(), &f.spec)
                 .map_err(|e| anyhow::anyhow!("MqttFirewall {}: {e}", f.name_any()))?,
         );
+    }
+    for s in objs.user_secrets.values() {
+        push(s);
     }
 
     let bundle = args.out.join("bundle");
@@ -259,31 +247,21 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
                 "credentials",
                 credentials_data(&model, &username, p),
                 BTreeMap::new(),
-                None,
             ));
             write(&dir.join("password"), &p.0, true)?;
         }
-        if let Some(c) = certs.get(&name) {
-            push(&objects::user_secret(
-                &model,
-                &name,
-                names::certificate_secret(&name),
-                "client-certificate",
-                certificate_data(&model, c, &plan.ca),
-                BTreeMap::new(),
-                None,
-            ));
-            write(&dir.join("tls.crt"), &c.cert_pem, false)?;
-            write(&dir.join("tls.key"), &c.key_pem, true)?;
+        if let Some(c) = plan.client_certs.get(&name) {
+            write(&dir.join("tls.crt"), &c.issued.cert_pem, false)?;
+            write(&dir.join("tls.key"), &c.issued.key_pem, true)?;
             write(&dir.join("ca.crt"), &plan.ca.trust_bundle(), false)?;
         }
         if dir.exists() {
             write(&dir.join("username"), &username, false)?;
         }
     }
-    for (name, verdict) in &plan.verdicts {
-        if !matches!(verdict, crate::build::broker::Verdict::InEffect { .. }) {
-            eprintln!("warning: MqttUser {name} is not in effect: {verdict:?}");
+    for (name, outcome) in &plan.verdicts {
+        if outcome.verdict.in_effect().is_none() {
+            eprintln!("warning: MqttUser {name} is not in effect: {:?}", outcome.verdict);
         }
     }
     for a in plan.acls.iter().filter(|a| a.invalid.is_some() || !a.pending_users.is_empty()) {
@@ -295,7 +273,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     write(&bundle.join("mosquitto.conf"), &conf.text, false)?;
     let passwd: String = plan.shards.iter().map(|s| s.passwd.as_str()).collect();
     write(&bundle.join("passwd"), &passwd, true)?;
-    write(&bundle.join("acl"), &plan.acl_text, true)?;
+    write(&bundle.join("acl"), &plan.acl_text(), true)?;
     write(&bundle.join("tls/tls.crt"), &plan.server.cert_pem, false)?;
     write(&bundle.join("tls/tls.key"), &plan.server.key_pem, true)?;
     write(&bundle.join("tls/ca.crt"), &plan.ca.trust_bundle(), false)?;

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 /// Command-line options of `moat agent`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
-    /// Directory with the mounted Secrets (`config/`, `tls/`, `acl/`, `passwd/<n>/`).
+    /// Directory with the mounted Secrets (`config/`, `tls/`, `acl/<n>/`, `passwd/<n>/`).
     #[arg(long, default_value = crate::render::SECRETS_DIR)]
     pub source: PathBuf,
     /// Directory Mosquitto reads its files from (an emptyDir).
@@ -122,7 +122,7 @@ pub fn collect(source: &Path) -> Result<FileSet, Refused> {
     validate_config(&conf)?;
     files.insert("mosquitto.conf".to_string(), conf.into_bytes());
 
-    let acl = text(&need("acl/acl")?, "acl")?;
+    let acl = assemble_acl(&source.join("acl"))?;
     crate::render::acl::parse(&acl).map_err(|e| Refused::Acl(e.to_string()))?;
     files.insert("acl".to_string(), acl.into_bytes());
 
@@ -194,11 +194,12 @@ pub fn pem_blocks(text: &str, label: &str) -> Vec<String> {
     out
 }
 
-fn assemble_passwd(dir: &Path) -> Result<String, Refused> {
-    let mut shards = vec![];
+/// `(manifest, text)` of every present slot `<dir>/<n>/` (a projected volume of optional Secrets),
+/// in slot order.
+fn read_parts(dir: &Path, key: &str) -> Result<Vec<(String, String)>, Refused> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Refused::Missing("passwd/".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Refused::Missing(format!("{key}/"))),
         Err(e) => return Err(Refused::Io(dir.display().to_string(), e)),
     };
     let mut slots: Vec<(usize, PathBuf)> = entries
@@ -206,15 +207,22 @@ fn assemble_passwd(dir: &Path) -> Result<String, Refused> {
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<usize>().ok()).map(|n| (n, e.path())))
         .collect();
     slots.sort();
+    let mut parts = vec![];
     for (_, path) in slots {
-        let manifest = read(&path.join("manifest"))?;
-        let passwd = read(&path.join("passwd"))?;
-        if let (Some(m), Some(p)) = (manifest, passwd) {
-            shards.push((text(&m, "manifest")?, text(&p, "passwd")?));
+        if let (Some(m), Some(t)) = (read(&path.join("manifest"))?, read(&path.join(key))?) {
+            parts.push((text(&m, "manifest")?, text(&t, key)?));
         }
     }
+    Ok(parts)
+}
+
+fn assemble_passwd(dir: &Path) -> Result<String, Refused> {
     // (assemble_shards also parses the assembled file as Mosquitto would)
-    crate::render::passwd::assemble_shards(&shards).map_err(|e| Refused::Passwd(e.to_string()))
+    crate::render::passwd::assemble_shards(&read_parts(dir, "passwd")?).map_err(|e| Refused::Passwd(e.to_string()))
+}
+
+fn assemble_acl(dir: &Path) -> Result<String, Refused> {
+    crate::render::shard::join(&read_parts(dir, "acl")?).map_err(|e| Refused::Acl(e.to_string()))
 }
 
 /// Writes the files that differ from what `target` holds (write to a temporary file, then rename,

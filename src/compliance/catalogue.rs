@@ -49,7 +49,9 @@ checks! {
     "MOAT-TLS-005", Encryption, High, "The live broker refuses TLS 1.0/1.1 and serves a certificate from moat's CA (active probe)",
         "The running broker does not serve what moat rendered: check that the agent installed the files (its logs) and that the pods are up to date.";
     "MOAT-TLS-006", Encryption, Medium, "Certificate listeners check revocations (CRL)",
-        "Certificate listeners must carry a crlfile so deleted users' certificates are refused; let moat render the listener.";
+        "Certificate listeners must be MQTT listeners with a crlfile so deleted users' certificates are refused (Mosquitto loads no CRL on WebSockets listeners); let moat render the listener.";
+    "MOAT-TLS-007", Encryption, High, "The CRL is current (not within a day of its nextUpdate)",
+        "moat re-signs the CRL two days before it expires; if this fails the operator is not running or cannot write the broker's TLS Secret: restore it before the CRL expires, or every client certificate is refused.";
     // broker: acl
     "MOAT-ACL-001", Acl, Critical, "An ACL file is configured and valid (default deny)",
         "moat always configures acl_file; Mosquitto without one allows every topic. Let moat repair the config and ACL Secrets.";
@@ -76,7 +78,7 @@ checks! {
         "Do not add ports to the broker Service; add listeners to spec.listeners instead.";
     // broker: firewall
     "MOAT-FW-001", Firewall, High, "A default-deny NetworkPolicy isolates the broker pods",
-        "moat recreates <broker>-default-deny; make sure your CNI enforces NetworkPolicies.";
+        "moat recreates <broker>-default-deny; delete (or narrow the podSelector of) other NetworkPolicies that select the broker pods and admit ingress — use an MqttFirewall instead; make sure your CNI enforces NetworkPolicies.";
     "MOAT-FW-002", Firewall, High, "No firewall opens the broker to the public internet",
         "Replace public CIDRs with the networks that need access and drop allowPublicInternet.";
     "MOAT-FW-003", Firewall, High, "A LoadBalancer Service only admits the firewall's CIDRs",

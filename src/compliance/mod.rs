@@ -16,6 +16,7 @@ pub use catalogue::{CATALOGUE, CheckDef, def};
 pub use facts::*;
 
 use crate::crd::{CheckResult, ComplianceCheck, ComplianceStatus, Measure};
+use crate::plan::broker::RiskyGrant;
 
 /// Link to the guide section of a measure.
 pub fn guide_link(measure: Measure) -> String {
@@ -132,7 +133,7 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         format!("all {} listener(s) require a password or a client certificate", f.model.spec.listeners.len()),
         "a listener does not require authentication",
     ));
-    out.push(probe_finding("MOAT-AUTH-003", f.probe.as_ref(), |p| &p.anonymous_refused, "anonymous MQTT CONNECT"));
+    out.push(live_finding("MOAT-AUTH-003", f.probes.as_deref(), |p| vec![&p.anonymous_refused]));
     out.push(Finding::check(
         "MOAT-AUTH-004",
         f.model.spec.security.use_username_as_client_id,
@@ -175,23 +176,9 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
             cert_finding("MOAT-TLS-004", "CA certificate", ca.as_ref(), f.model.durations.ca_renew_before, f.now, None)
         }
     });
-    out.push(match &f.probe {
-        None => Finding::unknown(
-            "MOAT-TLS-005",
-            "active probe not run (disabled or broker not reachable from the operator)",
-        ),
-        Some(p) if !p.reachable => Finding::unknown("MOAT-TLS-005", "broker endpoint not reachable from the operator"),
-        Some(p) => match (&p.legacy_tls_refused, &p.chain_trusted) {
-            (crate::probe::Outcome::Pass(_), crate::probe::Outcome::Pass(_)) => {
-                Finding::pass("MOAT-TLS-005", "TLS 1.0/1.1 refused; served chain verifies against moat's CA")
-            }
-            (crate::probe::Outcome::Fail(m), _) | (_, crate::probe::Outcome::Fail(m)) => {
-                Finding::fail("MOAT-TLS-005", m.clone())
-            }
-            (a, b) => Finding::unknown("MOAT-TLS-005", format!("{}; {}", a.message(), b.message())),
-        },
-    });
+    out.push(live_finding("MOAT-TLS-005", f.probes.as_deref(), |p| vec![&p.legacy_tls_refused, &p.chain_trusted]));
     out.push(revocation_finding(conf, f.model));
+    out.push(crl_finding(f.crl_next_update, f.model.has_certificate_listener(), f.now));
 
     // --- acl
     out.push(match (&conf, &f.acl_file) {
@@ -202,14 +189,9 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         (Some(_), None) => Finding::fail("MOAT-ACL-001", "no applied ACL file"),
         _ => Finding::fail("MOAT-ACL-001", "mosquitto.conf sets no acl_file (Mosquitto would allow everything)"),
     });
-    let (hash_write, sys) = crate::build::broker::split_risky_grants(&f.acl_warnings);
-    out.push(Finding::check(
-        "MOAT-ACL-002",
-        hash_write.is_empty(),
-        "no rule grants write access to '#'",
-        join_msgs(&hash_write),
-    ));
-    out.push(Finding::check("MOAT-ACL-003", sys.is_empty(), "$SYS is not granted broadly", join_msgs(&sys)));
+    let (hash_write, sys) = split_grants(f.acl_warnings.iter().map(|(acl, g)| (Some(acl.as_str()), g)));
+    out.push(Finding::check("MOAT-ACL-002", hash_write.is_empty(), "no rule grants write access to '#'", hash_write));
+    out.push(Finding::check("MOAT-ACL-003", sys.is_empty(), "$SYS is not granted broadly", sys));
     out.push(Finding::check(
         "MOAT-ACL-004",
         f.acls_invalid.is_empty(),
@@ -280,12 +262,20 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
     ));
 
     // --- firewall
-    out.push(Finding::check(
-        "MOAT-FW-001",
-        f.default_deny_ok,
-        "a default-deny NetworkPolicy isolates the broker pods (ingress and egress)",
-        "the default-deny NetworkPolicy is missing or does not select the broker pods",
-    ));
+    out.push(match (f.default_deny_ok, f.open_policies.is_empty()) {
+        (false, _) => Finding::fail("MOAT-FW-001", "the default-deny NetworkPolicy is missing or does not select the broker pods"),
+        (true, false) => Finding::fail(
+            "MOAT-FW-001",
+            format!(
+                "NetworkPolicies not made by moat admit ingress to the broker pods (policies add up, so they open the broker): {}",
+                f.open_policies.join(", ")
+            ),
+        ),
+        (true, true) => Finding::pass(
+            "MOAT-FW-001",
+            "a default-deny NetworkPolicy isolates the broker pods and no other policy admits ingress to them",
+        ),
+    });
     out.push(Finding::check(
         "MOAT-FW-002",
         f.public_firewalls.is_empty(),
@@ -385,29 +375,76 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
     to_checks(out)
 }
 
-fn join_msgs(v: &[&String]) -> String {
-    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("; ")
+/// Risky grants (each with the ACL that makes it, if known) as the messages of the write-to-`#`
+/// and the broad-`$SYS` checks.
+fn split_grants<'a>(grants: impl Iterator<Item = (Option<&'a str>, &'a RiskyGrant)>) -> (String, String) {
+    let (mut hash, mut sys) = (vec![], vec![]);
+    for (acl, g) in grants {
+        let text = match acl {
+            Some(a) => format!("{a}: {g}"),
+            None => g.to_string(),
+        };
+        match g {
+            RiskyGrant::WriteAll { .. } => hash.push(text),
+            RiskyGrant::BroadSys { .. } => sys.push(text),
+        }
+    }
+    (hash.join("; "), sys.join("; "))
 }
 
-fn probe_finding(
+/// A live check over every broker pod: failing on any pod fails (naming it), passing needs every
+/// pod to pass; no pod probed, an unreachable pod or an ambiguous answer is Unknown, never a pass.
+fn live_finding(
     id: &'static str,
-    probe: Option<&crate::probe::ProbeReport>,
-    pick: impl Fn(&crate::probe::ProbeReport) -> &crate::probe::Outcome,
-    what: &str,
+    probes: Option<&[LiveProbe]>,
+    pick: impl Fn(&LiveProbe) -> Vec<&Observation>,
 ) -> Finding {
-    match probe {
-        None => Finding::unknown(
-            id,
-            format!("{what}: active probe not run (disabled or broker not reachable from the operator)"),
-        ),
-        Some(p) if !p.reachable => {
-            Finding::unknown(id, format!("{what}: broker endpoint not reachable from the operator"))
+    let Some(probes) = probes else {
+        return Finding::unknown(id, "active probe not run at this audit (disabled, or no audit yet)");
+    };
+    if probes.is_empty() {
+        return Finding::unknown(id, "no broker pod to probe (none running with an IP)");
+    }
+    let mut fails = vec![];
+    let mut unknown = vec![];
+    let mut passes = vec![];
+    for p in probes {
+        if !p.reachable {
+            unknown.push(format!("{}: not reachable from the operator", p.pod));
+            continue;
         }
-        Some(p) => match pick(p) {
-            crate::probe::Outcome::Pass(m) => Finding::pass(id, format!("{what}: {m}")),
-            crate::probe::Outcome::Fail(m) => Finding::fail(id, format!("{what}: {m}")),
-            crate::probe::Outcome::Unknown(m) => Finding::unknown(id, format!("{what}: {m}")),
-        },
+        for o in pick(p) {
+            match o {
+                Observation::Pass(m) => passes.push(format!("{}: {m}", p.pod)),
+                Observation::Fail(m) => fails.push(format!("{}: {m}", p.pod)),
+                Observation::Unknown(m) => unknown.push(format!("{}: {m}", p.pod)),
+            }
+        }
+    }
+    if !fails.is_empty() {
+        Finding::fail(id, fails.join("; "))
+    } else if !unknown.is_empty() {
+        Finding::unknown(id, unknown.join("; "))
+    } else {
+        Finding::pass(id, format!("{} pod(s): {}", probes.len(), passes.join("; ")))
+    }
+}
+
+/// MOAT-TLS-007: the CRL is not about to expire (OpenSSL refuses every client certificate once it
+/// has; moat re-signs it two days before its nextUpdate, so less than a day left means moat failed).
+fn crl_finding(next_update: Option<jiff::Timestamp>, needed: bool, now: jiff::Timestamp) -> Finding {
+    let day = jiff::SignedDuration::from_hours(24);
+    match next_update {
+        _ if !needed => Finding::pass("MOAT-TLS-007", "no certificate listener: no CRL in use"),
+        None => Finding::fail("MOAT-TLS-007", "the applied CRL has no nextUpdate or cannot be read"),
+        Some(t) if t <= now => {
+            Finding::fail("MOAT-TLS-007", format!("the CRL expired at {t}: every client certificate is refused"))
+        }
+        Some(t) if now.checked_add(day).is_ok_and(|soon| t <= soon) => Finding::fail(
+            "MOAT-TLS-007",
+            format!("the CRL expires at {t} and was not re-signed (it should have been two days before)"),
+        ),
+        Some(t) => Finding::pass("MOAT-TLS-007", format!("the CRL is current until {t}")),
     }
 }
 
@@ -515,16 +552,12 @@ fn revocation_finding(conf: Option<&str>, model: &crate::model::BrokerModel) -> 
 pub fn evaluate_user(f: &UserFacts) -> Vec<ComplianceCheck> {
     let mut out = vec![];
     if f.password_auth {
-        out.push(match &f.weak_password {
-            None => Finding::pass(
-                "MOAT-USR-001",
-                if f.generated {
-                    "password generated by moat"
-                } else {
-                    "brought password satisfies the broker's policy"
-                },
-            ),
-            Some(reason) => Finding::fail("MOAT-USR-001", format!("password refused: {reason}")),
+        out.push(match (f.weak_password, f.generated) {
+            (true, _) => {
+                Finding::fail("MOAT-USR-001", "the brought password does not meet the broker's password policy")
+            }
+            (false, true) => Finding::pass("MOAT-USR-001", "password generated by moat"),
+            (false, false) => Finding::pass("MOAT-USR-001", "brought password satisfies the broker's policy"),
         });
         out.push(match (f.rotate_after, f.password_age) {
             (Some(max), Some(age)) if age > max => Finding::fail(
@@ -536,20 +569,25 @@ pub fn evaluate_user(f: &UserFacts) -> Vec<ComplianceCheck> {
         });
         out.push(Finding::check(
             "MOAT-USR-003",
-            f.reused_with.is_empty(),
+            !f.reused,
             "password not used by any other user of the broker",
-            format!("same password as: {}", f.reused_with.join(", ")),
+            "another user of the broker has the same password",
         ));
     }
     if f.certificate_auth {
-        out.push(cert_finding(
-            "MOAT-USR-004",
-            "client certificate",
-            f.certificate.as_ref(),
-            f.cert_renew_before,
-            f.now,
-            None,
-        ));
+        out.push(match f.certificate {
+            None => Finding::fail("MOAT-USR-004", "no client certificate is in effect"),
+            Some((not_after, _)) if not_after <= f.now => {
+                Finding::fail("MOAT-USR-004", format!("the client certificate expired at {not_after}"))
+            }
+            Some((_, renew_at)) if f.now > after_grace(renew_at) => Finding::fail(
+                "MOAT-USR-004",
+                format!("the client certificate is overdue for renewal (since {renew_at})"),
+            ),
+            Some((not_after, _)) => {
+                Finding::pass("MOAT-USR-004", format!("client certificate valid until {not_after}"))
+            }
+        });
     }
     out.push(Finding::check(
         "MOAT-USR-005",
@@ -560,12 +598,17 @@ pub fn evaluate_user(f: &UserFacts) -> Vec<ComplianceCheck> {
     to_checks(out)
 }
 
+/// A renewal is overdue once it is an hour late (moat renews at the renewal time itself).
+fn after_grace(t: jiff::Timestamp) -> jiff::Timestamp {
+    t.checked_add(jiff::SignedDuration::from_hours(1)).unwrap_or(t)
+}
+
 /// Evaluates the checks about one ACL.
 pub fn evaluate_acl(f: &AclFacts) -> Vec<ComplianceCheck> {
-    let (hash, sys) = crate::build::broker::split_risky_grants(&f.warnings);
+    let (hash, sys) = split_grants(f.warnings.iter().map(|g| (None, g)));
     to_checks(vec![
-        Finding::check("MOAT-ACL-101", hash.is_empty(), "no write access to '#'", join_msgs(&hash)),
-        Finding::check("MOAT-ACL-102", sys.is_empty(), "no broad $SYS access", join_msgs(&sys)),
+        Finding::check("MOAT-ACL-101", hash.is_empty(), "no write access to '#'", hash),
+        Finding::check("MOAT-ACL-102", sys.is_empty(), "no broad $SYS access", sys),
         Finding::check(
             "MOAT-ACL-103",
             f.pending_users.is_empty(),

@@ -7,7 +7,6 @@ use super::*;
 use crate::crd::{CheckResult, Measure};
 use crate::model::BrokerModel;
 use crate::model::tests::minimal_spec;
-use crate::probe::{Outcome, ProbeReport};
 
 fn now() -> jiff::Timestamp {
     "2026-06-01T00:00:00Z".parse().unwrap()
@@ -27,16 +26,13 @@ fn world() -> World {
     World { model, ca, server }
 }
 
-fn good_probe() -> ProbeReport {
-    ProbeReport {
+fn good_probe(pod: &str) -> LiveProbe {
+    LiveProbe {
+        pod: pod.into(),
         reachable: true,
-        legacy_tls_refused: Outcome::Pass("refused".into()),
-        modern_tls: Outcome::Pass("TLSv1.3".into()),
-        negotiated_version: Some("TLSv1.3".into()),
-        chain_trusted: Outcome::Pass("trusted".into()),
-        cert_serial: None,
-        cert_not_after: None,
-        anonymous_refused: Outcome::Pass("rc 5".into()),
+        legacy_tls_refused: Observation::Pass("refused".into()),
+        chain_trusted: Observation::Pass("trusted".into()),
+        anonymous_refused: Observation::Pass("rc 5".into()),
     }
 }
 
@@ -49,6 +45,8 @@ fn rendered_sts(model: &BrokerModel) -> k8s_openapi::api::apps::v1::StatefulSet 
             partition: 0,
             restart_hash: "x".into(),
             passwd_slots: 4,
+            acl_slots: 4,
+            sessions_epoch: None,
         },
     )
 }
@@ -69,7 +67,9 @@ fn good<'a>(w: &'a World) -> BrokerFacts<'a> {
         server_cert: crate::pki::inspect(&w.server.cert_pem).ok(),
         ca: crate::pki::inspect(&w.ca.cert_pem).ok(),
         ca_rollover_in_progress: false,
-        probe: Some(good_probe()),
+        probes: Some(vec![good_probe("plant-a-0")]),
+        open_policies: vec![],
+        crl_next_update: Some(now() + jiff::SignedDuration::from_hours(24 * 6)),
         acl_warnings: vec![],
         acls_invalid: vec![],
         acls_total: 0,
@@ -100,6 +100,14 @@ fn a_hardened_broker_passes_every_check() {
 }
 
 type Mutation = Box<dyn Fn(&mut BrokerFacts)>;
+
+fn write_all() -> crate::plan::broker::RiskyGrant {
+    crate::plan::broker::RiskyGrant::WriteAll { topic: "#".into(), access: crate::crd::AclAccess::Write }
+}
+
+fn broad_sys() -> crate::plan::broker::RiskyGrant {
+    crate::plan::broker::RiskyGrant::BroadSys { topic: "$SYS/#".into() }
+}
 
 /// One failing fixture per broker check.
 fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
@@ -149,7 +157,7 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
         ("MOAT-AUTH-002", replace("password_file", "#password_file")),
         (
             "MOAT-AUTH-003",
-            Box::new(|f| f.probe.as_mut().unwrap().anonymous_refused = Outcome::Fail("CONNACK rc 0".into())),
+            Box::new(|f| f.probes.as_mut().unwrap()[0].anonymous_refused = Observation::Fail("CONNACK rc 0".into())),
         ),
         (
             "MOAT-AUTH-004",
@@ -172,8 +180,27 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
         ("MOAT-TLS-003", Box::new(move |f| f.server_cert = expired.clone())),
         ("MOAT-TLS-004", Box::new(|f| f.ca = None)),
         (
+            "MOAT-TLS-007",
+            Box::new(|f| {
+                let mut m = f.model.clone();
+                m.spec.listeners[0].authentication = crate::crd::broker::ListenerAuthentication::Certificate;
+                f.model = Box::leak(Box::new(m));
+                f.config = Some(
+                    crate::render::config::render(
+                        f.model,
+                        &crate::render::config::ConfigPaths::in_pod(),
+                        &Default::default(),
+                    )
+                    .text,
+                );
+                f.crl_next_update = Some(now() + jiff::SignedDuration::from_hours(12));
+            }),
+        ),
+        (
             "MOAT-TLS-005",
-            Box::new(|f| f.probe.as_mut().unwrap().legacy_tls_refused = Outcome::Fail("TLS 1.1 accepted".into())),
+            Box::new(|f| {
+                f.probes.as_mut().unwrap()[0].legacy_tls_refused = Observation::Fail("TLS 1.1 accepted".into())
+            }),
         ),
         (
             "MOAT-TLS-006",
@@ -184,8 +211,8 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
             }),
         ),
         ("MOAT-ACL-001", Box::new(|f| f.acl_file = Some("bogus line\n".into()))),
-        ("MOAT-ACL-002", Box::new(|f| f.acl_warnings = vec!["a: rule '#' grants Write on '#'".into()])),
-        ("MOAT-ACL-003", Box::new(|f| f.acl_warnings = vec!["a: rule '$SYS/#' grants broad $SYS access".into()])),
+        ("MOAT-ACL-002", Box::new(|f| f.acl_warnings = vec![("a".into(), write_all())])),
+        ("MOAT-ACL-003", Box::new(|f| f.acl_warnings = vec![("a".into(), broad_sys())])),
         ("MOAT-ACL-004", Box::new(|f| f.acls_invalid = vec!["bad".into()])),
         ("MOAT-CFG-001", Box::new(move |f| f.pod = Some(weak_user.clone()))),
         ("MOAT-CFG-002", Box::new(move |f| f.pod = Some(rw.clone()))),
@@ -195,6 +222,7 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
         ("MOAT-CFG-006", Box::new(move |f| f.pod = Some(nores.clone()))),
         ("MOAT-CFG-007", Box::new(|f| f.extra_service_ports = vec!["debug".into()])),
         ("MOAT-FW-001", Box::new(|f| f.default_deny_ok = false)),
+        ("MOAT-FW-001", Box::new(|f| f.open_policies = vec!["allow-all".into()])),
         ("MOAT-FW-002", Box::new(|f| f.public_firewalls = vec!["open".into()])),
         ("MOAT-FW-003", Box::new(|f| f.load_balancer = Some(vec![]))),
         ("MOAT-MON-001", replace("connection_messages true", "connection_messages false")),
@@ -249,27 +277,35 @@ fn every_broker_check_fails_on_its_fixture_and_only_it() {
 fn unreachable_probe_is_unknown_never_a_pass() {
     let w = world();
     let mut f = good(&w);
-    f.probe = None;
+    f.probes = None;
     let checks = evaluate_broker(&f);
     for id in ["MOAT-AUTH-003", "MOAT-TLS-005"] {
         assert_eq!(result_of(&checks, id), CheckResult::Unknown);
         assert!(!checks.iter().find(|c| c.id == id).unwrap().passed);
     }
-    f.probe = Some(ProbeReport { reachable: false, ..good_probe() });
+    f.probes = Some(vec![]);
     assert_eq!(result_of(&evaluate_broker(&f), "MOAT-AUTH-003"), CheckResult::Unknown);
+    // one replica unreachable is not a pass for the broker, one failing replica fails it
+    f.probes = Some(vec![good_probe("plant-a-0"), LiveProbe { reachable: false, ..good_probe("plant-a-1") }]);
+    assert_eq!(result_of(&evaluate_broker(&f), "MOAT-AUTH-003"), CheckResult::Unknown);
+    let mut bad = good_probe("plant-a-2");
+    bad.anonymous_refused = Observation::Fail("CONNACK accepted".into());
+    f.probes = Some(vec![good_probe("plant-a-0"), bad]);
+    let checks = evaluate_broker(&f);
+    assert_eq!(result_of(&checks, "MOAT-AUTH-003"), CheckResult::Fail);
+    assert!(checks.iter().any(|c| c.id == "MOAT-AUTH-003" && c.message.contains("plant-a-2")));
 }
 
 fn good_user() -> UserFacts {
     UserFacts {
         password_auth: true,
         generated: true,
-        weak_password: None,
+        weak_password: false,
         rotate_after: Some(Duration::from_secs(3600)),
         password_age: Some(Duration::from_secs(60)),
-        reused_with: vec![],
+        reused: false,
         certificate_auth: false,
         certificate: None,
-        cert_renew_before: Duration::from_secs(3600),
         has_usable_listener: true,
         now: now(),
     }
@@ -277,36 +313,41 @@ fn good_user() -> UserFacts {
 
 #[test]
 fn user_checks_pass_and_fail() {
-    let w = world();
     assert!(evaluate_user(&good_user()).iter().all(|c| c.passed));
-    let client =
-        crate::pki::issue_client(&w.ca, "u", Duration::from_secs(7200), now() - jiff::SignedDuration::from_hours(3))
-            .unwrap();
+    let h = |n: i64| now() + jiff::SignedDuration::from_hours(n);
     type UserMutation = Box<dyn Fn(&mut UserFacts)>;
     let cases: Vec<(&str, UserMutation)> = vec![
-        ("MOAT-USR-001", Box::new(|f| f.weak_password = Some("too short".into()))),
+        ("MOAT-USR-001", Box::new(|f| f.weak_password = true)),
         ("MOAT-USR-002", Box::new(|f| f.password_age = Some(Duration::from_secs(7200)))),
-        ("MOAT-USR-003", Box::new(|f| f.reused_with = vec!["other".into()])),
+        ("MOAT-USR-003", Box::new(|f| f.reused = true)),
         (
             "MOAT-USR-004",
             Box::new(move |f| {
                 f.certificate_auth = true;
-                f.certificate = crate::pki::inspect(&client.cert_pem).ok();
+                f.certificate = Some((h(-1), h(-2)));
             }),
         ),
+        (
+            "MOAT-USR-004",
+            Box::new(move |f| {
+                f.certificate_auth = true;
+                f.certificate = Some((h(24), h(-2)));
+            }),
+        ),
+        ("MOAT-USR-004", Box::new(|f| f.certificate_auth = true)),
         ("MOAT-USR-005", Box::new(|f| f.has_usable_listener = false)),
     ];
     for (id, mutate) in cases {
         let mut f = good_user();
         mutate(&mut f);
-        assert_eq!(result_of(&evaluate_user(&f), id), CheckResult::Fail, "{id}");
+        let checks = evaluate_user(&f);
+        assert_eq!(result_of(&checks, id), CheckResult::Fail, "{id}");
+        // nothing about the password or other users' Secrets appears in a user's checks
+        assert!(checks.iter().all(|c| !c.message.contains("short") && !c.message.contains("username")), "{checks:?}");
     }
     let mut cert_ok = good_user();
     cert_ok.certificate_auth = true;
-    cert_ok.certificate = crate::pki::inspect(
-        &crate::pki::issue_client(&w.ca, "u", Duration::from_secs(86400 * 30), now()).unwrap().cert_pem,
-    )
-    .ok();
+    cert_ok.certificate = Some((h(24 * 30), h(24 * 20)));
     assert_eq!(result_of(&evaluate_user(&cert_ok), "MOAT-USR-004"), CheckResult::Pass);
 }
 
@@ -314,9 +355,9 @@ fn user_checks_pass_and_fail() {
 fn acl_and_firewall_checks_pass_and_fail() {
     let good_acl = AclFacts { warnings: vec![], pending_users: vec![] };
     assert!(evaluate_acl(&good_acl).iter().all(|c| c.passed));
-    let hash = AclFacts { warnings: vec!["rule '#' grants Write on '#'".into()], pending_users: vec![] };
+    let hash = AclFacts { warnings: vec![write_all()], pending_users: vec![] };
     assert_eq!(result_of(&evaluate_acl(&hash), "MOAT-ACL-101"), CheckResult::Fail);
-    let sys = AclFacts { warnings: vec!["rule '$SYS/#' grants broad $SYS access".into()], pending_users: vec![] };
+    let sys = AclFacts { warnings: vec![broad_sys()], pending_users: vec![] };
     assert_eq!(result_of(&evaluate_acl(&sys), "MOAT-ACL-102"), CheckResult::Fail);
     let pending = AclFacts { warnings: vec![], pending_users: vec!["ghost".into()] };
     assert_eq!(result_of(&evaluate_acl(&pending), "MOAT-ACL-103"), CheckResult::Fail);

@@ -1,5 +1,5 @@
-//! The MqttAcl controller: validation, risky-grant warnings and status (Ready once the rules are in
-//! the broker's applied ACL Secret).
+//! The MqttAcl controller: status of one ACL from the outcome the broker controller published
+//! (in effect, users pending, invalid or too large) and its risky-grant warnings.
 
 use std::sync::Arc;
 
@@ -7,28 +7,30 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 
 use super::conditions::{self, Cond};
-use super::context::{Context, Stores};
-use super::index::applied;
+use super::context::{Context, Published, Stores};
 use super::{Error, Result};
 use crate::compliance::{self, AclFacts};
 use crate::crd::{CONDITION_READY, MqttAcl, MqttAclStatus};
 
 /// Reconciles one MqttAcl.
 pub async fn reconcile(acl: Arc<MqttAcl>, ctx: Arc<Context>) -> Result<Action> {
-    super::observed_reconcile("MqttAcl", &*acl, &ctx, reconcile_inner(&acl, &ctx)).await
+    super::observed_reconcile("MqttAcl", &*acl, &ctx, run(&acl, &ctx)).await
 }
 
-async fn reconcile_inner(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
+async fn run(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
     let ns = acl.namespace().unwrap_or_default();
     let name = acl.name_any();
     let now = ctx.clock.now();
     let previous = acl.status.clone().unwrap_or_default();
     let broker = acl.spec.broker_ref.name.clone();
     let generation = acl.metadata.generation;
-    let warnings = crate::build::broker::risky_grants(&acl.spec.rules);
+    let warnings = crate::plan::broker::risky_grants(&acl.spec.rules);
 
-    let (ready, invalid, rule_count, pending) = if Stores::get(&ctx.stores.brokers, &ns, &broker).is_none() {
-        (
+    // the admission-equivalent checks need no broker; the size bound and users do
+    let own_check = crate::validate::acl_spec(&acl.spec).err();
+    let (ready, invalid, rule_count, pending) = match (&own_check, Stores::get(&ctx.stores.brokers, &ns, &broker)) {
+        (Some(e), _) => (Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()), Some(e.clone()), 0, vec![]),
+        (None, None) => (
             Cond::not(
                 CONDITION_READY,
                 "BrokerNotFound",
@@ -37,46 +39,66 @@ async fn reconcile_inner(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
             None,
             0,
             vec![],
-        )
-    } else if let Err(e) = crate::validate::acl_spec(&acl.spec) {
-        (Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()), Some(e), 0, vec![])
-    } else {
-        // listed users without a Ready MqttUser are kept out of the broker
-        let ready_users: Vec<String> = ctx
-            .stores
-            .users_of(&ns, &broker)
-            .iter()
-            .filter(|u| {
-                u.status.as_ref().is_some_and(|s| conditions::status_of(&s.conditions, CONDITION_READY) == Some("True"))
-            })
-            .filter_map(|u| u.status.as_ref().and_then(|s| s.username.clone()))
-            .collect();
-        let pending: Vec<String> = acl.spec.users.iter().filter(|u| !ready_users.contains(u)).cloned().collect();
-        let index = applied(ctx, &ns, &broker);
-        match index.acls.get(&name) {
-            Some((g, _)) if Some(*g) == generation && !pending.is_empty() => (
-                Cond::not(
-                    CONDITION_READY,
-                    "UsersNotReady",
-                    format!("rules for {} are kept out until those users are Ready", pending.join(", ")),
-                ),
-                None,
-                index.acls[&name].1,
-                pending,
-            ),
-            Some((g, lines)) if Some(*g) == generation => (
-                Cond::ok(CONDITION_READY, "Applied", format!("{lines} rule line(s) in effect on {broker}")),
-                None,
-                *lines,
-                pending,
-            ),
-            _ => (
-                Cond::not(CONDITION_READY, "WaitingForBroker", "not yet in the broker's applied ACL file".to_string()),
+        ),
+        (None, Some(_)) => match ctx.board.get(&ns, &broker).as_deref() {
+            None => return Ok(Action::await_change()), // the broker's first outcomes will wake us
+            Some(Published::BrokerInvalid(e)) => (
+                Cond::not(CONDITION_READY, "BrokerInvalid", format!("MqttBroker {broker} is invalid: {e}")),
                 None,
                 0,
-                pending,
+                vec![],
             ),
-        }
+            Some(Published::Applied { acls, .. }) => match acls.get(&name) {
+                Some(o) if Some(o.generation) != generation => (
+                    Cond::not(CONDITION_READY, "WaitingForBroker", "not yet in the broker's applied ACL file"),
+                    None,
+                    0,
+                    vec![],
+                ),
+                None => (
+                    Cond::not(CONDITION_READY, "WaitingForBroker", "not yet in the broker's applied ACL file"),
+                    None,
+                    0,
+                    vec![],
+                ),
+                Some(o) => match &o.invalid {
+                    // invalid means closed: the users it lists are denied everything meanwhile
+                    Some(e) => (
+                        Cond::not(
+                            CONDITION_READY,
+                            "InvalidSpec",
+                            format!("{e}; the users it lists are denied every topic until it is fixed"),
+                        ),
+                        Some(e.clone()),
+                        0,
+                        vec![],
+                    ),
+                    None if !o.pending_users.is_empty() => (
+                        Cond::not(
+                            CONDITION_READY,
+                            "UsersNotReady",
+                            format!(
+                                "rules for {} are kept out until those users are Ready",
+                                o.pending_users.join(", ")
+                            ),
+                        ),
+                        None,
+                        o.rule_lines,
+                        o.pending_users.clone(),
+                    ),
+                    None => (
+                        Cond::ok(
+                            CONDITION_READY,
+                            "Applied",
+                            format!("{} rule line(s) in effect on {broker}", o.rule_lines),
+                        ),
+                        None,
+                        o.rule_lines,
+                        vec![],
+                    ),
+                },
+            },
+        },
     };
     let checks = compliance::evaluate_acl(&AclFacts { warnings: warnings.clone(), pending_users: pending.clone() });
     let summary = compliance::summarize(checks, None);
@@ -87,7 +109,7 @@ async fn reconcile_inner(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
         compliance: Some(summary),
         rule_count,
         pending_users: pending,
-        warnings,
+        warnings: warnings.iter().map(ToString::to_string).collect(),
     };
     super::write_status(ctx, acl, &previous, &status).await?;
     match invalid {

@@ -89,7 +89,7 @@ pub enum Applied {
 /// An object missing from the cache is *created* (never server-side applied), so an object of the
 /// same name that moat did not create is never taken over: the apiserver answers 409 and the
 /// caller decides (see [`ensure`]).
-pub async fn apply<K>(client: &Client, desired: &K, observed: Option<&K>) -> kube::Result<Applied>
+pub async fn apply<K>(client: &Client, desired: &K, observed: Option<&K>) -> kube::Result<(Applied, Option<String>)>
 where
     K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
     K::DynamicType: Default,
@@ -101,19 +101,21 @@ where
         None => {
             let obj: K = serde_json::from_value(desired_json).map_err(kube::Error::SerdeError)?;
             let pp = kube::api::PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-            api.create(&pp, &obj).await?;
-            return Ok(Applied::Created);
+            let created = api.create(&pp, &obj).await?;
+            return Ok((Applied::Created, created.resource_version()));
         }
         Some(o) => {
             let observed_json = serde_json::to_value(o).map_err(kube::Error::SerdeError)?;
             match drift(&desired_json, &with_type_meta::<K>(observed_json)) {
-                None => return Ok(Applied::Unchanged),
+                None => return Ok((Applied::Unchanged, o.resource_version())),
                 Some(path) => Applied::Updated(path),
             }
         }
     };
-    api.patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired_json)).await?;
-    Ok(outcome)
+    let patched = api
+        .patch(&desired.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&desired_json))
+        .await?;
+    Ok((outcome, patched.resource_version()))
 }
 
 fn with_type_meta<K: Resource>(mut v: Value) -> Value
@@ -155,7 +157,29 @@ pub struct Ensured {
     /// Whether anything was written.
     pub applied: Applied,
     /// Drift that was found and repaired (the object carried moat's hash but differed).
-    pub drift: Option<String>,
+    pub drift: Option<Drift>,
+    /// The object's resourceVersion after this call.
+    pub resource_version: Option<String>,
+}
+
+/// One change of a managed object made outside moat, found and repaired.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drift {
+    /// Kind of the object.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// The first field path that no longer carried moat's value, or `deleted`.
+    pub change: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.change.as_str() {
+            "deleted" => write!(f, "{} {} was deleted outside moat", self.kind, self.name),
+            path => write!(f, "{} {} changed outside moat at {path}", self.kind, self.name),
+        }
+    }
 }
 
 /// Who controls an object: the uid of its controller owner reference, if any.
@@ -204,37 +228,36 @@ where
         .annotations
         .get_or_insert_with(Default::default)
         .insert(APPLIED_HASH_ANNOTATION.into(), hash.clone());
-    let applied = match apply(&ctx.client, desired, observed).await {
+    let (applied, resource_version) = match apply(&ctx.client, desired, observed).await {
         Ok(a) => a,
         Err(kube::Error::Api(e)) if e.code == 409 && observed.is_none() => {
-            // created by an earlier reconcile whose object the cache has not seen yet, or a
-            // foreign object: read it and decide by its controller
+            // a foreign object, or one an earlier reconcile created that the cache has not
+            // shown yet: never write from a stale view (the desired state may depend on it)
             let api: Api<K> = Api::namespaced(ctx.client.clone(), &desired.namespace().unwrap_or_default());
-            let live = api.get_opt(&desired.name_any()).await?;
-            match live {
-                Some(l) if owned_by(&l, owner) => apply(&ctx.client, desired, Some(&l)).await?,
-                other => return Err(name_conflict(&desired.name_any(), other.as_ref())),
-            }
+            return Err(match api.get_opt(&desired.name_any()).await? {
+                Some(l) if owned_by(&l, owner) => {
+                    Error::StaleCache { kind: K::kind(&()).into_owned(), name: desired.name_any() }
+                }
+                other => name_conflict(&desired.name_any(), other.as_ref()),
+            });
         }
         Err(e) => return Err(e.into()),
     };
     if applied != Applied::Unchanged {
         ctx.metrics.write(&K::kind(&()), "apply");
     }
-    let drift = match (&applied, observed) {
+    let change = match (&applied, observed) {
         (Applied::Updated(path), Some(o)) if o.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash) => {
-            let what = format!("{} {} changed outside moat at {path}", K::kind(&()), desired.name_any());
-            tracing::warn!(drift = %what, "drift detected");
-            Some(what)
+            Some(path.clone())
         }
-        (Applied::Created, None) if established => {
-            let what = format!("{} {} was deleted outside moat", K::kind(&()), desired.name_any());
-            tracing::warn!(drift = %what, "drift detected");
-            Some(what)
-        }
+        (Applied::Created, None) if established => Some("deleted".to_string()),
         _ => None,
     };
-    Ok(Ensured { applied, drift })
+    let drift = change.map(|change| Drift { kind: K::kind(&()).into_owned(), name: desired.name_any(), change });
+    if let Some(d) = &drift {
+        tracing::warn!(drift = %d, "drift detected and repaired");
+    }
+    Ok(Ensured { applied, drift, resource_version })
 }
 
 /// SHA-256 (hex, 16 chars) of an object's JSON.
@@ -263,7 +286,7 @@ pub struct Applier<'a> {
     /// moat has applied this owner's objects before: a missing object was deleted by someone (drift).
     pub established: bool,
     /// Drift found and repaired.
-    pub drift: Vec<String>,
+    pub drift: Vec<Drift>,
     /// Objects written.
     pub changed: usize,
 }

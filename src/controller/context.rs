@@ -179,6 +179,91 @@ impl Clock {
     }
 }
 
+/// What the broker controller last decided and applied for one broker: the verdict of every
+/// user and the outcome of every ACL. The user and ACL controllers read it instead of deciding
+/// again, and are woken only when their own entry changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Published {
+    /// The broker's spec is invalid: nothing of it is in effect.
+    BrokerInvalid(String),
+    /// The plan's outcomes, applied.
+    Applied {
+        /// Verdict per MqttUser name.
+        users: BTreeMap<String, crate::plan::broker::UserOutcome>,
+        /// Outcome per MqttAcl name.
+        acls: BTreeMap<String, crate::plan::broker::AclOutcome>,
+    },
+}
+
+/// The published outcomes of every broker, and the channels that wake the user and ACL controllers.
+pub struct Board {
+    published: Mutex<HashMap<(String, String), Arc<Published>>>,
+    users: tokio::sync::mpsc::UnboundedSender<ObjectRef<MqttUser>>,
+    acls: tokio::sync::mpsc::UnboundedSender<ObjectRef<MqttAcl>>,
+}
+
+/// The receiving ends of a [`Board`]'s wake-ups.
+pub struct BoardTriggers {
+    /// MqttUsers whose verdict changed.
+    pub users: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<MqttUser>>,
+    /// MqttAcls whose outcome changed.
+    pub acls: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<MqttAcl>>,
+}
+
+impl Board {
+    /// An empty board and its wake-up receivers.
+    pub fn new() -> (Board, BoardTriggers) {
+        let (users, users_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (acls, acls_rx) = tokio::sync::mpsc::unbounded_channel();
+        (Board { published: Default::default(), users, acls }, BoardTriggers { users: users_rx, acls: acls_rx })
+    }
+
+    /// What was published for broker `namespace/broker`.
+    pub fn get(&self, namespace: &str, broker: &str) -> Option<Arc<Published>> {
+        self.published.lock().unwrap().get(&(namespace.to_string(), broker.to_string())).cloned()
+    }
+
+    /// Publishes the outcomes of a reconcile and wakes the users and ACLs whose entry changed
+    /// (including those that appeared or disappeared). Nothing is woken when nothing changed.
+    pub fn publish(&self, namespace: &str, broker: &str, next: Published) {
+        let key = (namespace.to_string(), broker.to_string());
+        let previous = self.published.lock().unwrap().insert(key, Arc::new(next.clone()));
+        let empty = Published::Applied { users: BTreeMap::new(), acls: BTreeMap::new() };
+        let previous = previous.as_deref().unwrap_or(&empty);
+        if *previous == next {
+            return;
+        }
+        let (pu, pa, nu, na) = match (previous, &next) {
+            (Published::Applied { users: pu, acls: pa }, Published::Applied { users: nu, acls: na }) => {
+                (Some(pu), Some(pa), Some(nu), Some(na))
+            }
+            (Published::Applied { users: pu, acls: pa }, _) => (Some(pu), Some(pa), None, None),
+            (_, Published::Applied { users: nu, acls: na }) => (None, None, Some(nu), Some(na)),
+            _ => (None, None, None, None),
+        };
+        for name in changed(pu, nu) {
+            let _ = self.users.send(ObjectRef::new(&name).within(namespace));
+        }
+        for name in changed(pa, na) {
+            let _ = self.acls.send(ObjectRef::new(&name).within(namespace));
+        }
+    }
+
+    /// Forgets a deleted broker.
+    pub fn forget(&self, namespace: &str, broker: &str) {
+        self.published.lock().unwrap().remove(&(namespace.to_string(), broker.to_string()));
+    }
+}
+
+/// Keys whose entry differs between two maps (either may be absent: then every key of the other).
+fn changed<V: PartialEq>(a: Option<&BTreeMap<String, V>>, b: Option<&BTreeMap<String, V>>) -> Vec<String> {
+    let empty = BTreeMap::new();
+    let (a, b) = (a.unwrap_or(&empty), b.unwrap_or(&empty));
+    let mut out: Vec<String> = a.iter().filter(|(k, v)| b.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    out
+}
+
 /// Everything a reconcile needs.
 pub struct Context {
     /// API client (the chart's ServiceAccount identity in production and in tests).
@@ -193,13 +278,63 @@ pub struct Context {
     pub recorder: Recorder,
     /// Clock.
     pub clock: Clock,
-    /// Per-broker memo of parsed applied artifacts (keyed by namespace/broker).
-    pub applied: Mutex<HashMap<(String, String), Arc<super::index::AppliedIndex>>>,
+    /// What the broker controller published for each broker.
+    pub board: Board,
+    /// The certificate ledger each broker reconcile last wrote (merged into what the cache
+    /// shows, so a stale cache can never un-revoke a certificate).
+    pub ledgers: Mutex<HashMap<(String, String), crate::plan::ledger::Ledger>>,
+    /// The security-patch catalog in force (built in, extended by the operator's ConfigMap).
+    pub catalog: CatalogCell,
     /// Last PolicyReport content written per broker (skips unchanged writes).
     pub reports: Mutex<HashMap<(String, String), String>>,
 }
 
+/// The catalog in force, replaced whenever the override ConfigMap changes.
+pub struct CatalogCell(std::sync::RwLock<Arc<crate::upgrade::Catalog>>);
+
+impl CatalogCell {
+    /// The built-in catalog.
+    pub fn builtin() -> Self {
+        Self(std::sync::RwLock::new(Arc::new(crate::upgrade::Catalog::builtin().clone())))
+    }
+}
+
+/// Keeps [`Context::catalog`] equal to the built-in catalog extended by the override ConfigMap
+/// (key `catalog.yaml` of `config.catalog_configmap` in the operator namespace), from a watch:
+/// no API read per reconcile. A broken override is reported and ignored.
+pub fn watch_catalog(client: Client, config: &Config, ctx: Arc<Context>) -> futures::future::BoxFuture<'static, ()> {
+    use futures::{FutureExt, StreamExt};
+    use kube::runtime::{WatchStreamExt, watcher};
+    let Some(name) = config.catalog_configmap.clone() else { return futures::future::pending().boxed() };
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, &config.operator.namespace);
+    let wc = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    watcher(api, wc)
+        .default_backoff()
+        .applied_objects()
+        .for_each(move |cm| {
+            let builtin = crate::upgrade::Catalog::builtin().clone();
+            let next = match cm.as_ref().ok().and_then(|c| c.data.as_ref()).and_then(|d| d.get("catalog.yaml")) {
+                Some(yaml) => match builtin.merge_yaml(yaml) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(configmap = %name, error = %e, "catalog override refused; the built-in catalog stays in force");
+                        builtin
+                    }
+                },
+                None => builtin,
+            };
+            *ctx.catalog.0.write().unwrap() = Arc::new(next);
+            futures::future::ready(())
+        })
+        .boxed()
+}
+
 impl Context {
+    /// The security-patch catalog in force.
+    pub fn catalog(&self) -> Arc<crate::upgrade::Catalog> {
+        self.catalog.0.read().unwrap().clone()
+    }
+
     /// Publishes a Kubernetes Event about `obj` (best effort: a failed Event never fails a reconcile).
     /// Events with the same reason and note are aggregated into one series; different notes make
     /// separate Events (so each drift or check transition stays visible).

@@ -11,8 +11,8 @@ pub mod broker;
 pub mod conditions;
 pub mod context;
 pub mod firewall;
-pub mod index;
 pub mod report;
+pub mod secrets;
 pub mod user;
 
 use std::future::Future;
@@ -39,22 +39,31 @@ use crate::metrics::{ErrorLabels, Metrics};
 use crate::names;
 use crate::validate::FieldError;
 
-/// Errors of a reconcile.
+/// Errors of a reconcile, one class per step that can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The object's spec is invalid (reported as `Ready=False, reason=InvalidSpec`); retried only
     /// when the object changes.
     #[error("{0}")]
     InvalidSpec(FieldError),
-    /// The Kubernetes API failed; retried with backoff.
+    /// Stored material cannot be read (observe step).
+    #[error("observe: {0}")]
+    Observe(#[source] Box<broker::observe::ObserveError>),
+    /// The plan could not be made (plan step): corrupt material or an internal invariant.
+    #[error("plan: {0}")]
+    Plan(#[source] Box<crate::plan::PlanError>),
+    /// The Kubernetes API failed (apply or status step); retried with backoff.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// Certificate material could not be produced or read.
-    #[error("certificates: {0}")]
-    Pki(String),
-    /// Anything else; retried with backoff.
-    #[error("{0}")]
-    Other(String),
+    /// The cache does not show an object this operator wrote yet; retried shortly (moat never
+    /// writes from a stale view).
+    #[error("the cache does not show {kind} {name} yet")]
+    StaleCache {
+        /// Kind.
+        kind: String,
+        /// Name.
+        name: String,
+    },
     /// An object moat would generate already exists and belongs to someone else (generated
     /// names of different objects can collide); moat never takes it over.
     #[error("{kind} {name} already exists and belongs to {holder}: rename one of the two objects")]
@@ -69,14 +78,15 @@ pub enum Error {
 }
 
 impl Error {
-    /// Stable label for metrics.
+    /// Stable label for metrics: one per error class.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "invalid_spec",
+            Error::Observe(_) => "observe",
+            Error::Plan(e) => e.metric_label(),
             Error::Kube(_) => "kube",
-            Error::Pki(_) => "pki",
-            Error::Other(_) => "other",
             Error::NameConflict { .. } => "name_conflict",
+            Error::StaleCache { .. } => "stale_cache",
         }
     }
 }
@@ -126,8 +136,14 @@ where
         self.writer.as_ref().expect("subscribe before driving").subscribe().expect("shared store")
     }
 
-    /// The future that keeps the store in sync (managed fields stripped to save memory).
-    fn drive(&mut self, api: Api<K>, wc: watcher::Config) -> futures::future::BoxFuture<'static, ()> {
+    /// The future that keeps the store in sync (managed fields stripped to save memory);
+    /// `on_delete` sees every object the watch reports deleted (subscribers only see changes).
+    fn drive(
+        &mut self,
+        api: Api<K>,
+        wc: watcher::Config,
+        on_delete: impl Fn(&K) + Send + 'static,
+    ) -> futures::future::BoxFuture<'static, ()> {
         let writer = self.writer.take().expect("drive once");
         watcher(api, wc)
             .default_backoff()
@@ -138,10 +154,13 @@ where
                 }
             })
             .reflect_shared(writer)
-            .for_each(|ev| async move {
-                if let Err(e) = ev {
-                    tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)");
+            .for_each(move |ev| {
+                match &ev {
+                    Ok(watcher::Event::Delete(o)) => on_delete(o),
+                    Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)"),
+                    _ => {}
                 }
+                futures::future::ready(())
             })
             .boxed()
     }
@@ -154,6 +173,33 @@ fn managed() -> watcher::Config {
 fn broker_of_label<K: ResourceExt>(obj: &K) -> Option<ObjectRef<MqttBroker>> {
     let broker = obj.labels().get(names::BROKER_LABEL)?;
     Some(ObjectRef::new(broker).within(&obj.namespace()?))
+}
+
+/// A stream of the object references sent on `rx` (to wake a controller with `reconcile_on`).
+fn wakeups<K>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource + 'static,
+    K::DynamicType: Send + 'static,
+{
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Passes on only objects whose `metadata.generation` changed (status writes are not news).
+fn spec_changes<K>(
+    stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+{
+    let mut seen: std::collections::HashMap<ObjectRef<K>, Option<i64>> = Default::default();
+    stream.filter(move |o| {
+        let key = ObjectRef::from_obj_with(&**o, Default::default());
+        let changed = seen.insert(key, o.meta().generation) != Some(o.meta().generation);
+        futures::future::ready(changed)
+    })
 }
 
 /// Runs every controller for `scope` until `shutdown` resolves.
@@ -198,6 +244,7 @@ pub async fn run(
         controller: "moat".into(),
         instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
     };
+    let (board, board_rx) = context::Board::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         clock: Clock::with_offset(config.clock_offset),
@@ -205,10 +252,41 @@ pub async fn run(
         stores: stores.clone(),
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
-        applied: Default::default(),
+        board,
+        ledgers: Default::default(),
         reports: Default::default(),
+        catalog: context::CatalogCell::builtin(),
     });
     let cc = kube::runtime::controller::Config::default().concurrency(config.concurrency).debounce(config.debounce);
+
+    // Deletions wake the owner: a deleted managed object is recreated at once (not at the next
+    // audit), a deleted broker's users, ACLs and firewalls report it.
+    let (deleted_tx, deleted_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<MqttBroker>>();
+    let (user_del_tx, user_del_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<MqttUser>>();
+    let (acl_del_tx, acl_del_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<MqttAcl>>();
+    let (fw_del_tx, fw_del_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<MqttFirewall>>();
+    let owned_deleted = {
+        let (tx, utx, fwtx) = (deleted_tx.clone(), user_del_tx.clone(), fw_del_tx.clone());
+        move |labels: &std::collections::BTreeMap<String, String>, ns: Option<String>| {
+            let Some(ns) = ns else { return };
+            if let Some(b) = labels.get(names::BROKER_LABEL) {
+                let _ = tx.send(ObjectRef::new(b).within(&ns));
+            }
+            if let Some(u) = labels.get(names::USER_LABEL) {
+                let _ = utx.send(ObjectRef::new(u).within(&ns));
+            }
+            if let Some(f) = labels.get(crate::render::network::FIREWALL_LABEL) {
+                let _ = fwtx.send(ObjectRef::new(f).within(&ns));
+            }
+        }
+    };
+    let owned_deleted = Arc::new(owned_deleted);
+    macro_rules! owned_delete {
+        () => {{
+            let f = owned_deleted.clone();
+            move |o: &_| f(ResourceExt::labels(o), ResourceExt::namespace(o))
+        }};
+    }
 
     // --- MqttBroker controller: aggregates everything of one broker.
     let s = stores.clone();
@@ -232,51 +310,47 @@ pub async fn run(
         })
         .watches_shared_stream(sts.subscribe(), |o: Arc<StatefulSet>| broker_of_label(&*o))
         .watches_shared_stream(svcs.subscribe(), |o: Arc<Service>| broker_of_label(&*o))
-        .watches_shared_stream(nps.subscribe(), |o: Arc<NetworkPolicy>| broker_of_label(&*o))
+        .watches_shared_stream(nps.subscribe(), {
+            // any NetworkPolicy may select a broker's pods: its brokers are those of its namespace
+            let s = stores.clone();
+            move |o: Arc<NetworkPolicy>| {
+                let ns = o.namespace().unwrap_or_default();
+                s.brokers
+                    .state_filter(|b| b.metadata.namespace.as_deref() == Some(ns.as_str()))
+                    .iter()
+                    .map(|b| ObjectRef::from_obj(&**b))
+                    .collect::<Vec<_>>()
+            }
+        })
         .watches_shared_stream(sas.subscribe(), |o: Arc<ServiceAccount>| broker_of_label(&*o))
         .watches_shared_stream(pdbs.subscribe(), |o: Arc<PodDisruptionBudget>| broker_of_label(&*o))
         .watches_shared_stream(pods.subscribe(), |o: Arc<Pod>| broker_of_label(&*o))
         .watches_shared_stream(cms.subscribe(), |o: Arc<ConfigMap>| broker_of_label(&*o))
+        .reconcile_on(wakeups(deleted_rx))
         .graceful_shutdown_on(shutdown.clone())
         .run(broker::reconcile, error_policy::<MqttBroker>, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    // --- MqttUser controller: credentials of one user, and its status.
-    let (s1, s2, s3) = (stores.clone(), stores.clone(), stores.clone());
+    // --- MqttUser controller: the user's generated password and its status (from the verdict
+    // the broker published: woken when that verdict changes, not on every broker write).
+    let (s1, s2) = (stores.clone(), stores.clone());
     let user_ctl = Controller::for_shared_stream(users.subscribe(), stores.users.clone())
         .with_config(cc.clone())
         .watches_shared_stream(secrets.subscribe(), move |o: Arc<Secret>| user::users_for_managed_secret(&s1, &o))
         .watches_shared_stream(watched.subscribe(), move |o: Arc<Secret>| {
             user::users_referencing(&s2, &o).iter().map(|u| ObjectRef::from_obj(&**u)).collect::<Vec<_>>()
         })
-        .watches_shared_stream(brokers.subscribe(), move |b: Arc<MqttBroker>| {
-            let ns = b.namespace().unwrap_or_default();
-            s3.users_of(&ns, &b.name_any()).iter().map(|u| ObjectRef::from_obj(&**u)).collect::<Vec<_>>()
-        })
+        .reconcile_on(wakeups(board_rx.users))
+        .reconcile_on(wakeups(user_del_rx))
         .graceful_shutdown_on(shutdown.clone())
         .run(user::reconcile, error_policy::<MqttUser>, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
-    // --- MqttAcl controller: validation and status of one ACL.
-    let (s1, s2, s3) = (stores.clone(), stores.clone(), stores.clone());
+    // --- MqttAcl controller: validation and status of one ACL (from the broker's outcome).
     let acl_ctl = Controller::for_shared_stream(acls.subscribe(), stores.acls.clone())
         .with_config(cc.clone())
-        .watches_shared_stream(secrets.subscribe(), move |o: Arc<Secret>| match broker_of_label(&*o) {
-            Some(b) if o.labels().get("app.kubernetes.io/component").map(String::as_str) == Some("acl") => s1
-                .acls_of(b.namespace.as_deref().unwrap_or_default(), &b.name)
-                .iter()
-                .map(|a| ObjectRef::from_obj(&**a))
-                .collect(),
-            _ => vec![],
-        })
-        .watches_shared_stream(brokers.subscribe(), move |b: Arc<MqttBroker>| {
-            let ns = b.namespace().unwrap_or_default();
-            s2.acls_of(&ns, &b.name_any()).iter().map(|a| ObjectRef::from_obj(&**a)).collect::<Vec<_>>()
-        })
-        .watches_shared_stream(users.subscribe(), move |u: Arc<MqttUser>| {
-            let ns = u.namespace().unwrap_or_default();
-            s3.acls_of(&ns, &u.spec.broker_ref.name).iter().map(|a| ObjectRef::from_obj(&**a)).collect::<Vec<_>>()
-        })
+        .reconcile_on(wakeups(board_rx.acls))
+        .reconcile_on(wakeups(acl_del_rx))
         .graceful_shutdown_on(shutdown.clone())
         .run(acl::reconcile, error_policy::<MqttAcl>, ctx.clone())
         .for_each(|_| futures::future::ready(()));
@@ -289,29 +363,49 @@ pub async fn run(
             let fw = o.labels().get(crate::render::network::FIREWALL_LABEL)?;
             Some(ObjectRef::new(fw).within(&o.namespace()?))
         })
-        .watches_shared_stream(brokers.subscribe(), move |b: Arc<MqttBroker>| {
+        .watches_shared_stream(spec_changes(brokers.subscribe()), move |b: Arc<MqttBroker>| {
             let ns = b.namespace().unwrap_or_default();
             s1.firewalls_of(&ns, &b.name_any()).iter().map(|f| ObjectRef::from_obj(&**f)).collect::<Vec<_>>()
         })
+        .reconcile_on(wakeups(fw_del_rx))
         .graceful_shutdown_on(shutdown.clone())
         .run(firewall::reconcile, error_policy::<MqttFirewall>, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
+    // A deleted broker: its users, ACLs and firewalls report it; nothing of it stays published.
+    let broker_deleted = {
+        let (s, ctx) = (stores.clone(), ctx.clone());
+        let (utx, atx, ftx) = (user_del_tx.clone(), acl_del_tx.clone(), fw_del_tx.clone());
+        move |b: &MqttBroker| {
+            let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
+            ctx.board.forget(&ns, &name);
+            for u in s.users_of(&ns, &name) {
+                let _ = utx.send(ObjectRef::from_obj(&*u));
+            }
+            for a in s.acls_of(&ns, &name) {
+                let _ = atx.send(ObjectRef::from_obj(&*a));
+            }
+            for f in s.firewalls_of(&ns, &name) {
+                let _ = ftx.send(ObjectRef::from_obj(&*f));
+            }
+        }
+    };
     let watched_cfg = watcher::Config::default().labels(&format!("{}=true", names::WATCH_LABEL));
     let drivers = futures::future::join_all(vec![
-        brokers.drive(api(&client, &scope), watcher::Config::default()),
-        users.drive(api(&client, &scope), watcher::Config::default()),
-        acls.drive(api(&client, &scope), watcher::Config::default()),
-        firewalls.drive(api(&client, &scope), watcher::Config::default()),
-        secrets.drive(api(&client, &scope), managed()),
-        watched.drive(api(&client, &scope), watched_cfg),
-        sts.drive(api(&client, &scope), managed()),
-        svcs.drive(api(&client, &scope), managed()),
-        nps.drive(api(&client, &scope), managed()),
-        sas.drive(api(&client, &scope), managed()),
-        pdbs.drive(api(&client, &scope), managed()),
-        pods.drive(api(&client, &scope), managed()),
-        cms.drive(api(&client, &scope), managed()),
+        brokers.drive(api(&client, &scope), watcher::Config::default(), broker_deleted),
+        users.drive(api(&client, &scope), watcher::Config::default(), |_| {}),
+        acls.drive(api(&client, &scope), watcher::Config::default(), |_| {}),
+        firewalls.drive(api(&client, &scope), watcher::Config::default(), |_| {}),
+        secrets.drive(api(&client, &scope), managed(), owned_delete!()),
+        watched.drive(api(&client, &scope), watched_cfg, |_| {}),
+        sts.drive(api(&client, &scope), managed(), owned_delete!()),
+        svcs.drive(api(&client, &scope), managed(), owned_delete!()),
+        nps.drive(api(&client, &scope), watcher::Config::default(), owned_delete!()),
+        sas.drive(api(&client, &scope), managed(), owned_delete!()),
+        pdbs.drive(api(&client, &scope), managed(), owned_delete!()),
+        pods.drive(api(&client, &scope), managed(), |_| {}),
+        cms.drive(api(&client, &scope), managed(), owned_delete!()),
+        context::watch_catalog(client.clone(), &config, ctx.clone()),
     ]);
 
     tokio::select! {
@@ -429,6 +523,7 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Ar
         Error::InvalidSpec(_) => Action::await_change(),
         // someone must rename or delete an object first; its deletion may not be watched
         Error::NameConflict { .. } => Action::requeue(Duration::from_secs(30)),
+        Error::StaleCache { .. } => Action::requeue(Duration::from_millis(500)),
         _ => {
             tracing::warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or(""), error = %err, "reconcile failed; retrying");
             Action::requeue(Duration::from_secs(5))

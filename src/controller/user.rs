@@ -1,5 +1,10 @@
-//! The MqttUser controller: the user's own credentials (generated password, client certificate),
-//! the revocation finalizer, and status (Ready once the broker's applied files carry the user).
+//! The MqttUser controller: the user's generated password, and its status from the verdict the
+//! broker controller published (who holds the username, which credentials are in effect, its
+//! certificate) — it never decides conflicts or password strength itself. A reconcile is:
+//!
+//! observe (the user, its broker, the published verdict, its credentials Secret) → model
+//! (validate the spec) → plan (the generated password) → apply (the credentials Secret) →
+//! status (pure).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,22 +18,27 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
+use super::apply::{self, owned_by};
 use super::conditions::{self, Cond};
-use super::context::{Context, Stores};
-use super::index::{applied, issued_from, secret_text};
+use super::context::{Context, Published, Stores};
+use super::secrets::secret_text;
 use super::{Error, Result};
-use crate::build::Password;
-use crate::build::objects::user_secret;
-use crate::build::user::{self as bu, ROTATED_AT_ANNOTATION, ROTATION_HANDLED_ANNOTATION, StoredCredentials};
 use crate::compliance::{self, UserFacts};
 use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, CertificateInfo, MqttUser, MqttUserStatus};
 use crate::model::BrokerModel;
 use crate::names;
+use crate::plan::Password;
+use crate::plan::broker::{Cred, Holder, Verdict};
+use crate::plan::objects::user_secret;
+use crate::plan::user::{
+    self as pu, GeneratedCredentials, ROTATED_AT_ANNOTATION, ROTATION_HANDLED_ANNOTATION, StoredCredentials,
+};
 
-/// Finalizer that keeps a certificate user until its certificate is in the broker's revocation list.
-pub const REVOKE_FINALIZER: &str = "mqtt.moat.dev/revoke-certificate";
+/// Finalizer of earlier moat versions (revocation now works from the certificate ledger, with or
+/// without the user object): removed when found.
+pub const LEGACY_FINALIZER: &str = "mqtt.moat.dev/revoke-certificate";
 
-/// How long a new user may wait for the broker's password file before its status says so.
+/// How long a new user may wait for the broker's verdict before its status says so.
 const FIRST_STATUS_GRACE: Duration = Duration::from_secs(10);
 
 /// Users whose `secretRef` names `secret`.
@@ -46,345 +56,357 @@ pub fn users_referencing(s: &Stores, secret: &Secret) -> Vec<Arc<MqttUser>> {
     })
 }
 
-/// Users to reconcile when a managed Secret changes: the owner of a per-user Secret, or every user
-/// of the broker when its password shards or CA changed.
-pub fn users_for_managed_secret(s: &Stores, secret: &Secret) -> Vec<ObjectRef<MqttUser>> {
-    let Some(ns) = secret.namespace() else { return vec![] };
-    if let Some(user) = secret.labels().get(names::USER_LABEL) {
-        return vec![ObjectRef::new(user).within(&ns)];
-    }
-    let component = secret.labels().get("app.kubernetes.io/component").map(String::as_str);
-    match (secret.labels().get(names::BROKER_LABEL), component) {
-        (Some(broker), Some("passwd" | "ca")) => {
-            s.users_of(&ns, broker).iter().map(|u| ObjectRef::from_obj(&**u)).collect()
-        }
+/// The user a per-user Secret belongs to.
+pub fn users_for_managed_secret(_s: &Stores, secret: &Secret) -> Vec<ObjectRef<MqttUser>> {
+    match (secret.namespace(), secret.labels().get(names::USER_LABEL)) {
+        (Some(ns), Some(user)) => vec![ObjectRef::new(user).within(&ns)],
         _ => vec![],
     }
 }
 
 /// Reconciles one MqttUser.
 pub async fn reconcile(user: Arc<MqttUser>, ctx: Arc<Context>) -> Result<Action> {
-    super::observed_reconcile("MqttUser", &*user, &ctx, reconcile_inner(&user, &ctx)).await
+    super::observed_reconcile("MqttUser", &*user, &ctx, run(&user, &ctx)).await
 }
 
-async fn reconcile_inner(user: &MqttUser, ctx: &Context) -> Result<Action> {
-    let ns = user.namespace().unwrap_or_default();
-    let name = user.name_any();
-    let now = ctx.clock.now();
-    let previous = user.status.clone().unwrap_or_default();
-    let broker_name = user.spec.broker_ref.name.clone();
-    let s = &ctx.stores;
-    let wants_cert = user.spec.authentication.certificate.is_some();
-    let has_finalizer = user.finalizers().iter().any(|f| f == REVOKE_FINALIZER);
+/// Where the user's broker stands.
+enum BrokerState {
+    Missing,
+    Invalid(String),
+    /// Not reconciled yet since this operator started (its verdicts will wake us).
+    NotPublished,
+    Ready(Box<(BrokerModel, Option<crate::plan::broker::UserOutcome>)>),
+}
 
+async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
     if user.metadata.deletion_timestamp.is_some() {
-        if has_finalizer && revocation_done(ctx, user, &ns, &broker_name) {
-            remove_finalizer(ctx, user).await?;
+        if user.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+            remove_legacy_finalizer(ctx, user).await?;
         }
         return Ok(Action::await_change());
     }
-    if wants_cert && !has_finalizer {
-        add_finalizer(ctx, user).await?;
-    }
+    let now = ctx.clock.now();
+    let ns = user.namespace().unwrap_or_default();
+    let name = user.name_any();
+    let previous = user.status.clone().unwrap_or_default();
+    let broker_name = user.spec.broker_ref.name.clone();
 
-    let mut status = MqttUserStatus { observed_generation: user.metadata.generation, ..previous.clone() };
-    let Some(broker) = Stores::get(&s.brokers, &ns, &broker_name) else {
-        status.conditions = conditions::merge(
-            &previous.conditions,
-            vec![
+    // --- observe
+    let state = match Stores::get(&ctx.stores.brokers, &ns, &broker_name) {
+        None => BrokerState::Missing,
+        Some(b) => match (BrokerModel::new(&b), ctx.board.get(&ns, &broker_name).as_deref()) {
+            (Err(e), _) => BrokerState::Invalid(e.to_string()),
+            (_, Some(Published::BrokerInvalid(e))) => BrokerState::Invalid(e.clone()),
+            (Ok(_), None) => BrokerState::NotPublished,
+            (Ok(m), Some(Published::Applied { users, .. })) => {
+                BrokerState::Ready(Box::new((m, users.get(&name).cloned())))
+            }
+        },
+    };
+    let owner = user.controller_owner_ref(&()).expect("stored objects have a uid");
+    let credentials =
+        Stores::get(&ctx.stores.secrets, &ns, &names::credentials_secret(&name)).filter(|s| owned_by(&**s, &owner));
+
+    // --- model
+    let username = match crate::validate::user_spec(&name, &user.spec) {
+        Ok(u) => u,
+        Err(e) => {
+            let conds = vec![
+                Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()),
+                Cond::unknown(CONDITION_COMPLIANT, "InvalidSpec", "the spec is invalid"),
+            ];
+            write_conditions(ctx, user, &previous, conds, now).await?;
+            return Err(Error::InvalidSpec(e));
+        }
+    };
+    let model = match state {
+        BrokerState::Missing => {
+            let conds = vec![
                 Cond::not(
                     CONDITION_READY,
                     "BrokerNotFound",
                     format!("MqttBroker {broker_name} does not exist in namespace {ns}"),
                 ),
                 Cond::unknown(CONDITION_COMPLIANT, "BrokerNotFound", "no broker to evaluate against"),
-            ],
-            user.metadata.generation,
-            now,
-        );
-        super::write_status(ctx, user, &previous, &status).await?;
-        return Ok(Action::await_change());
-    };
-    let model = match BrokerModel::new(&broker) {
-        Ok(m) => m,
-        Err(e) => {
-            status.conditions = conditions::merge(
-                &previous.conditions,
-                vec![
-                    Cond::not(CONDITION_READY, "BrokerInvalid", format!("MqttBroker {broker_name} is invalid: {e}")),
-                    Cond::unknown(CONDITION_COMPLIANT, "BrokerInvalid", ""),
-                ],
-                user.metadata.generation,
-                now,
-            );
-            super::write_status(ctx, user, &previous, &status).await?;
+            ];
+            write_conditions(ctx, user, &previous, conds, now).await?;
             return Ok(Action::await_change());
         }
-    };
-    let username = match crate::validate::user_spec(&name, &user.spec) {
-        Ok(u) => u,
-        Err(e) => {
-            status.conditions = conditions::merge(
-                &previous.conditions,
-                vec![
-                    Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()),
-                    Cond::unknown(CONDITION_COMPLIANT, "InvalidSpec", "the spec is invalid"),
-                ],
-                user.metadata.generation,
-                now,
-            );
-            super::write_status(ctx, user, &previous, &status).await?;
-            return Err(Error::InvalidSpec(e));
+        BrokerState::Invalid(e) => {
+            let conds = vec![
+                Cond::not(CONDITION_READY, "BrokerInvalid", format!("MqttBroker {broker_name} is invalid: {e}")),
+                Cond::unknown(CONDITION_COMPLIANT, "BrokerInvalid", "no broker to evaluate against"),
+            ];
+            write_conditions(ctx, user, &previous, conds, now).await?;
+            return Ok(Action::await_change());
         }
+        BrokerState::NotPublished => None,
+        BrokerState::Ready(ready) => Some(*ready),
     };
-    let owner = user.controller_owner_ref(&()).expect("stored objects have a uid");
-    let index = applied(ctx, &ns, &broker_name);
-    let mut next: Vec<jiff::Timestamp> = vec![];
-    let mut problems: Vec<(&'static str, String)> = vec![];
-
-    // --- password
-    let mut password: Option<(Password, bool)> = None;
-    let mut rotated_at = previous.password_rotated_at.as_ref().map(|t| t.0);
     let rotate_after =
         user.spec.authentication.password.as_ref().and_then(|p| p.rotate_after.as_ref()).and_then(|d| d.parse().ok());
-    if let Some(p) = &user.spec.authentication.password {
-        match &p.secret_ref {
-            None => {
-                let secret_name = names::credentials_secret(&name);
-                let mut observed = Stores::get(&s.secrets, &ns, &secret_name);
-                if observed.is_none() && previous.credentials_secret.is_some() {
-                    // moat created it before: confirm it is really gone before generating a new
-                    // password (never regenerate a password that still exists)
-                    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-                    observed = api.get_opt(&secret_name).await?.map(Arc::new);
-                }
-                let stored = stored_credentials(observed.as_deref());
-                let g = bu::generated_password(user, &model, &stored, rotate_after, now);
-                let mut annotations = BTreeMap::from([(ROTATED_AT_ANNOTATION.to_string(), g.rotated_at.to_string())]);
-                if let Some(h) = &g.rotation_handled {
-                    annotations.insert(ROTATION_HANDLED_ANNOTATION.into(), h.clone());
-                }
-                let mut desired = user_secret(
-                    &model,
-                    &name,
-                    secret_name,
-                    "credentials",
-                    bu::credentials_data(&model, &username, &g.password),
-                    annotations,
-                    None,
-                );
-                super::apply::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
-                // (the first password of a new user is not news: one Event per created user
-                // would double the API writes of a bulk apply; regenerations and rotations are)
-                if let Some(why) = g.regenerated
-                    && (why != bu::Regenerate::Missing || previous.password_version.is_some())
-                {
-                    ctx.event(user, EventType::Normal, why.reason(), format!("password generated ({why:?})")).await;
-                }
-                rotated_at = Some(g.rotated_at);
-                next.extend(bu::next_rotation(g.rotated_at, rotate_after));
-                password = Some((g.password, true));
-            }
-            Some(r) => match byo_password(ctx, &ns, &r.name, &r.key).await? {
-                Ok(pw) => password = Some((pw, false)),
-                Err(why) => problems.push(("PasswordUnavailable", why)),
-            },
-        }
-    }
-    let fingerprint = match (&password, &index.fingerprint_key) {
-        (Some((pw, _)), Some(key)) => Some(crate::render::passwd::fingerprint(key, &pw.0)),
+
+    // --- plan + apply: the generated password (needs the broker's password policy)
+    let generated = match (&model, &user.spec.authentication.password) {
+        (Some((m, _)), Some(p)) if p.secret_ref.is_none() => Some(
+            ensure_credentials(ctx, user, m, &owner, credentials.as_deref(), &username, rotate_after, &previous, now)
+                .await?,
+        ),
         _ => None,
     };
-    let version =
-        fingerprint.as_ref().map(|f| f.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect::<String>());
-    if let Some((_, false)) = &password
-        && version.is_some()
-        && version != previous.password_version
-    {
-        rotated_at = Some(now);
-    }
-    let weak = match &password {
-        Some((pw, false)) => {
-            crate::validate::password_strength(&pw.0, &username, &model.spec.passwords).err().map(|w| w.to_string())
-        }
-        _ => None,
+    let Some((m, outcome)) = model else {
+        return Ok(Action::await_change()); // the broker's first verdicts will wake us
     };
-    if let Some(w) = &weak {
-        problems.push((
-            "WeakPassword",
-            format!(
-                "the password in Secret {} fails the broker's policy: {w}",
-                user.spec
-                    .authentication
-                    .password
-                    .as_ref()
-                    .and_then(|p| p.secret_ref.as_ref())
-                    .map(|r| r.name.clone())
-                    .unwrap_or_default()
-            ),
-        ));
-    }
 
-    // --- username conflicts: the oldest claimant keeps the username
-    let me = (user.metadata.creation_timestamp.as_ref().map(|t| t.0), name.clone());
-    // (one pass over the store without copying it: this runs for every user of a 10,000-user broker)
-    let claims = |o: &MqttUser| {
-        o.metadata.namespace.as_deref() == Some(ns.as_str())
-            && o.spec.broker_ref.name == broker_name
-            && o.metadata.deletion_timestamp.is_none()
-            && o.spec.username.as_deref().or(o.metadata.name.as_deref()) == Some(username.as_str())
-            && o.metadata.name.as_deref() != Some(name.as_str())
+    // --- status
+    let outcome = outcome.filter(|o| o.generation == user.metadata.generation);
+    let password_revision = match (&generated, &user.spec.authentication.password) {
+        (Some(g), _) => g.1.clone(),
+        (None, Some(p)) => p
+            .secret_ref
+            .as_ref()
+            .and_then(|r| crate::controller::broker::observe::byo_secret(&ctx.stores, &ns, &name, &r.name))
+            .and_then(|s| s.resource_version()),
+        (None, None) => None,
     };
-    let age = |o: &Arc<MqttUser>| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.name_any());
-    if let Some(holder) = s
-        .users
-        .state_filter(claims)
-        .into_iter()
-        .filter(|o| age(o) < me && crate::validate::user_spec(&o.name_any(), &o.spec).is_ok())
-        .min_by_key(age)
-        .map(|o| o.name_any())
-    {
-        problems.push(("UsernameConflict", format!("username {username} is already used by MqttUser {holder}")));
+    let listeners_ok = (user.spec.authentication.password.is_none() || m.has_password_listener())
+        && (user.spec.authentication.certificate.is_none() || m.has_certificate_listener());
+    let decided = decide_status(
+        user,
+        listeners_ok,
+        &username,
+        outcome.as_ref(),
+        password_revision.as_deref(),
+        generated.as_ref().map(|g| &g.0),
+        rotate_after,
+        &previous,
+        now,
+    );
+    let mut next: Vec<jiff::Timestamp> = vec![];
+    if let Some((g, _)) = &generated {
+        next.extend(pu::next_rotation(g.rotated_at, rotate_after));
     }
-
-    // --- certificate
-    let mut cert_info = None;
-    if let Some(c) = &user.spec.authentication.certificate {
-        match &index.ca {
-            None => problems.push(("CertificatePending", "waiting for the broker's CA".into())),
-            Some(ca) => {
-                let validity = c.validity.parse().map_err(Error::Other)?;
-                let renew = c.renew_before.parse().map_err(Error::Other)?;
-                let secret_name = names::certificate_secret(&name);
-                let observed = Stores::get(&s.secrets, &ns, &secret_name);
-                let existing = observed.as_deref().and_then(issued_from);
-                let decided = bu::client_certificate(&username, existing.as_ref(), ca, validity, renew, now)
-                    .map_err(|e| Error::Pki(e.to_string()))?;
-                let mut desired = user_secret(
-                    &model,
-                    &name,
-                    secret_name.clone(),
-                    "client-certificate",
-                    bu::certificate_data(&model, &decided.issued, ca),
-                    BTreeMap::new(),
-                    None,
-                );
-                super::apply::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await?;
-                if let Some(r) = decided.renewal {
-                    ctx.metrics
-                        .certificates_issued
-                        .get_or_create(&crate::metrics::KindLabels { kind: "client".into() })
-                        .inc();
-                    let reason =
-                        if r == crate::pki::RenewReason::Missing { "CertificateIssued" } else { "CertificateRenewed" };
-                    ctx.event(
-                        user,
-                        EventType::Normal,
-                        reason,
-                        format!("client certificate for {username} issued ({})", r.as_str()),
-                    )
-                    .await;
-                }
-                if let Ok(info) = crate::pki::inspect(&decided.issued.cert_pem) {
-                    next.extend(crate::pki::leaf_next_event(&info, renew, now));
-                    ctx.metrics
-                        .cert_expiry
-                        .get_or_create(&crate::metrics::CertLabels {
-                            namespace: ns.clone(),
-                            broker: broker_name.clone(),
-                            role: "client".into(),
-                            name: name.clone(),
-                        })
-                        .set(info.not_after.as_second());
-                    status.certificate = Some(CertificateInfo {
-                        serial: Some(info.serial_hex.clone()),
-                        not_after: Some(Time(info.not_after)),
-                        renewal_time: Some(Time(crate::pki::renewal_time(&info, renew))),
-                    });
-                    cert_info = Some(info);
-                }
-                status.certificate_secret = Some(secret_name);
-            }
-        }
-    }
-
-    // --- ready: the broker's applied files carry this user
-    let in_passwd = match (&fingerprint, password.is_some()) {
-        (Some(fp), true) => index.fingerprints.get(&username) == Some(fp),
-        _ => user.spec.authentication.password.is_none(),
-    };
-    if problems.is_empty() && user.spec.authentication.password.is_some() && !in_passwd {
-        problems.push(("WaitingForBroker", "the password is not yet in the broker's applied password file".into()));
-    }
-    // A new user whose only wait is the broker's next password file gets its first status with the
-    // outcome (the shard update wakes it), not a transient one: half the status writes of a bulk apply.
+    // A new user whose only wait is the broker's next files gets its first status with the
+    // outcome (the verdict wakes it), not a transient one: half the status writes of a bulk apply.
     let seconds_old = user.metadata.creation_timestamp.as_ref().map(|t| now.duration_since(t.0).as_secs());
     if previous.conditions.is_empty()
-        && matches!(problems.as_slice(), [("WaitingForBroker", _)])
+        && decided.waiting
         && seconds_old.is_some_and(|a| (0..FIRST_STATUS_GRACE.as_secs() as i64).contains(&a))
     {
         return Ok(Action::requeue(FIRST_STATUS_GRACE));
     }
-    let ready = match problems.first() {
-        None => Cond::ok(CONDITION_READY, "Ready", format!("{username} can connect to {broker_name}")),
-        Some((reason, msg)) => Cond::not(CONDITION_READY, *reason, msg.clone()),
-    };
-
-    // --- compliance
-    let reused_with: Vec<String> = fingerprint
-        .as_ref()
-        .and_then(|fp| index.by_fingerprint.get(fp))
-        .map(|users| users.iter().filter(|u| **u != username).cloned().collect())
-        .unwrap_or_default();
-    let facts = UserFacts {
-        password_auth: user.spec.authentication.password.is_some(),
-        generated: matches!(password, Some((_, true))),
-        weak_password: weak,
-        rotate_after,
-        password_age: rotated_at.map(|t| Duration::from_secs(now.duration_since(t).as_secs().max(0) as u64)),
-        reused_with,
-        certificate_auth: wants_cert,
-        certificate: cert_info,
-        cert_renew_before: user
-            .spec
-            .authentication
-            .certificate
-            .as_ref()
-            .and_then(|c| c.renew_before.parse().ok())
-            .unwrap_or_default(),
-        has_usable_listener: (user.spec.authentication.password.is_none() || model.has_password_listener())
-            && (!wants_cert || model.has_certificate_listener()),
-        now,
-    };
-    let checks = compliance::evaluate_user(&facts);
-    let summary = compliance::summarize(checks, None);
-    let compliant = super::compliant_condition(&summary);
-
-    status.conditions = conditions::merge(&previous.conditions, vec![ready, compliant], user.metadata.generation, now);
-    status.compliance = Some(summary);
-    status.username = Some(username);
-    status.authentication = Some(
-        match (user.spec.authentication.password.is_some(), wants_cert) {
-            (true, true) => "Password+Certificate",
-            (true, false) => "Password",
-            _ => "Certificate",
-        }
-        .into(),
-    );
-    status.credentials_secret = matches!(password, Some((_, true))).then(|| names::credentials_secret(&name));
-    if !wants_cert {
-        status.certificate_secret = None;
-        status.certificate = None;
+    super::write_status(ctx, user, &previous, &decided.status).await?;
+    if let Some(c) = &decided.status.certificate
+        && let Some(t) = &c.not_after
+    {
+        ctx.metrics
+            .cert_expiry
+            .get_or_create(&crate::metrics::CertLabels {
+                namespace: ns.clone(),
+                broker: broker_name.clone(),
+                role: "client".into(),
+                name: name.clone(),
+            })
+            .set(t.0.as_second());
     }
-    status.password_rotated_at = rotated_at.filter(|_| password.is_some()).map(Time);
-    status.password_version = version;
-    super::write_status(ctx, user, &previous, &status).await?;
-
     let wake = next.into_iter().filter(|t| *t > now).min();
     Ok(match wake {
         Some(t) => Action::requeue(crate::pki::requeue_after(t, now).max(Duration::from_secs(1))),
         None => Action::await_change(),
     })
+}
+
+/// The generated password: decided from the stored one, written when new or rotated. Returns
+/// the decision and the resourceVersion of the Secret holding it.
+#[allow(clippy::too_many_arguments)]
+async fn ensure_credentials(
+    ctx: &Context,
+    user: &MqttUser,
+    model: &BrokerModel,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    observed: Option<&Secret>,
+    username: &str,
+    rotate_after: Option<Duration>,
+    previous: &MqttUserStatus,
+    now: jiff::Timestamp,
+) -> Result<(GeneratedCredentials, Option<String>)> {
+    let name = user.name_any();
+    let g = pu::generated_password(user, model, &stored_credentials(observed), rotate_after, now);
+    let mut annotations = BTreeMap::from([(ROTATED_AT_ANNOTATION.to_string(), g.rotated_at.to_string())]);
+    if let Some(h) = &g.rotation_handled {
+        annotations.insert(ROTATION_HANDLED_ANNOTATION.into(), h.clone());
+    }
+    let mut desired = user_secret(
+        model,
+        &name,
+        names::credentials_secret(&name),
+        "credentials",
+        pu::credentials_data(model, username, &g.password),
+        annotations,
+    );
+    // (a Secret of ours the cache does not show yet is StaleCache: never a second password)
+    let ensured = apply::ensure(ctx, &mut desired, observed, owner, false).await?;
+    // the first password of a new user is not news (one Event per created user would double the
+    // API writes of a bulk apply); regenerations and rotations are
+    if let Some(why) = g.regenerated
+        && (why != pu::Regenerate::Missing || previous.password_version.is_some())
+    {
+        ctx.event(user, EventType::Normal, why.reason(), format!("password generated ({why:?})")).await;
+    }
+    Ok((g, ensured.resource_version))
+}
+
+/// The status decided for a user.
+struct Decided {
+    status: MqttUserStatus,
+    /// The only thing missing is the broker's next verdict.
+    waiting: bool,
+}
+
+/// The user's status from the broker's verdict (pure).
+#[allow(clippy::too_many_arguments)]
+fn decide_status(
+    user: &MqttUser,
+    listeners_ok: bool,
+    username: &str,
+    outcome: Option<&crate::plan::broker::UserOutcome>,
+    password_revision: Option<&str>,
+    generated: Option<&GeneratedCredentials>,
+    rotate_after: Option<Duration>,
+    previous: &MqttUserStatus,
+    now: jiff::Timestamp,
+) -> Decided {
+    let broker_name = &user.spec.broker_ref.name;
+    let wants_password = user.spec.authentication.password.is_some();
+    let wants_cert = user.spec.authentication.certificate.is_some();
+    let byo = user.spec.authentication.password.as_ref().and_then(|p| p.secret_ref.as_ref());
+    let mut waiting = false;
+    let holder: Option<&Holder> = match outcome.map(|o| &o.verdict) {
+        Some(Verdict::Holder(h)) => Some(h),
+        _ => None,
+    };
+    let ready = match outcome.map(|o| &o.verdict) {
+        None => {
+            waiting = true;
+            Cond::not(CONDITION_READY, "WaitingForBroker", "the broker has not decided on this version of the user yet")
+        }
+        Some(Verdict::Invalid(e)) => Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()),
+        Some(Verdict::Deleting) => Cond::not(CONDITION_READY, "Deleting", "being deleted"),
+        Some(Verdict::UsernameConflict { username, holder }) => Cond::not(
+            CONDITION_READY,
+            "UsernameConflict",
+            format!(
+                "username {username} is already used by MqttUser {holder}: no credential of this user is in effect"
+            ),
+        ),
+        Some(Verdict::UsernameQuarantined { username, until }) => Cond::not(
+            CONDITION_READY,
+            "UsernameQuarantined",
+            match until {
+                Some(t) => format!(
+                    "a revoked certificate of the previous owner of {username} may still be connected: the username is handed over when it expires at {t}"
+                ),
+                None => format!(
+                    "a revoked certificate of the previous owner of {username} may still be connected: the username is handed over once the broker pods have restarted (under way)"
+                ),
+            },
+        ),
+        Some(Verdict::Holder(h)) => {
+            let stale =
+                wants_password && h.password == Cred::InEffect && h.password_revision.as_deref() != password_revision;
+            match (&h.password, &h.certificate) {
+                _ if stale => {
+                    waiting = true;
+                    Cond::not(
+                        CONDITION_READY,
+                        "WaitingForBroker",
+                        "the password is not yet in the broker's password file",
+                    )
+                }
+                (Cred::Weak, _) => Cond::not(
+                    CONDITION_READY,
+                    "WeakPassword",
+                    format!(
+                        "the password in Secret {} does not meet the broker's password policy (spec.passwords of MqttBroker {broker_name}); it is not in effect",
+                        byo.map(|r| r.name.as_str()).unwrap_or("?")
+                    ),
+                ),
+                (Cred::Unavailable(why), _) => Cond::not(CONDITION_READY, "PasswordUnavailable", why.clone()),
+                (Cred::Pending(why), _) | (_, Cred::Pending(why)) => {
+                    Cond::not(CONDITION_READY, "CertificatePending", why.clone())
+                }
+                (p, c) if (!wants_password || *p == Cred::InEffect) && (!wants_cert || *c == Cred::InEffect) => {
+                    Cond::ok(CONDITION_READY, "Ready", format!("{username} can connect to {broker_name}"))
+                }
+                _ => {
+                    waiting = true;
+                    Cond::not(CONDITION_READY, "WaitingForBroker", "not yet in the broker's files")
+                }
+            }
+        }
+    };
+
+    let rotated_at = match (generated, holder) {
+        (Some(g), _) => Some(g.rotated_at),
+        // a brought password: first seen when its version changed
+        (None, Some(h)) if h.password_version.is_some() && h.password_version != previous.password_version => Some(now),
+        (None, Some(h)) if h.password_version.is_some() => previous.password_rotated_at.as_ref().map(|t| t.0),
+        _ => None,
+    };
+    let certificate = holder.and_then(|h| h.cert.as_ref()).map(|c| CertificateInfo {
+        serial: Some(c.serial_hex.clone()),
+        not_after: Some(Time(c.not_after)),
+        renewal_time: Some(Time(c.renewal_time)),
+    });
+    let facts = UserFacts {
+        password_auth: wants_password,
+        generated: generated.is_some(),
+        weak_password: holder.is_some_and(|h| h.password == Cred::Weak),
+        rotate_after,
+        password_age: rotated_at.map(|t| Duration::from_secs(now.duration_since(t).as_secs().max(0) as u64)),
+        reused: holder.is_some_and(|h| h.reused),
+        certificate_auth: wants_cert,
+        certificate: holder.and_then(|h| h.cert.as_ref()).map(|c| (c.not_after, c.renewal_time)),
+        has_usable_listener: listeners_ok,
+        now,
+    };
+    let summary = compliance::summarize(compliance::evaluate_user(&facts), None);
+    let compliant = super::compliant_condition(&summary);
+    let status = MqttUserStatus {
+        observed_generation: user.metadata.generation,
+        conditions: conditions::merge(&previous.conditions, vec![ready, compliant], user.metadata.generation, now),
+        compliance: Some(summary),
+        username: Some(username.to_string()),
+        authentication: Some(
+            match (wants_password, wants_cert) {
+                (true, true) => "Password+Certificate",
+                (true, false) => "Password",
+                _ => "Certificate",
+            }
+            .into(),
+        ),
+        credentials_secret: generated.map(|_| names::credentials_secret(&user.name_any())),
+        certificate_secret: certificate.as_ref().map(|_| names::certificate_secret(&user.name_any())),
+        password_rotated_at: rotated_at.map(Time),
+        password_version: holder.and_then(|h| h.password_version.clone()),
+        certificate,
+    };
+    Decided { status, waiting }
+}
+
+async fn write_conditions(
+    ctx: &Context,
+    user: &MqttUser,
+    previous: &MqttUserStatus,
+    conds: Vec<Cond>,
+    now: jiff::Timestamp,
+) -> Result<()> {
+    let status = MqttUserStatus {
+        observed_generation: user.metadata.generation,
+        conditions: conditions::merge(&previous.conditions, conds, user.metadata.generation, now),
+        ..previous.clone()
+    };
+    super::write_status(ctx, user, previous, &status).await
 }
 
 fn stored_credentials(secret: Option<&Secret>) -> StoredCredentials {
@@ -397,65 +419,9 @@ fn stored_credentials(secret: Option<&Secret>) -> StoredCredentials {
     }
 }
 
-/// A brought password: from the watched-Secret cache; a referenced Secret that is not labelled yet
-/// is read once directly and labelled so the cache (bounded by that label) picks it up.
-async fn byo_password(
-    ctx: &Context,
-    ns: &str,
-    secret: &str,
-    key: &str,
-) -> Result<std::result::Result<Password, String>> {
-    let cached = Stores::get(&ctx.stores.watched_secrets, ns, secret);
-    let found = match cached {
-        Some(s) => Some((*s).clone()),
-        None => {
-            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            match api.get_opt(secret).await? {
-                None => None,
-                Some(s) => {
-                    let patch = serde_json::json!({"metadata": {"labels": {names::WATCH_LABEL: "true"}}});
-                    ctx.metrics.write("Secret", "label");
-                    api.patch(secret, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-                    Some(s)
-                }
-            }
-        }
-    };
-    Ok(match found {
-        None => Err(format!("Secret {secret} not found")),
-        Some(s) => match secret_text(&s, key) {
-            Some(pw) => Ok(Password(pw)),
-            None => Err(format!("Secret {secret} has no key {key}")),
-        },
-    })
-}
-
-/// The certificate of a deleted user is revoked (or there is nothing to revoke).
-fn revocation_done(ctx: &Context, user: &MqttUser, ns: &str, broker: &str) -> bool {
-    if Stores::get(&ctx.stores.brokers, ns, broker).is_none() {
-        return true; // no broker left to trust the certificate
-    }
-    let Some(secret) = Stores::get(&ctx.stores.secrets, ns, &names::certificate_secret(&user.name_any())) else {
-        return true;
-    };
-    let Some(cert) = secret_text(&secret, "tls.crt") else { return true };
-    let Ok(info) = crate::pki::inspect(&cert) else { return true };
-    applied(ctx, ns, broker).revoked.contains(&info.serial_hex)
-}
-
-async fn add_finalizer(ctx: &Context, user: &MqttUser) -> Result<()> {
+async fn remove_legacy_finalizer(ctx: &Context, user: &MqttUser) -> Result<()> {
     let api: Api<MqttUser> = Api::namespaced(ctx.client.clone(), &user.namespace().unwrap_or_default());
-    let mut finalizers = user.finalizers().to_vec();
-    finalizers.push(REVOKE_FINALIZER.into());
-    let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": user.resource_version()}});
-    ctx.metrics.write("MqttUser", "finalizer");
-    api.patch(&user.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
-}
-
-async fn remove_finalizer(ctx: &Context, user: &MqttUser) -> Result<()> {
-    let api: Api<MqttUser> = Api::namespaced(ctx.client.clone(), &user.namespace().unwrap_or_default());
-    let finalizers: Vec<&String> = user.finalizers().iter().filter(|f| *f != REVOKE_FINALIZER).collect();
+    let finalizers: Vec<&String> = user.finalizers().iter().filter(|f| *f != LEGACY_FINALIZER).collect();
     let patch = serde_json::json!({"metadata": {"finalizers": finalizers, "resourceVersion": user.resource_version()}});
     ctx.metrics.write("MqttUser", "finalizer");
     match api.patch(&user.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {

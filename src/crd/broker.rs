@@ -744,6 +744,27 @@ pub struct SecuritySpec {
     /// from the operator's namespace only). Default: true.
     #[serde(default = "default_true")]
     pub active_probe: bool,
+    /// How moat ends the live sessions of a client certificate it revokes because its owner lost
+    /// the identity (user deleted, username lost to an older user): Mosquitto checks the CRL only
+    /// at the TLS handshake, so such a session survives the revocation. Meanwhile moat denies the
+    /// identity every topic. `RestartPods` (default): a rolling restart of the broker pods (one at
+    /// a time, after 10 s without further revocations, at most 60 s after the first) ends those
+    /// sessions; the username can be reused once it has completed. `BlockUntilExpiry`: no restart;
+    /// the identity stays denied, and its username cannot be claimed by another MqttUser, until
+    /// the revoked certificate expires.
+    #[serde(default)]
+    pub revoked_sessions: RevokedSessions,
+}
+
+/// What ends the live sessions of revoked client certificates.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RevokedSessions {
+    /// A rolling restart of the broker pods.
+    #[default]
+    RestartPods,
+    /// No restart: the identity is denied every topic and its username quarantined until the
+    /// certificate expires.
+    BlockUntilExpiry,
 }
 
 fn default_sys_interval() -> u32 {
@@ -752,7 +773,12 @@ fn default_sys_interval() -> u32 {
 
 impl Default for SecuritySpec {
     fn default() -> Self {
-        Self { use_username_as_client_id: true, sys_interval: default_sys_interval(), active_probe: true }
+        Self {
+            use_username_as_client_id: true,
+            sys_interval: default_sys_interval(),
+            active_probe: true,
+            revoked_sessions: RevokedSessions::default(),
+        }
     }
 }
 
@@ -813,6 +839,45 @@ pub struct MqttBrokerStatus {
     /// Progress of the current or last version upgrade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeStatus>,
+    /// Changes to managed objects made outside moat and repaired, newest first (the last 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftRecord>,
+    /// Revoked client certificates whose live sessions moat is ending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationStatus>,
+    /// The last value of the `mqtt.moat.dev/audit` annotation that was handled (setting a new
+    /// value asks for an audit now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_request: Option<String>,
+}
+
+/// One change to a managed object made outside moat.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftRecord {
+    /// When moat found it.
+    pub detected_at: Time,
+    /// `<Kind> <name>` of the object.
+    pub object: String,
+    /// What changed: the first field path that no longer carried moat's value, or `deleted`.
+    pub change: String,
+    /// Whether moat restored the object.
+    pub repaired: bool,
+}
+
+/// Ending the sessions of revoked client certificates.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationStatus {
+    /// Usernames denied every topic because a revoked certificate of theirs may still be connected.
+    #[serde(default)]
+    pub blocked_identities: u32,
+    /// When moat last restarted the broker pods to end such sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_ended_at: Option<Time>,
+    /// A restart to end such sessions is pending or rolling.
+    #[serde(default)]
+    pub restart_pending: bool,
 }
 
 /// Version information.
@@ -865,6 +930,11 @@ pub struct CertificatesStatus {
     /// Serials currently revoked by the CRL.
     #[serde(default)]
     pub revoked: u32,
+    /// When the CRL expires: certificate clients keep working without the operator until then
+    /// (OpenSSL refuses every client certificate once the CRL is past its nextUpdate). moat
+    /// re-signs it two days before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_next_update: Option<Time>,
 }
 
 /// One in-cluster endpoint.

@@ -50,7 +50,9 @@ pub use rollover::{
     CA_CERT_KEY, CA_KEY_KEY, CaSet, CaTransition, PENDING_CA_CERT_KEY, PENDING_CA_KEY_KEY, RETIRING_CA_CERT_KEY,
     RETIRING_CA_KEY_KEY, SINCE_KEY, plan_ca,
 };
-pub use rotation::{RenewReason, Want, leaf_next_event, leaf_renewal, renewal_time, requeue_after};
+pub use rotation::{
+    RenewReason, Want, issued_leaf_renewal, leaf_next_event, leaf_renewal, renewal_time, renewal_time_of, requeue_after,
+};
 
 /// Tolerated clock difference between the operator and the broker pods / clients.
 ///

@@ -66,8 +66,8 @@ pub enum Want<'a> {
 /// The renew-before actually applied to `info`: `renew_before`, unless it does not leave the
 /// certificate any time outside its window (renew_before + [`CLOCK_SKEW`] ≥ lifetime, which admission
 /// forbids but a capped leaf can reach), then a third of the lifetime (renew at 2/3, like cert-manager).
-fn effective_renew_before(info: &CertInfo, renew_before: Duration) -> SignedDuration {
-    let lifetime = info.not_after.duration_since(info.not_before);
+fn effective_renew_before(not_before: Timestamp, not_after: Timestamp, renew_before: Duration) -> SignedDuration {
+    let lifetime = not_after.duration_since(not_before);
     if lifetime <= SignedDuration::ZERO {
         return SignedDuration::ZERO;
     }
@@ -81,7 +81,42 @@ fn effective_renew_before(info: &CertInfo, renew_before: Duration) -> SignedDura
 /// When `info` enters its renew window: `notAfter − renew_before` (see [`leaf_renewal`] for the clamp
 /// applied when `renew_before` is not shorter than the certificate's lifetime).
 pub fn renewal_time(info: &CertInfo, renew_before: Duration) -> Timestamp {
-    info.not_after.checked_sub(effective_renew_before(info, renew_before)).unwrap_or(Timestamp::MIN)
+    renewal_time_of(info.not_before, info.not_after, renew_before)
+}
+
+/// [`renewal_time`] from a certificate's validity period.
+pub fn renewal_time_of(not_before: Timestamp, not_after: Timestamp, renew_before: Duration) -> Timestamp {
+    not_after.checked_sub(effective_renew_before(not_before, not_after, renew_before)).unwrap_or(Timestamp::MIN)
+}
+
+/// [`leaf_renewal`] for a client certificate moat issued and knows to be unchanged (its Secret
+/// holds exactly what was issued, so key, profile, names and signature were checked at issuance):
+/// only the clock and the signer decide. Needs no certificate parsing.
+pub fn issued_leaf_renewal(
+    not_before: Timestamp,
+    not_after: Timestamp,
+    issuer_dn: &str,
+    signer: &CertInfo,
+    validity: Duration,
+    renew_before: Duration,
+    now: Timestamp,
+) -> Option<RenewReason> {
+    let now = trunc(now);
+    if now > not_after {
+        return Some(RenewReason::Expired);
+    }
+    if not_before > now {
+        return Some(RenewReason::NotYetValid);
+    }
+    if issuer_dn != signer.subject_dn {
+        return Some(RenewReason::IssuerChanged);
+    }
+    if now >= renewal_time_of(not_before, not_after, renew_before)
+        && leaf_not_after(signer, validity, now).is_ok_and(|candidate| candidate > not_after)
+    {
+        return Some(RenewReason::RenewWindow);
+    }
+    None
 }
 
 /// Decides whether the leaf `existing` must be (re-)issued by `signer` (the active CA), and why.

@@ -135,6 +135,17 @@ impl ParsedAcl {
 ///
 /// The output is parsed back with [`parse`] and must yield exactly the input's [`RuleSet`].
 pub fn render(users: &BTreeMap<String, Vec<AclRule>>, patterns: &[AclRule]) -> Result<String, AclRenderError> {
+    Ok(render_blocks(users, patterns)?.into_iter().map(|(_, text)| text).collect())
+}
+
+/// [`render`] as keyed blocks (header, one per user, the patterns) whose concatenation *in any
+/// order* means the same to Mosquitto: every block starts with a comment, a `user` line or
+/// `pattern` lines, so no block's `topic` lines can attach to another block's user. The
+/// concatenation in the returned order is [`render`]'s output. For sharding the file over Secrets.
+pub fn render_blocks(
+    users: &BTreeMap<String, Vec<AclRule>>,
+    patterns: &[AclRule],
+) -> Result<Vec<(String, String)>, AclRenderError> {
     for (user, rules) in users {
         validate::username(user).map_err(|reason| AclRenderError::InvalidUsername { username: quote(user), reason })?;
         for rule in rules {
@@ -151,25 +162,29 @@ pub fn render(users: &BTreeMap<String, Vec<AclRule>>, patterns: &[AclRule]) -> R
     }
     let expected = RuleSet::new(users, patterns);
 
-    let mut out = String::from(HEADER);
+    let mut header = String::from(HEADER);
     if expected.is_empty() {
-        out.push_str(NO_RULES);
+        header.push_str(NO_RULES);
     }
+    let mut blocks = vec![("#".to_string(), header)];
     for (user, rules) in &expected.users {
-        out.push('\n');
-        out.push_str(&format!("user {user}\n"));
+        let mut out = format!("\nuser {user}\n");
         write_rules(&mut out, "topic", rules);
+        blocks.push((format!("user {user}"), out));
     }
     if !expected.patterns.is_empty() {
-        out.push_str("\n# Rules for every user: %u is the username, %c the client id.\n");
+        let mut out = String::from("\n# Rules for every user: %u is the username, %c the client id.\n");
         write_rules(&mut out, "pattern", &expected.patterns);
+        blocks.push(("pattern".to_string(), out));
     }
 
-    let parsed = parse(&out).map_err(|e| AclRenderError::SelfCheck(e.to_string()))?;
+    // Self-check in the reverse order, the least favourable for block independence.
+    let reversed: String = blocks.iter().rev().map(|(_, t)| t.as_str()).collect();
+    let parsed = parse(&reversed).map_err(|e| AclRenderError::SelfCheck(e.to_string()))?;
     if parsed.rule_set() != expected {
         return Err(AclRenderError::SelfCheck("the rules read back differ from the input".into()));
     }
-    Ok(out)
+    Ok(blocks)
 }
 
 /// Writes `keyword access topic` lines: denials first, then grants.

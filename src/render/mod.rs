@@ -4,6 +4,7 @@ pub mod acl;
 pub mod config;
 pub mod network;
 pub mod passwd;
+pub mod shard;
 pub mod workload;
 
 /// Directory in the broker pod where `moat agent` installs the files Mosquitto reads (emptyDir).

@@ -43,10 +43,19 @@ pub struct WorkloadParams {
     /// Number of password-shard slots mounted (shard Secrets beyond the live count are optional,
     /// so the file can grow without a pod restart until the slots run out).
     pub passwd_slots: usize,
+    /// Number of ACL-part slots mounted (as for the password file).
+    pub acl_slots: usize,
+    /// When moat last restarted the pods to end the sessions of revoked certificates (a new
+    /// value rolls the pods).
+    pub sessions_epoch: Option<jiff::Timestamp>,
 }
 
-/// Number of shard slots to mount for `shards` live shards: at least 4, then the next power of
-/// two, so growing from 1 to 4, or 5 to 8, shards changes nothing in the pod template.
+/// Pod template annotation: the restart epoch that ends the sessions of revoked certificates.
+pub const SESSIONS_EPOCH_ANNOTATION: &str = "mqtt.moat.dev/sessions-epoch";
+
+/// Number of shard slots to mount for `shards` live shards (password file or ACL parts): at least
+/// 4, then the next power of two, so growing from 1 to 4, or 5 to 8, shards changes nothing in the
+/// pod template.
 pub fn passwd_slots(shards: usize) -> usize {
     shards.max(4).next_power_of_two()
 }
@@ -121,6 +130,9 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
     pod_labels.extend(model.labels("broker"));
     let mut pod_annotations = spec.pod.annotations.clone();
     pod_annotations.insert(RESTART_HASH_ANNOTATION.into(), params.restart_hash.clone());
+    if let Some(epoch) = params.sessions_epoch {
+        pod_annotations.insert(SESSIONS_EPOCH_ANNOTATION.into(), epoch.to_string());
+    }
 
     let secret_mounts = vec![
         mount("config", format!("{SECRETS_DIR}/config"), true),
@@ -189,32 +201,38 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
         ..Default::default()
     };
 
-    let passwd_sources = (0..params.passwd_slots)
-        .map(|n| VolumeProjection {
-            secret: Some(SecretProjection {
-                name: names::passwd_secret(&model.name, n),
-                optional: Some(true),
-                items: Some(vec![
-                    k8s_openapi::api::core::v1::KeyToPath {
-                        key: "passwd".into(),
-                        path: format!("{n}/passwd"),
-                        mode: None,
-                    },
-                    k8s_openapi::api::core::v1::KeyToPath {
-                        key: "manifest".into(),
-                        path: format!("{n}/manifest"),
-                        mode: None,
-                    },
-                ]),
-            }),
-            ..Default::default()
-        })
-        .collect();
+    let parts = |slots: usize, secret: &dyn Fn(usize) -> String, key: &str| -> Vec<VolumeProjection> {
+        (0..slots)
+            .map(|n| VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: secret(n),
+                    optional: Some(true),
+                    items: Some(
+                        [key, "manifest"]
+                            .iter()
+                            .map(|k| k8s_openapi::api::core::v1::KeyToPath {
+                                key: (*k).into(),
+                                path: format!("{n}/{k}"),
+                                mode: None,
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let passwd_sources = parts(params.passwd_slots, &|n| names::passwd_secret(&model.name, n), "passwd");
+    let acl_sources = parts(params.acl_slots, &|n| names::acl_secret(&model.name, n), "acl");
 
     let volumes = vec![
         secret_volume("config", names::config_secret(&model.name), &["mosquitto.conf"]),
         secret_volume("tls", names::tls_secret(&model.name), &["tls.crt", "tls.key", "ca.crt", "crl.pem"]),
-        secret_volume("acl", names::acl_secret(&model.name), &["acl"]),
+        Volume {
+            name: "acl".into(),
+            projected: Some(ProjectedVolumeSource { default_mode: Some(0o440), sources: Some(acl_sources) }),
+            ..Default::default()
+        },
         Volume {
             name: "passwd".into(),
             projected: Some(ProjectedVolumeSource { default_mode: Some(0o440), sources: Some(passwd_sources) }),
@@ -330,6 +348,8 @@ mod tests {
             partition: 0,
             restart_hash: "abc".into(),
             passwd_slots: 4,
+            acl_slots: 4,
+            sessions_epoch: None,
         }
     }
 

@@ -1,15 +1,16 @@
-//! User build: the generated password (created once, rotated only when due or asked for) and the
-//! client certificate (issued and renewed from the broker's CA).
+//! User plan: the generated password (created once, rotated only when due or asked for) and the
+//! data of the credentials and certificate Secrets (the certificate itself is issued by the broker
+//! plan, the only issuer).
 
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 
-use super::{BuildError, Password, after};
+use super::{Password, after};
 use crate::crd::MqttUser;
 use crate::crd::broker::ListenerAuthentication;
 use crate::model::BrokerModel;
-use crate::pki::{self, CaSet, Issued, RenewReason, Want};
+use crate::pki::{CaSet, Issued};
 
 /// Annotation on the credentials Secret: when the password in it was generated.
 pub const ROTATED_AT_ANNOTATION: &str = "mqtt.moat.dev/rotated-at";
@@ -99,31 +100,6 @@ pub fn generated_password(
 /// When a generated password next rotates by the clock.
 pub fn next_rotation(rotated_at: Timestamp, rotate_after: Option<std::time::Duration>) -> Option<Timestamp> {
     rotate_after.map(|d| after(rotated_at, d))
-}
-
-/// The decided client certificate.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientCertificate {
-    /// Certificate and key.
-    pub issued: Issued,
-    /// Why it was issued now; `None` = unchanged.
-    pub renewal: Option<RenewReason>,
-}
-
-/// Decides the client certificate of `username`, signed by the broker's active CA.
-pub fn client_certificate(
-    username: &str,
-    existing: Option<&Issued>,
-    ca: &CaSet,
-    validity: std::time::Duration,
-    renew_before: std::time::Duration,
-    now: Timestamp,
-) -> Result<ClientCertificate, BuildError> {
-    let renewal = pki::leaf_renewal(existing, Want::Client(username), &ca.active, validity, renew_before, now);
-    Ok(match (renewal, existing) {
-        (None, Some(e)) => ClientCertificate { issued: e.clone(), renewal: None },
-        _ => ClientCertificate { issued: pki::issue_client(&ca.active, username, validity, now)?, renewal },
-    })
 }
 
 /// Data of the credentials Secret: `username`, `password` and connection hints.

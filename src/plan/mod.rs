@@ -1,12 +1,14 @@
-//! The pure *build* step: from a validated broker, its users and ACLs, the existing material and
-//! the clock, decide every file and credential the broker needs. Shared by the controllers and by
-//! the offline `moat render`, so both produce exactly the same artifacts.
+//! The pure *plan* step: from a validated broker, its users and ACLs, the existing material and
+//! the clock, decide every file and credential the broker needs and what becomes of each user
+//! and ACL. Shared by the controllers and by the offline `moat render`, so both produce exactly
+//! the same artifacts.
 //!
 //! Nothing here reads the clock, the network or the cluster. Randomness (new keys, salts,
 //! generated passwords) is drawn only when something is missing or due — never for material that
 //! is still valid.
 
 pub mod broker;
+pub mod ledger;
 pub mod objects;
 pub mod user;
 
@@ -22,9 +24,9 @@ impl fmt::Debug for Password {
     }
 }
 
-/// Failures of the build step (corrupt stored material or an internal invariant).
+/// Failures of the plan step (corrupt stored material or an internal invariant).
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub enum PlanError {
     /// Certificate material.
     #[error("certificates: {0}")]
     Pki(#[from] crate::pki::PkiError),
@@ -37,9 +39,25 @@ pub enum BuildError {
     /// ACL file.
     #[error("ACL file: {0}")]
     Acl(#[from] crate::render::acl::AclRenderError),
+    /// Splitting a file over Secrets.
+    #[error("sharding: {0}")]
+    Split(#[from] crate::render::shard::SplitError),
     /// Stored state that cannot be read.
     #[error("{0}")]
     Corrupt(String),
+}
+
+impl PlanError {
+    /// Stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PlanError::Pki(_) => "plan_pki",
+            PlanError::Passwd(_) | PlanError::Shard(_) => "plan_passwd",
+            PlanError::Acl(_) => "plan_acl",
+            PlanError::Split(_) => "plan_shard",
+            PlanError::Corrupt(_) => "plan_corrupt",
+        }
+    }
 }
 
 /// Adds a std duration to a timestamp, saturating.

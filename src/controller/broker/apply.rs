@@ -1,0 +1,176 @@
+//! Apply: writes what differs, in an order that fails safe.
+//!
+//! 1. the certificate ledger: a certificate is recorded before it can reach a user Secret;
+//! 2. CA, TLS (server certificate, trust bundle, CRL) and the password shards: revocations and
+//!    removed or rotated passwords take effect even if a later write fails;
+//! 3. ACL parts and config, then the users' certificate Secrets (only if the ledger was written);
+//! 4. trust bundle, ServiceAccount, Services, NetworkPolicies, StatefulSet, PDB;
+//! 5. obsolete objects (surplus shards, parts, certificate Secrets of users that lost them);
+//!
+//! and waits until the cache shows every Secret it wrote, so the next reconcile reads its own
+//! writes (a stale read could otherwise re-issue a certificate that was just issued).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+use super::Decided;
+use super::observe::Observed;
+use crate::controller::apply::{self as ap, Applier, Drift, owned_by};
+use crate::controller::context::{Context, Stores};
+use crate::controller::{Error, Result};
+use crate::crd::MqttBroker;
+use crate::names;
+use crate::plan::objects::CLIENT_CERTIFICATE_COMPONENT;
+
+/// What the apply step did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Objects written or deleted.
+    pub changed: usize,
+    /// Changes made outside moat that were repaired.
+    pub drift: Vec<Drift>,
+}
+
+/// Writes the decided objects of `broker`.
+pub async fn apply(
+    ctx: &Context,
+    broker: &MqttBroker,
+    owner: &OwnerReference,
+    seen: &Observed,
+    decided: &Decided,
+) -> Result<Applied> {
+    let ns = broker.namespace().unwrap_or_default();
+    let name = broker.name_any();
+    let established = broker.status.as_ref().is_some_and(|s| s.certificates.is_some());
+    let mut ap = Applier::new(ctx, owner, established);
+    let objects = &decided.objects;
+    let mut written: Vec<String> = vec![];
+
+    // 1-3: the broker's Secrets in order (ledger, CA, TLS, passwd, ACL, config)
+    for secret in &objects.secrets {
+        let mut s = secret.clone();
+        let observed = seen.secrets.get(&s.name_any()).cloned();
+        let before = ap.changed;
+        ap.apply(&mut s, observed.as_deref()).await?;
+        if ap.changed > before {
+            written.push(s.name_any());
+        }
+    }
+    // users' certificate Secrets, each owned by its user, several at a time
+    let users: BTreeMap<String, &crate::crd::MqttUser> = seen.users.iter().map(|u| (u.name_any(), &**u)).collect();
+    let jobs: Vec<(Secret, Option<Arc<Secret>>, OwnerReference)> = objects
+        .user_secrets
+        .iter()
+        .filter_map(|(user, desired)| {
+            let owner = users.get(user)?.controller_owner_ref(&())?;
+            Some((desired.clone(), seen.labelled.get(&desired.name_any()).cloned(), owner))
+        })
+        .collect();
+    let writes: Vec<(String, Result<ap::Ensured>)> = futures::stream::iter(jobs)
+        .map(|(mut desired, observed, owner)| async move {
+            let r = ap::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await;
+            (desired.name_any(), r)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (secret, r) in writes {
+        match r {
+            Ok(e) if e.applied != ap::Applied::Unchanged => {
+                ap.changed += 1;
+                written.push(secret);
+            }
+            Ok(_) => {}
+            // one user's colliding Secret name blocks only that user (the user reports it)
+            Err(Error::NameConflict { .. }) => {
+                tracing::warn!(%secret, "certificate Secret name taken by another object")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+
+    // 4: the rest
+    let mut ca_bundle = objects.ca_bundle.clone();
+    ap.apply(&mut ca_bundle, seen.ca_bundle.as_deref()).await?;
+    let mut sa = objects.service_account.clone();
+    ap.apply(&mut sa, seen.service_account.as_deref()).await?;
+    let mut svc = objects.service.clone();
+    ap.apply(&mut svc, seen.service.as_deref()).await?;
+    let mut headless = objects.headless.clone();
+    ap.apply(&mut headless, seen.headless.as_deref()).await?;
+    let mut deny = objects.default_deny.clone();
+    ap.apply(&mut deny, seen.network_policy(&names::default_deny_policy(&name)).as_deref()).await?;
+    let probe_name = crate::render::network::probe_policy_name(&name);
+    ap.apply_or_delete(objects.probe_policy.clone(), seen.network_policy(&probe_name), &ns, &probe_name).await?;
+    let mut sts = objects.statefulset.clone();
+    ap.apply(&mut sts, seen.statefulset.as_deref()).await?;
+    ap.apply_or_delete(objects.pdb.clone(), seen.pdb.clone(), &ns, &name).await?;
+
+    // 5: what is no longer wanted
+    let wanted: Vec<String> = objects.secrets.iter().map(|s| s.name_any()).collect();
+    for (sname, s) in &seen.secrets {
+        let surplus = ["passwd", "acl", "certs"].iter().any(|what| names::part_index(&name, what, sname).is_some())
+            && !wanted.contains(sname);
+        if surplus || *sname == names::legacy_acl_secret(&name) {
+            ap::delete_as::<Secret>(ctx, &ns, sname).await?;
+            ap.changed += 1;
+            written.push(sname.clone());
+        }
+        let _ = s;
+    }
+    for (sname, s) in &seen.labelled {
+        let is_cert =
+            s.labels().get("app.kubernetes.io/component").map(String::as_str) == Some(CLIENT_CERTIFICATE_COMPONENT);
+        let user = s.labels().get(names::USER_LABEL);
+        let kept = user.is_some_and(|u| objects.user_secrets.contains_key(u));
+        let users_own = user
+            .and_then(|u| users.get(u))
+            .and_then(|u| u.controller_owner_ref(&()))
+            .is_some_and(|o| owned_by(&**s, &o));
+        if is_cert && !kept && users_own {
+            // its certificate was revoked by the plan: the Secret goes too
+            ap::delete_as::<Secret>(ctx, &ns, sname).await?;
+            ap.changed += 1;
+            written.push(sname.clone());
+        }
+    }
+    for ordinal in &decided.step.delete_pods {
+        let pod = format!("{name}-{ordinal}");
+        tracing::info!(broker = %name, %pod, "deleting a pod stuck on the wrong version");
+        ap::delete_as::<Pod>(ctx, &ns, &pod).await?;
+    }
+
+    let (drift, changed) = (ap.drift, ap.changed);
+    read_own_writes(&ctx.stores, &ns, seen, &written).await;
+    Ok(Applied { changed, drift })
+}
+
+/// Waits (at most 10 s) until the Secret cache no longer shows what it showed before this
+/// reconcile for every Secret written: then the next reconcile starts from these writes.
+async fn read_own_writes(s: &Stores, ns: &str, seen: &Observed, written: &[String]) {
+    if written.is_empty() {
+        return;
+    }
+    let before: BTreeMap<&String, Option<String>> =
+        written.iter().map(|n| (n, seen.labelled.get(n).and_then(|x| x.resource_version()))).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let caught_up = before.iter().all(|(n, old)| {
+            let now: Option<Arc<Secret>> = Stores::get(&s.secrets, ns, n);
+            now.and_then(|x| x.resource_version()) != *old
+        });
+        if caught_up || tokio::time::Instant::now() >= deadline {
+            if !caught_up {
+                tracing::warn!(namespace = ns, "the Secret cache did not show this reconcile's writes within 10 s");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,121 @@
+//! Audit: whether one is due, and the active probe of every broker pod (each replica is an
+//! independent broker, so each is probed on its own IP).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+
+use super::Decided;
+use super::observe::Observed;
+use crate::compliance::{LiveProbe, Observation};
+use crate::controller::context::Context;
+use crate::crd::broker::{ListenerAuthentication, ListenerProtocol};
+use crate::crd::{CheckResult, ComplianceCheck, ComplianceStatus, MqttBroker};
+use crate::model::BrokerModel;
+
+/// Annotation on an MqttBroker that asks for an audit now (any new value).
+pub const AUDIT_NOW_ANNOTATION: &str = "mqtt.moat.dev/audit";
+
+/// What this reconcile's audit found.
+pub struct Audit {
+    /// An audit was due (and was run).
+    pub due: bool,
+    /// The probe of each pod (None when not run).
+    pub probes: Option<Vec<LiveProbe>>,
+    /// The previous audit time.
+    pub previous: Option<Timestamp>,
+}
+
+/// Runs the audit when due: on schedule, on a spec change, or when asked by annotation.
+pub async fn run(
+    ctx: &Context,
+    broker: &MqttBroker,
+    model: &BrokerModel,
+    seen: &Observed,
+    decided: &Decided,
+    now: Timestamp,
+) -> Audit {
+    let previous_status = broker.status.clone().unwrap_or_default();
+    let previous = previous_status.compliance.as_ref().and_then(|c| c.last_audit_time.as_ref()).map(|t| t.0);
+    let asked = broker.annotations().get(AUDIT_NOW_ANNOTATION);
+    let due = previous.is_none_or(|t| now >= crate::plan::after(t, model.durations.audit_interval))
+        || previous_status.observed_generation != broker.metadata.generation
+        || asked.is_some_and(|a| previous_status.audit_request.as_ref() != Some(a));
+    let probes = if due && ctx.config.active_probe && model.spec.security.active_probe {
+        Some(probe_pods(model, seen, decided).await)
+    } else {
+        None
+    };
+    Audit { due, probes, previous }
+}
+
+/// Probes every pod that has an IP, in parallel.
+async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided) -> Vec<LiveProbe> {
+    let Some(l) = model.spec.listeners.iter().find(|l| {
+        l.tls.enabled && l.protocol == ListenerProtocol::Mqtt && l.authentication == ListenerAuthentication::Password
+    }) else {
+        return vec![];
+    };
+    let bundle = decided.plan.ca.trust_bundle();
+    let probes = seen.pods.iter().filter_map(|p| {
+        let ip = p.status.as_ref()?.pod_ip.clone()?;
+        let pod = p.name_any();
+        // the pod's stable name is in the server certificate
+        let server_name = format!("{pod}.{}.{}.svc", model.headless_service_name(), model.namespace);
+        let target = crate::probe::ProbeTarget {
+            host: ip,
+            port: l.port as u16,
+            server_name,
+            ca_pem: Some(bundle.clone()),
+            timeout: Duration::from_secs(3),
+        };
+        Some(async move { live(pod, crate::probe::probe(&target).await) })
+    });
+    futures::future::join_all(probes).await
+}
+
+fn live(pod: String, r: crate::probe::ProbeReport) -> LiveProbe {
+    let obs = |o: &crate::probe::Outcome| match o {
+        crate::probe::Outcome::Pass(m) => Observation::Pass(m.clone()),
+        crate::probe::Outcome::Fail(m) => Observation::Fail(m.clone()),
+        crate::probe::Outcome::Unknown(m) => Observation::Unknown(m.clone()),
+    };
+    LiveProbe {
+        pod,
+        reachable: r.reachable,
+        legacy_tls_refused: obs(&r.legacy_tls_refused),
+        chain_trusted: obs(&r.chain_trusted),
+        anonymous_refused: obs(&r.anonymous_refused),
+    }
+}
+
+/// Events for checks that changed between pass and fail.
+pub async fn compliance_events(
+    ctx: &Context,
+    broker: &MqttBroker,
+    previous: Option<&ComplianceStatus>,
+    now: &ComplianceStatus,
+) {
+    let Some(prev) = previous else { return };
+    for c in &now.checks {
+        let Some(p) = prev.checks.iter().find(|p| p.id == c.id) else { continue };
+        let (type_, reason) = match (p.result, c.result) {
+            (CheckResult::Pass, CheckResult::Fail) => (EventType::Warning, "ComplianceCheckFailed"),
+            (CheckResult::Fail, CheckResult::Pass) => (EventType::Normal, "ComplianceCheckPassed"),
+            _ => continue,
+        };
+        ctx.event(broker, type_, reason, format!("{}: {}", c.id, c.message)).await;
+    }
+}
+
+/// Between audits, checks that only an audit refreshes keep their previous result.
+pub fn carry_forward(checks: &mut [ComplianceCheck], previous: Option<&ComplianceStatus>, ids: &[&str]) {
+    let Some(prev) = previous else { return };
+    for c in checks.iter_mut().filter(|c| ids.contains(&c.id.as_str())) {
+        if let Some(p) = prev.checks.iter().find(|p| p.id == c.id) {
+            *c = p.clone();
+        }
+    }
+}

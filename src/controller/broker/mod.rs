@@ -1,0 +1,296 @@
+//! The MqttBroker controller: aggregates the broker's users, ACLs and firewalls into its Secrets,
+//! workload and policies, issues and revokes client certificates, runs audits and upgrades, and
+//! reports status. A reconcile is the list of its steps:
+//!
+//! observe (the caches, once) → model (validate the spec) → plan (pure: every decision and the
+//! desired objects) → apply (write what differs, in a safe order) → publish (the users' and
+//! ACLs' outcomes, waking only those that changed) → audit (the active probe, when due) →
+//! status (pure) → write status, events, metrics.
+
+mod apply;
+mod audit;
+pub mod observe;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+
+use super::conditions::{self, Cond};
+use super::context::{Context, Published};
+use super::{Error, Result};
+use crate::crd::broker::UpgradePolicy;
+use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, MqttBroker};
+use crate::model::BrokerModel;
+use crate::plan::broker::{self as bp, BrokerPlan, PlanInput};
+use crate::plan::objects::{self, BrokerObjects, ObjectInputs};
+use crate::render::config::{ConfigPaths, ListenerOverrides};
+use crate::upgrade::{self, Catalog, MosquittoVersion, RolloutInput, RolloutState, RolloutStep};
+use observe::Observed;
+
+/// Reconciles one MqttBroker.
+pub async fn reconcile(broker: Arc<MqttBroker>, ctx: Arc<Context>) -> Result<Action> {
+    super::observed_reconcile("MqttBroker", &*broker, &ctx, run(&broker, &ctx)).await
+}
+
+async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
+    let now = ctx.clock.now();
+    let owner = broker.controller_owner_ref(&()).expect("stored objects have a uid");
+    let seen = Observed::read(&ctx.stores, broker, &owner);
+    let (model, windows) = match model(broker) {
+        Ok(m) => m,
+        Err(e) => return invalid(ctx, broker, e, now).await,
+    };
+    let catalog = ctx.catalog();
+    let key = (model.namespace.clone(), model.name.clone());
+    let last_ledger = ctx.ledgers.lock().unwrap().get(&key).cloned();
+    let previous_upgrade = broker.status.as_ref().and_then(|s| s.upgrade.clone());
+    let decided = decide(ctx, &model, &windows, &seen, last_ledger.as_ref(), previous_upgrade.as_ref(), catalog, now)?;
+    let applied = apply::apply(ctx, broker, &owner, &seen, &decided).await?;
+    ctx.ledgers.lock().unwrap().insert(key, decided.plan.ledger.clone());
+    publish(ctx, broker, &decided.plan);
+    events(ctx, broker, &seen, &decided, &applied).await;
+    let audit = audit::run(ctx, broker, &model, &seen, &decided, now).await;
+    let previous = broker.status.clone().unwrap_or_default();
+    let status = status::broker(&status::Inputs {
+        broker,
+        model: &model,
+        seen: &seen,
+        decided: &decided,
+        applied: &applied,
+        audit: &audit,
+        previous: &previous,
+        now,
+    });
+    audit::compliance_events(ctx, broker, previous.compliance.as_ref(), &status.compliance).await;
+    super::write_status(ctx, broker, &previous, &status.status).await?;
+    if audit.due {
+        super::report::write(ctx, broker, &status.compliance).await;
+    }
+    status::metrics(ctx, &model, &decided, &status.compliance);
+    if applied.changed > 0 {
+        tracing::info!(broker = %model.name, namespace = %model.namespace, changed = applied.changed, "applied broker objects");
+    }
+    Ok(requeue(&model, &windows, &decided, &status, now))
+}
+
+/// The model step: the validated broker and its parsed maintenance windows.
+fn model(broker: &MqttBroker) -> std::result::Result<(BrokerModel, Vec<upgrade::Window>), crate::validate::FieldError> {
+    let m = BrokerModel::new(broker)?;
+    let windows = upgrade::parse_windows(&m.spec.upgrade.maintenance_windows)
+        .map_err(|message| crate::validate::FieldError::new("spec.upgrade.maintenanceWindows", message))?;
+    Ok((m, windows))
+}
+
+/// An invalid spec: reported, published to the users and ACLs, nothing applied.
+async fn invalid(ctx: &Context, broker: &MqttBroker, e: crate::validate::FieldError, now: Timestamp) -> Result<Action> {
+    let previous = broker.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = broker.metadata.generation;
+    status.conditions = conditions::merge(
+        &previous.conditions,
+        vec![
+            Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()),
+            Cond::unknown(CONDITION_COMPLIANT, "InvalidSpec", "the spec is invalid"),
+        ],
+        broker.metadata.generation,
+        now,
+    );
+    ctx.board.publish(
+        &broker.namespace().unwrap_or_default(),
+        &broker.name_any(),
+        Published::BrokerInvalid(e.to_string()),
+    );
+    super::write_status(ctx, broker, &previous, &status).await?;
+    Err(Error::InvalidSpec(e))
+}
+
+/// Everything the plan step decided.
+pub struct Decided {
+    /// Files, credentials, verdicts.
+    pub plan: BrokerPlan,
+    /// The upgrade state machine's step.
+    pub step: RolloutStep,
+    /// The objects to apply.
+    pub objects: BrokerObjects,
+    /// The version the pods run now.
+    pub running: String,
+    /// The version moat moves to.
+    pub desired: String,
+    /// The user asked for `desired` explicitly (not AutoPatch).
+    pub explicit: bool,
+    /// The security-patch catalog in force.
+    pub catalog: Arc<Catalog>,
+}
+
+/// The plan step (pure over the snapshot, the clock and the catalog).
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    ctx: &Context,
+    model: &BrokerModel,
+    windows: &[upgrade::Window],
+    seen: &Observed,
+    last_ledger: Option<&crate::plan::ledger::Ledger>,
+    previous_upgrade: Option<&crate::crd::broker::UpgradeStatus>,
+    catalog: Arc<Catalog>,
+    now: Timestamp,
+) -> Result<Decided> {
+    let existing = seen.existing(&model.name, last_ledger).map_err(|e| Error::Observe(Box::new(e)))?;
+    let views = seen.user_views(&ctx.stores);
+    let acls: Vec<&crate::crd::MqttAcl> = seen.acls.iter().map(|a| &**a).collect();
+    let plan = bp::plan(PlanInput {
+        model,
+        users: &views,
+        acls: &acls,
+        existing,
+        paths: &ConfigPaths::in_pod(),
+        overrides: &ListenerOverrides::default(),
+        extra_ips: &[],
+        now,
+    })
+    .map_err(|e| Error::Plan(Box::new(e)))?;
+
+    let running = seen.template_version().unwrap_or_else(|| model.spec.version.clone());
+    let (desired, explicit) = desired_version(model, &catalog);
+    let pods = seen.pod_views();
+    let state = previous_upgrade.and_then(RolloutState::from_status);
+    let step = upgrade::step(&RolloutInput {
+        name: &model.name,
+        replicas: model.spec.replicas,
+        pods: &pods,
+        desired: &desired,
+        running: if seen.statefulset.is_some() { &running } else { &desired },
+        state: state.as_ref(),
+        may_start: explicit || upgrade::is_open(windows, now),
+        rollout_timeout: model.durations.rollout_timeout,
+        ready_grace: model.durations.ready_grace,
+        now,
+    });
+    let firewalls: Vec<&crate::crd::MqttFirewallSpec> = seen
+        .firewalls
+        .iter()
+        .filter(|f| {
+            crate::validate::firewall_spec(&f.spec).is_ok()
+                && crate::render::network::firewall_policy(model, &f.name_any(), &f.spec).is_ok()
+        })
+        .map(|f| &f.spec)
+        .collect();
+    let objects = objects::broker_objects(
+        model,
+        &plan,
+        &ObjectInputs {
+            agent_image: &ctx.config.agent_image,
+            version: &step.template_version,
+            partition: step.partition,
+            firewalls: &firewalls,
+            operator: &ctx.config.operator,
+        },
+    )
+    .map_err(|e| Error::Plan(Box::new(e)))?;
+    Ok(Decided { plan, step, objects, running, desired, explicit, catalog })
+}
+
+/// Publishes the users' verdicts and the ACLs' outcomes (wakes only those that changed).
+fn publish(ctx: &Context, broker: &MqttBroker, plan: &BrokerPlan) {
+    let acls = plan.acls.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    ctx.board.publish(
+        &broker.namespace().unwrap_or_default(),
+        &broker.name_any(),
+        Published::Applied { users: plan.verdicts.clone(), acls },
+    );
+}
+
+/// Events of what this reconcile did.
+async fn events(ctx: &Context, broker: &MqttBroker, seen: &Observed, decided: &Decided, applied: &apply::Applied) {
+    let plan = &decided.plan;
+    if let Some(t) = plan.ca_transition {
+        let note = format!("CA {}; trust bundle holds {} CA(s)", t.as_str().to_lowercase(), plan.ca.trusted().count());
+        ctx.event(broker, EventType::Normal, &format!("CA{}", t.as_str()), note).await;
+    }
+    if let Some(r) = plan.server_renewal {
+        let reason =
+            if r == crate::pki::RenewReason::Missing { "ServerCertificateIssued" } else { "ServerCertificateRenewed" };
+        ctx.metrics.certificates_issued.get_or_create(&crate::metrics::KindLabels { kind: "server".into() }).inc();
+        ctx.event(broker, EventType::Normal, reason, format!("server certificate issued ({})", r.as_str())).await;
+    }
+    for (user, cert) in &plan.client_certs {
+        let Some(r) = cert.renewal else { continue };
+        ctx.metrics.certificates_issued.get_or_create(&crate::metrics::KindLabels { kind: "client".into() }).inc();
+        // a new user's first certificate is not news (one Event per user would double the writes
+        // of a bulk apply); renewals and re-issues are
+        if r == crate::pki::RenewReason::Missing
+            && seen
+                .users
+                .iter()
+                .any(|u| u.name_any() == *user && u.status.as_ref().is_none_or(|s| s.certificate.is_none()))
+        {
+            continue;
+        }
+        if let Some(u) = seen.users.iter().find(|u| u.name_any() == *user) {
+            let note = format!("client certificate issued ({})", r.as_str());
+            ctx.event(
+                &**u,
+                EventType::Normal,
+                if r == crate::pki::RenewReason::Missing { "CertificateIssued" } else { "CertificateRenewed" },
+                note,
+            )
+            .await;
+        }
+    }
+    for (user, serial, why) in &plan.newly_revoked {
+        let note = format!("client certificate {serial} of MqttUser {user} revoked: {why}");
+        ctx.event(broker, EventType::Normal, "CertificateRevoked", note).await;
+    }
+    for d in &applied.drift {
+        ctx.event(broker, EventType::Warning, "DriftRepaired", format!("{d}; restored")).await;
+    }
+    if let Some(t) = &decided.step.transition {
+        let warn = matches!(t.reason, upgrade::machine::REASON_ROLLING_BACK | upgrade::machine::REASON_FAILED);
+        ctx.event(broker, if warn { EventType::Warning } else { EventType::Normal }, t.reason, t.message.clone()).await;
+    }
+}
+
+/// When to look again: the next certificate/CRL/revocation event, the next audit, upgrade timers.
+fn requeue(
+    model: &BrokerModel,
+    windows: &[upgrade::Window],
+    decided: &Decided,
+    status: &status::Output,
+    now: Timestamp,
+) -> Action {
+    let interval = model.durations.audit_interval;
+    let mut next = vec![crate::plan::after(status.audit_time.unwrap_or(now), interval)];
+    next.extend(decided.plan.next_event);
+    if decided
+        .step
+        .state
+        .as_ref()
+        .is_some_and(|s| !matches!(s.phase, upgrade::Phase::Completed | upgrade::Phase::Failed))
+    {
+        next.push(crate::plan::after(now, Duration::from_secs(5)));
+    }
+    if decided.plan.sessions_epoch.is_some() && status.status.revocation.as_ref().is_some_and(|r| r.restart_pending) {
+        next.push(crate::plan::after(now, Duration::from_secs(5)));
+    }
+    if !windows.is_empty() && decided.desired != decided.running && !decided.explicit {
+        next.extend(upgrade::next_open(windows, now));
+    }
+    let wake = next.into_iter().filter(|t| *t > now).min().unwrap_or(crate::plan::after(now, interval));
+    Action::requeue(crate::pki::requeue_after(wake, now).max(Duration::from_secs(1)))
+}
+
+/// The version the broker should run, and whether the user asked for it explicitly.
+fn desired_version(model: &BrokerModel, catalog: &Catalog) -> (String, bool) {
+    let spec = model.spec.version.clone();
+    if model.spec.upgrade.policy == UpgradePolicy::AutoPatch
+        && let Ok(v) = spec.parse::<MosquittoVersion>()
+        && let Some(target) = catalog.patch_target(&v)
+    {
+        return (target.to_string(), false);
+    }
+    (spec, true)
+}
