@@ -101,8 +101,15 @@ fn read_inputs(files: &[PathBuf], namespace: &str) -> anyhow::Result<Inputs> {
     Ok(inputs)
 }
 
-fn secret_value(secrets: &[Secret], ns: &str, name: &str, key: &str) -> Option<String> {
-    let s = secrets.iter().find(|s| s.name_any() == name && s.namespace().as_deref() == Some(ns))?;
+/// A `secretRef` password: only from a Secret that opted in for `user` (label and annotation, as
+/// the operator requires).
+fn secret_value(secrets: &[Secret], ns: &str, user: &str, name: &str, key: &str) -> Option<String> {
+    let s = secrets.iter().find(|s| {
+        s.name_any() == name
+            && s.namespace().as_deref() == Some(ns)
+            && s.labels().get(names::WATCH_LABEL).map(String::as_str) == Some("true")
+            && names::password_for(s.annotations(), user)
+    })?;
     let bytes = s.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone()).ok()
 }
@@ -154,11 +161,13 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         None => PasswordLookup::NotUsed,
         Some(p) => match &p.secret_ref {
             None => PasswordLookup::Found { password: generated[&u.name_any()].clone(), generated: true },
-            Some(r) => match secret_value(&inputs.secrets, &ns, &r.name, &r.key) {
+            Some(r) => match secret_value(&inputs.secrets, &ns, &u.name_any(), &r.name, &r.key) {
                 Some(v) => PasswordLookup::Found { password: Password(v), generated: false },
-                None => {
-                    PasswordLookup::Missing(format!("Secret {}/{} key {} not in the input files", ns, r.name, r.key))
-                }
+                None => PasswordLookup::Missing(format!(
+                    "{} (key {}; in the input files)",
+                    crate::controller::broker::observe::byo_unavailable(&u.name_any(), &r.name),
+                    r.key
+                )),
             },
         },
     };
@@ -261,7 +270,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     }
     for (name, outcome) in &plan.verdicts {
         if outcome.verdict.in_effect().is_none() {
-            eprintln!("warning: MqttUser {name} is not in effect: {:?}", outcome.verdict);
+            eprintln!("warning: MqttUser {name} is not in effect: {}", outcome.verdict);
         }
     }
     for a in plan.acls.iter().filter(|a| a.invalid.is_some() || !a.pending_users.is_empty()) {

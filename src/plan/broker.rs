@@ -179,6 +179,31 @@ pub enum Verdict {
     Deleting,
 }
 
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Holder(h) => {
+                let cred = |c: &Cred| match c {
+                    Cred::NotUsed => "not used".to_string(),
+                    Cred::InEffect => "in effect".to_string(),
+                    Cred::Weak => "does not meet the broker's password policy".to_string(),
+                    Cred::Unavailable(why) | Cred::Pending(why) => why.clone(),
+                };
+                write!(f, "{}: password {}, certificate {}", h.username, cred(&h.password), cred(&h.certificate))
+            }
+            Verdict::Invalid(e) => write!(f, "invalid: {e}"),
+            Verdict::UsernameConflict { username, holder } => {
+                write!(f, "username {username} is held by MqttUser {holder}")
+            }
+            Verdict::UsernameQuarantined { username, until } => match until {
+                Some(t) => write!(f, "username {username} is quarantined until {t}"),
+                None => write!(f, "username {username} is quarantined until the broker pods restart"),
+            },
+            Verdict::Deleting => f.write_str("being deleted"),
+        }
+    }
+}
+
 impl Verdict {
     /// The username, when one of the user's credentials is in effect.
     pub fn in_effect(&self) -> Option<&str> {
@@ -470,7 +495,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
                 ),
             );
         }
-        candidates.insert(cs[0].uid.as_str(), (&cs[0], username));
+        candidates.insert(cs[0].name.as_str(), (&cs[0], username));
     }
 
     // Certificates of owners that are gone or lost their username are revoked before anyone else
@@ -487,7 +512,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
                  revoke: &mut dyn FnMut(&mut Ledger, &CertRecord, bool, &'static str)| {
         let current: Vec<CertRecord> = ledger.records().filter(|r| r.state == CertState::Current).cloned().collect();
         for r in &current {
-            match holders.get(r.owner_uid.as_str()) {
+            match holders.get(r.owner.as_str()).filter(|(c, _)| c.uid == r.owner_uid) {
                 Some((c, username)) if **username == r.username => {
                     if c.view.user.spec.authentication.certificate.is_none() {
                         // still holds the username through its password: same identity, same rights
@@ -508,9 +533,9 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
     };
     let lost = ledger.lost_identities();
     let mut holders: BTreeMap<&str, (&Claim, &String)> = BTreeMap::new();
-    for (uid, (c, username)) in candidates {
+    for (name, (c, username)) in candidates {
         match lost.get(username.as_str()) {
-            Some((revoked_at, until, owner_uid)) if owner_uid != uid && identity_live(*revoked_at, *until) => {
+            Some((revoked_at, until, owner_uid)) if *owner_uid != c.uid && identity_live(*revoked_at, *until) => {
                 let until = (policy == RevokedSessions::BlockUntilExpiry).then_some(*until);
                 verdicts.insert(
                     c.name.clone(),
@@ -518,7 +543,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
                 );
             }
             _ => {
-                holders.insert(uid, (c, username));
+                holders.insert(name, (c, username));
             }
         }
     }
@@ -572,7 +597,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
             cert_cred.insert(c.name.clone(), Cred::Pending("the broker's CA cannot be read".into()));
             continue;
         };
-        let current = ledger.current_of(&c.uid).cloned();
+        let current = ledger.current_of(&c.name, &c.uid).cloned();
         let in_secret = c.view.certificate.as_ref();
         let secret_fp = in_secret.map(|i| ledger::fingerprint(&i.cert_pem, &i.key_pem));
         // The Secret holds exactly the recorded current certificate: decide by the record alone.
@@ -632,7 +657,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
                 i
             }
         };
-        if let Some(r) = ledger.current_of(&c.uid) {
+        if let Some(r) = ledger.current_of(&c.name, &c.uid) {
             let renewal_time = pki::renewal_time_of(r.not_before, r.not_after, renew);
             events.extend([renewal_time, after(r.not_after, Duration::from_secs(1))]);
             cert_summary.insert(

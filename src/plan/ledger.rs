@@ -156,11 +156,12 @@ impl Ledger {
         self.records.values()
     }
 
-    /// The current record of an owner (by uid); with several (a lost write), the latest issued.
-    pub fn current_of(&self, owner_uid: &str) -> Option<&CertRecord> {
+    /// The current record of an owner (an MqttUser name and uid: a new object of the same name
+    /// is another owner); with several (a lost write), the latest issued.
+    pub fn current_of(&self, owner: &str, owner_uid: &str) -> Option<&CertRecord> {
         self.records
             .values()
-            .filter(|r| r.owner_uid == owner_uid && r.state == CertState::Current)
+            .filter(|r| r.owner == owner && r.owner_uid == owner_uid && r.state == CertState::Current)
             .max_by_key(|r| r.not_before)
     }
 

@@ -156,7 +156,7 @@ async fn removing_an_acl_revokes_access_on_a_live_subscription() {
     let mut users = parsed.users.clone();
     assert_eq!(users.remove("bob"), Some(vec![AclRule { topic: "public/#".into(), access: AclAccess::Read }]));
     let acl = moat::render::acl::render(&users, &parsed.patterns).unwrap();
-    pod.volumes.acl.write(&BTreeMap::from([("acl".to_string(), acl.into_bytes())]));
+    pod.volumes.write_acl(&acl);
     pod.wait_reload();
 
     assert!(accepted(&alice.publish("public/b", b"2").await));

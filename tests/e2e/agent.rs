@@ -1,7 +1,6 @@
 //! `moat agent` with a real Mosquitto: Secret updates reach the broker by SIGHUP (no restart),
 //! and an invalid ACL never does.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -75,7 +74,7 @@ async fn an_invalid_acl_is_refused_and_the_old_acl_stays_enforced() {
 
     // an ACL with a syntax error (Mosquitto 2.0 would fail OPEN on it at reload)
     let bad = "user bob\ntopic readwrite #\nbogus line\n".to_string();
-    s.volumes.acl.write(&BTreeMap::from([("acl".to_string(), bad.into_bytes())]));
+    s.volumes.write_acl(&bad);
     assert!(s.agent.wait_for("refusing the updated broker files", 1, WAIT), "{}", s.agent.log());
     assert!(s.agent.log().contains("ACL file refused"), "{}", s.agent.log());
     assert!(!s.agent.log().contains("sent SIGHUP"), "the agent reloaded an invalid ACL");

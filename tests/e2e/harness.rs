@@ -158,6 +158,19 @@ impl Rendered {
         moat::pki::CaSet::from_secret_data(&self.secret_text(&format!("{broker}-ca"))).unwrap()
     }
 
+    /// Replaces keys of a rendered Secret (as a reconcile would have written them).
+    pub fn set_secret(&mut self, name: &str, data: &[(&str, &str)]) {
+        use base64::Engine;
+        let s = self
+            .objects
+            .iter_mut()
+            .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Secret {name} rendered"));
+        for (k, v) in data {
+            s["data"][*k] = base64::engine::general_purpose::STANDARD.encode(v).into();
+        }
+    }
+
     /// The names the rendered server certificate is valid for (to re-issue it unchanged).
     pub fn server_names(&self, broker: &str) -> moat::pki::ServerNames {
         let info = moat::pki::inspect(&self.secret_text(&format!("{broker}-tls"))["tls.crt"]).unwrap();
@@ -394,6 +407,15 @@ pub async fn connect(c: &Conn) -> Result<Session, Refusal> {
     Ok(Session { client, rx, backlog: Default::default(), closed, task })
 }
 
+/// Asserts that the broker refuses the login with CONNACK "not authorised".
+pub async fn assert_refused(c: &Conn, what: &str) {
+    match connect(c).await {
+        Err(Refusal::Refused(code)) => assert_eq!(code, ConnectReturnCode::NotAuthorized, "{what}"),
+        Err(other) => panic!("{what}: expected a CONNACK refusal, got {other:?}"),
+        Ok(_) => panic!("{what}: the broker accepted the login"),
+    }
+}
+
 /// Connects and panics with `what` if the broker refuses.
 pub async fn connect_ok(c: &Conn, what: &str) -> Session {
     match connect(c).await {
@@ -594,7 +616,7 @@ pub struct PodVolumes {
     pub config: SecretVolume,
     /// `tls/`.
     pub tls: SecretVolume,
-    /// `acl/`.
+    /// `acl/` (projected: `<n>/acl`, `<n>/manifest`).
     pub acl: SecretVolume,
     /// `passwd/` (projected: `<n>/passwd`, `<n>/manifest`).
     pub passwd: SecretVolume,
@@ -621,8 +643,18 @@ impl PodVolumes {
         v.config.write(&conf);
         let tls = r.secret(&format!("{broker}-tls"));
         v.tls.write(&tls);
-        let acl = r.secret(&format!("{broker}-acl"));
-        v.acl.write(&acl.into_iter().filter(|(k, _)| k == "acl").collect());
+        let mut parts = BTreeMap::new();
+        for i in 0.. {
+            let name = format!("{broker}-acl-{i}");
+            if !r.objects.iter().any(|o| o["kind"] == "Secret" && o["metadata"]["name"] == name.as_str()) {
+                break;
+            }
+            let part = r.secret(&name);
+            parts.insert(format!("{i}/acl"), part["acl"].clone());
+            parts.insert(format!("{i}/manifest"), part["manifest"].clone());
+        }
+        assert!(!parts.is_empty(), "no ACL part rendered for {broker}");
+        v.acl.write(&parts);
         let mut shards = BTreeMap::new();
         for i in 0.. {
             let name = format!("{broker}-passwd-{i}");
@@ -638,6 +670,11 @@ impl PodVolumes {
         v
     }
 
+    /// Replaces the ACL with `text` as one part (the way the operator would shard a small file).
+    pub fn write_acl(&mut self, text: &str) {
+        self.acl.write(&acl_part(text));
+    }
+
     /// The TLS Secret volume's current content with some files replaced, written as one update.
     pub fn update_tls(&mut self, changes: &[(&str, &str)]) {
         let mut files = read_volume(&self.tls.dir);
@@ -646,6 +683,17 @@ impl PodVolumes {
         }
         self.tls.write(&files);
     }
+}
+
+/// The projected ACL volume content of one part holding `text` (with its manifest).
+pub fn acl_part(text: &str) -> BTreeMap<String, Vec<u8>> {
+    use sha2::Digest;
+    let manifest = format!("1 {}", moat_hex(&sha2::Sha256::digest(text.as_bytes())));
+    BTreeMap::from([("0/acl".to_string(), text.as_bytes().to_vec()), ("0/manifest".to_string(), manifest.into_bytes())])
+}
+
+fn moat_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The files of a Secret volume (its top-level symlinks, followed).

@@ -3,7 +3,6 @@
 //! server cert/key pair. Every TLS change goes through a kubelet-style Secret volume, the agent and
 //! SIGHUP — the broker is never restarted.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -25,8 +24,8 @@ const DASHBOARD: (&str, &str) = ("dashboard", "c0rrect-Horse-battery-staple-Plan
 const ROLLOVER: &[&str] = &["tests/e2e/fixtures/broker-rollover.yaml"];
 const DAY: Duration = Duration::from_secs(86_400);
 const WAIT: Duration = Duration::from_secs(5);
-/// The CRL lifetime moat uses (`build::broker::CRL_VALIDITY`).
-const CRL_VALIDITY: Duration = moat::build::broker::CRL_VALIDITY;
+/// The CRL lifetime moat uses (`plan::broker::CRL_VALIDITY`).
+const CRL_VALIDITY: Duration = moat::plan::broker::CRL_VALIDITY;
 
 fn production_pod() -> Pod {
     Pod::start(render(PKI_PRODUCTION, &[8883, 8884, 8443]), "plant-b", &[8883, 8884, 8443], &[])
@@ -101,7 +100,8 @@ async fn certificate_users_connect_and_foreign_or_revoked_certificates_are_refus
 
     // Revoke gateway-2: its serial goes into the ledger, the CRL is re-signed and delivered.
     let tls = pod.r.secret_text("plant-b-tls");
-    let mut ledger = pki::decode_revoked(&pod.r.secret_text("plant-b-ca")["revoked"]).unwrap();
+    // (a freshly rendered broker has revoked nothing)
+    let mut ledger: Vec<RevokedCert> = vec![];
     ledger.push(RevokedCert::from_cert(&gw2.cert_pem, now).unwrap());
     let crl = crls(&ca, &ledger, &tls["crl.pem"], now);
     assert_eq!(pki::parse_crl(&crl).unwrap().revoked_serials, vec![serial_of(&gw2.cert_pem)]);
@@ -119,12 +119,12 @@ async fn certificate_users_connect_and_foreign_or_revoked_certificates_are_refus
     assert!(gw2_live.next_message(WAIT).await.is_some(), "no retained $SYS/broker/uptime before the deny block");
 
     // moat therefore also keeps the revoked identity in the ACL with every topic denied until its
-    // certificate expires (`build::broker::revoked_identity_rules`); delivered like any ACL change.
+    // certificate expires (`plan::broker::deny_all_rules`); delivered like any ACL change.
     let parsed = moat::render::acl::parse(&std::fs::read_to_string(pod.run.join("acl")).unwrap()).unwrap();
     let mut users = parsed.users.clone();
-    users.insert("gateway-2".into(), moat::build::broker::revoked_identity_rules());
+    users.insert("gateway-2".into(), moat::plan::broker::deny_all_rules());
     let acl = moat::render::acl::render(&users, &parsed.patterns).unwrap();
-    pod.volumes.acl.write(&BTreeMap::from([("acl".to_string(), acl.into_bytes())]));
+    pod.volumes.write_acl(&acl);
     pod.wait_reload();
 
     // The live session stays connected but can neither publish nor read: not its live
@@ -233,7 +233,41 @@ async fn without_the_agent_a_mismatched_pair_breaks_new_mtls_handshakes() {
     assert!(after.is_err(), "the mTLS listener still completed a handshake with a mismatched pair");
 }
 
-/// `spec.tls` of tests/e2e/fixtures/broker-rollover.yaml.
+/// The rendered plant-r with a 10-minute CA in place of the rendered one: admission and moat's
+/// validation refuse lifetimes that short (they would churn in a cluster), but the PKI itself
+/// takes them, and only a CA that enters its renew window within the 5-minute back-dating of
+/// what moat signs lets a rollover run against a real broker on the real clock. The CA, the
+/// server certificate, the CRL and gateway-old's certificate are re-issued from it.
+fn short_lived(mut r: Rendered) -> Rendered {
+    let now = Timestamp::now();
+    let (set, _) = pki::plan_ca(None, R_CA_VALIDITY, R_CA_RENEW, R_DELAY, 0, "moat CA default/plant-r", now).unwrap();
+    let server = pki::issue_server(&set.active, &r.server_names("plant-r"), R_LEAF_VALIDITY, now).unwrap();
+    let crl = set.crls(&[], 1, now, plus(now, CRL_VALIDITY)).unwrap();
+    let gw = pki::issue_client(&set.active, "gateway-old", R_LEAF_VALIDITY, now).unwrap();
+    let ca_data = set.to_secret_data();
+    let ca_pairs: Vec<(&str, &str)> = ca_data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    r.set_secret("plant-r-ca", &ca_pairs);
+    let bundle = set.trust_bundle();
+    r.set_secret(
+        "plant-r-tls",
+        &[("tls.crt", &server.cert_pem), ("tls.key", &server.key_pem), ("ca.crt", &bundle), ("crl.pem", &crl)],
+    );
+    for (file, text) in [
+        ("tls/ca.crt", &bundle),
+        ("tls/tls.crt", &server.cert_pem),
+        ("tls/tls.key", &server.key_pem),
+        ("tls/crl.pem", &crl),
+    ] {
+        std::fs::write(r.bundle.join(file), text).unwrap();
+    }
+    let client = r.bundle.join("clients/gateway-old");
+    std::fs::write(client.join("tls.crt"), &gw.cert_pem).unwrap();
+    std::fs::write(client.join("tls.key"), &gw.key_pem).unwrap();
+    std::fs::write(client.join("ca.crt"), &bundle).unwrap();
+    r
+}
+
+/// Lifetimes of the rollover test (shorter than admission allows: see [`short_lived`]).
 const R_CA_VALIDITY: Duration = Duration::from_secs(10 * 60);
 const R_CA_RENEW: Duration = Duration::from_secs(9 * 60);
 const R_DELAY: Duration = Duration::from_secs(60);
@@ -258,14 +292,14 @@ fn plan_ca(set: &CaSet, live_on_retiring: usize, now: Timestamp) -> (CaSet, Opti
 /// signs, and the real broker and clients accept everything). The broker is never restarted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_rollover_with_trust_overlap_needs_no_restart() {
-    let mut pod = Pod::start(render(ROLLOVER, &[8883, 8884]), "plant-r", &[8883, 8884], &[]);
+    let mut pod = Pod::start(short_lived(render(ROLLOVER, &[8883, 8884])), "plant-r", &[8883, 8884], &[]);
     let pid = pod.broker.pid();
     let stable = pod.r.ca_set("plant-r");
     let ca_a = stable.active.clone();
     let t0 = stable.since;
     let names = pod.r.server_names("plant-r");
     let tls0 = pod.r.secret_text("plant-r-tls");
-    let ledger = pki::decode_revoked(&pod.r.secret_text("plant-r-ca")["revoked"]).unwrap();
+    let ledger: Vec<RevokedCert> = vec![];
     let old_ca_file = pod.r.ca();
     assert_eq!(old_ca_file.matches("BEGIN CERTIFICATE").count(), 1);
     let sensor = ("sensor-1".to_string(), pod.r.client_file("sensor-1", "password"));
@@ -320,16 +354,18 @@ async fn ca_rollover_with_trust_overlap_needs_no_restart() {
         Some(pki::RenewReason::IssuerChanged)
     );
     let server = pki::issue_server(&migrating.active, &names, R_LEAF_VALIDITY, t2).unwrap();
-    let reissued = moat::build::user::client_certificate(
-        "gateway-old",
-        Some(&gw_old),
-        &migrating,
-        R_LEAF_VALIDITY,
-        R_LEAF_RENEW,
-        t2,
-    )
-    .unwrap();
-    assert_eq!(reissued.renewal, Some(pki::RenewReason::IssuerChanged));
+    assert_eq!(
+        pki::leaf_renewal(
+            Some(&gw_old),
+            pki::Want::Client("gateway-old"),
+            &migrating.active,
+            R_LEAF_VALIDITY,
+            R_LEAF_RENEW,
+            t2
+        ),
+        Some(pki::RenewReason::IssuerChanged)
+    );
+    let reissued = pki::issue_client(&migrating.active, "gateway-old", R_LEAF_VALIDITY, t2).unwrap();
     let gw_new = pki::issue_client(&migrating.active, "gateway-new", R_LEAF_VALIDITY, t2).unwrap();
     let bundle = migrating.trust_bundle();
     let crl2 = crls(&migrating, &ledger, &crl1, t2);
@@ -345,15 +381,14 @@ async fn ca_rollover_with_trust_overlap_needs_no_restart() {
     drop(connect_ok(&password(&bundle), "password client with the bundle").await);
     drop(connect_ok(&mtls(&pod, &gw_old, bundle.clone()), "client certificate of the old CA").await);
     drop(connect_ok(&mtls(&pod, &gw_new, bundle.clone()), "client certificate of the new CA").await);
-    drop(connect_ok(&mtls(&pod, &reissued.issued, bundle.clone()), "re-issued client certificate").await);
+    drop(connect_ok(&mtls(&pod, &reissued, bundle.clone()), "re-issued client certificate").await);
     // A client that never fetched the bundle cannot verify the new server certificate: this is
     // why the new CA had to be published a full propagation delay before it signed anything.
     assert!(connect(&password(&old_ca_file)).await.is_err(), "the old CA file verified the new server certificate");
     assert_eq!(pod.broker.pid(), pid);
 
     // 3. Retire: while a live leaf is signed by the old CA it stays; once none is, it leaves.
-    let live =
-        [&server, &reissued.issued, &gw_new].iter().filter(|c| pki::signed_by(&c.cert_pem, &ca_a.cert_pem)).count();
+    let live = [&server, &reissued, &gw_new].iter().filter(|c| pki::signed_by(&c.cert_pem, &ca_a.cert_pem)).count();
     assert_eq!(live, 0, "every leaf in use was re-issued by the new CA");
     let t3 = plus(t2, R_DELAY);
     assert_eq!(plan_ca(&migrating, 1, t3).1, None, "a live leaf of the old CA keeps it trusted");
@@ -370,7 +405,7 @@ async fn ca_rollover_with_trust_overlap_needs_no_restart() {
     );
     assert!(why.contains("AlertReceived(UnknownCA)"), "{why}");
     drop(connect_ok(&mtls(&pod, &gw_new, bundle.clone()), "client certificate of the new CA after retirement").await);
-    drop(connect_ok(&mtls(&pod, &reissued.issued, bundle.clone()), "re-issued certificate after retirement").await);
+    drop(connect_ok(&mtls(&pod, &reissued, bundle.clone()), "re-issued certificate after retirement").await);
     drop(connect_ok(&password(&bundle), "password client after retirement").await);
     assert_eq!(pod.broker.pid(), pid, "the broker was restarted during the rollover");
     assert!(pod.broker.alive());

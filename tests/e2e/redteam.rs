@@ -260,3 +260,25 @@ async fn flood_attack(report: &mut Report) {
     assert!(accepted(&legit.publish("devices/flood-7/ok", b"fine").await));
     assert!(legit.expect_message("devices/flood-7/ok", b"fine", WAIT).await);
 }
+
+/// Red team 3: a password+certificate user whose brought password is weak is out of the password
+/// file, but its certificate still logs in — with its own rules, Deny included: it never reads
+/// the topic it was denied through the `allUsers` grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_keeps_its_users_deny_rules_when_the_password_drops_out() {
+    let r = render(&["tests/e2e/fixtures/broker-dual.yaml"], &[8883, 8884]);
+    assert!(!std::fs::read_to_string(r.bundle.join("passwd")).unwrap().contains("dual:"), "the weak password is out");
+    let _broker = Broker::start(&r.bundle, &[r.port(8883), r.port(8884)], &[]);
+    let dual = pki::Issued { cert_pem: r.client_file("dual", "tls.crt"), key_pem: r.client_file("dual", "tls.key") };
+    assert_refused(&password_conn(&r, "dual", "password"), "the weak password").await;
+    let mut reader = connect_ok(&cert_conn(&r, &dual), "dual's certificate").await;
+    reader.subscribe_granted("plant/#").await;
+    let mut writer = connect_ok(&password_conn(&r, "writer", &r.client_file("writer", "password")), "writer").await;
+    for topic in ["plant/secret/key", "plant/a/temp"] {
+        let reason = writer.publish(topic, b"x").await;
+        assert!(accepted(&reason), "{topic}: {reason}");
+    }
+    let seen = reader.drain(Duration::from_secs(2)).await;
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, vec!["plant/a/temp"], "dual read a topic its own ACL denies");
+}
