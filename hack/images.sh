@@ -334,6 +334,8 @@ finish_rootfs() { # root — prune, SONAME links, ownership
 layer_tar() { # root out — a deterministic tar: sorted, mtime 0, numeric owners, no atime/xattrs
   tar --format=gnu --sort=name --mtime=@0 --numeric-owner -C "$1" -cf "$2.tmp" .
   mv "$2.tmp" "$2"
+  # cached layers are named <name>-<key>.tar: drop this name's layers of older keys
+  local old; for old in "${2%-*}"-????????????????.tar; do [[ $old == "$2" || ! -e $old ]] || rm -f "$old"; done
 }
 
 broker_layer() { # name suite lockfile -> prints the cached layer path

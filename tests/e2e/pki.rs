@@ -101,8 +101,7 @@ async fn certificate_users_connect_and_foreign_or_revoked_certificates_are_refus
     // Revoke gateway-2: its serial goes into the ledger, the CRL is re-signed and delivered.
     let tls = pod.r.secret_text("plant-b-tls");
     // (a freshly rendered broker has revoked nothing)
-    let mut ledger: Vec<RevokedCert> = vec![];
-    ledger.push(RevokedCert::from_cert(&gw2.cert_pem, now).unwrap());
+    let ledger = vec![RevokedCert::from_cert(&gw2.cert_pem, now).unwrap()];
     let crl = crls(&ca, &ledger, &tls["crl.pem"], now);
     assert_eq!(pki::parse_crl(&crl).unwrap().revoked_serials, vec![serial_of(&gw2.cert_pem)]);
     pod.volumes.update_tls(&[("crl.pem", &crl)]);
