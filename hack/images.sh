@@ -399,7 +399,8 @@ make_image() {
   local ref=$1 key=$2 history=$3; shift 3
   local out start=$SECONDS; out=$(oci_tar "$ref")
   registry_up
-  local repo=$REG/build/$(safe "$ref" | tr 'A-Z_.' 'a-z--') l args=()
+  local repo l args=()
+  repo=$REG/build/$(safe "$ref" | tr 'A-Z_.' 'a-z--')
   for l in "$@"; do args+=(-f "$l"); done
   crane append --insecure --oci-empty-base "${args[@]}" -t "$repo:layers" >/dev/null
   crane mutate --insecure "$repo:layers" --set-platform linux/amd64 "${MUTATE[@]}" -t "$repo:mutated" >/dev/null
@@ -472,7 +473,7 @@ build_brokers() {
   fi
   BUILT+=("$BROKEN_SAME")
   # 2.0.21 + a whiteout of libssl.so.3
-  local base_lock=$IMG/locks/$(safe "${BROKEN_OF#moat.local/}").lock
+  local base_lock; base_lock=$IMG/locks/$(safe "${BROKEN_OF#moat.local/}").lock
   key=$(cat "$base_lock" <(echo "$SELF_SHA broken $BROKEN_REMOVES") | sha)
   if ! up_to_date "$BROKEN" "$key"; then
     local e bs bv; for e in "${BROKERS[@]}"; do read -r ref bs bv <<< "$e"; [[ $ref == "$BROKEN_OF" ]] && break; done
@@ -631,7 +632,8 @@ unpack_image() { # tar dest — applies the layers in order (whiteouts included)
     tar -xzf "$x/blobs/sha256/$l" -C "$root"
     local wh; while read -r wh; do
       [[ -n $wh ]] || continue
-      rm -rf "$(dirname "$wh")/$(basename "$wh" | sed 's/^\.wh\.//')" "$wh"
+      local dir; dir=$(dirname "$wh")
+      rm -rf "${dir:?}/$(basename "$wh" | sed 's/^\.wh\.//')" "$wh"
     done < <(find "$root" -name '.wh.*')
   done
   rm -rf "$x"
@@ -660,8 +662,9 @@ verify() {
         local outside; outside=$(closure_ok "$root" /usr/sbin/mosquitto || true)
         if [[ -e $root/$BROKEN_REMOVES || $outside != *libssl.so.3* ]]; then log "FAIL $ref: /$BROKEN_REMOVES is still there"; fail=1
         elif ((EUID == 0)); then
-          out=$(chroot --userspec=1883:1883 "$root" /usr/sbin/mosquitto -h 2>&1) && { log "FAIL $ref: mosquitto started"; fail=1; } ||
-            log "ok   $ref: broken as intended, in a chroot (rc $?): $(head -1 <<< "$out")"
+          local rc=0; out=$(chroot --userspec=1883:1883 "$root" /usr/sbin/mosquitto -h 2>&1) || rc=$?
+          if ((rc == 127)); then log "ok   $ref: broken as intended, in a chroot (rc $rc): $(head -1 <<< "$out")"
+          else log "FAIL $ref: mosquitto -h in a chroot: rc $rc: $(head -1 <<< "$out")"; fail=1; fi
         else log "ok   $ref: libssl.so.3 is not in the image ($(xargs <<< "$outside")); not root: chroot check skipped"; fi;;
       moat.local/mosquitto*)
         local want=${ref##*:} f bad=0
@@ -676,7 +679,8 @@ verify() {
           out=$(chroot --userspec=1883:1883 "$root" /usr/sbin/mosquitto -h 2>&1 || true)
           grep -q "^mosquitto version $want\$" <<< "$out" || { log "FAIL $ref: mosquitto -h in a chroot as 1883: $(head -1 <<< "$out")"; bad=1; }
         fi
-        ((bad)) && fail=1 || log "ok   $ref: $version (its own loader; also in a chroot as 1883); every ELF file's libraries resolve inside the image";;
+        if ((bad)); then fail=1
+        else log "ok   $ref: $version (its own loader; also in a chroot as 1883); every ELF file's libraries resolve inside the image"; fi;;
       "$MOAT_REPO":*)
         out=$(ld_run "$root" /usr/local/bin/moat --version 2>&1 || true)
         local shells; shells=$(cd "$root" && ls -d bin/sh usr/bin/* usr/sbin/* bin/bash usr/bin/dpkg 2>/dev/null | head -3 || true)
@@ -686,7 +690,7 @@ verify() {
         else log "ok   $ref: '$out' from the image's own loader and libc; no shell, no package manager"; fi;;
       "$PAUSE_REF")
         out=$("$root/pause" -v 2>&1 || true)
-        [[ $out == pause.c* ]] && log "ok   $ref: $out" || { log "FAIL $ref: '$out'"; fail=1; };;
+        if [[ $out == pause.c* ]]; then log "ok   $ref: $out"; else log "FAIL $ref: '$out'"; fail=1; fi;;
     esac
     rm -rf "$root"
   done < "$IMG/index.tsv"
