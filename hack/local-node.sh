@@ -457,6 +457,10 @@ node_up() {
   ip link add "$BRIDGE" address "$BRIDGE_MAC" type bridge
   ip addr add "$NODE_IP/${NODE_CIDR#*/}" dev "$BRIDGE"
   ip link set "$BRIDGE" up
+  # Fake addresses go nowhere: kwok's pod IPs and the Service range (no kube-proxy) must never
+  # be dialled off the machine by a test or the operator's probe (they would route to the
+  # default gateway). `down` removes these routes.
+  local net; for net in "$POD_CIDR" "$SERVICE_CIDR"; do ip route replace blackhole "$net"; done
 
   # kubelet requires its cgroupRoot to exist in every hierarchy; it creates kubepods/... below it.
   local h; for h in /sys/fs/cgroup/*/; do mkdir -p "$h${CGROUP_ROOT#/}"; done
@@ -537,6 +541,7 @@ node_cleanup() { # idempotent; works from any partial state
     ip link del "$l" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
+  local net; for net in "$POD_CIDR" "$SERVICE_CIDR"; do ip route del blackhole "$net" 2>/dev/null || true; done
   # portmap's nftables tables, if a hostPort pod created them and they were not there before.
   if command -v nft >/dev/null; then
     for l in ip ip6; do

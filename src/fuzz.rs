@@ -177,6 +177,7 @@ proptest! {
             password: PasswordLookup::Found { password: Password(pw.clone()), generated: *generated },
             password_revision: None,
             certificate: None,
+            certificate_blocked: None,
         }).collect();
         let access = [AclAccess::Read, AclAccess::Write, AclAccess::ReadWrite, AclAccess::Deny];
         let acl_rules: Vec<AclRule> = rules.iter().map(|(t, a, _)| AclRule { topic: t.clone(), access: access[*a] }).collect();
@@ -197,6 +198,7 @@ proptest! {
             paths: &ConfigPaths::in_pod(),
             overrides: &ListenerOverrides::default(),
             extra_ips: &[],
+            requests: &Default::default(),
             now: "2026-02-01T00:00:00Z".parse().unwrap(),
         }).unwrap();
         let in_effect: BTreeSet<String> = p.verdicts.values().filter_map(|o| match &o.verdict {

@@ -181,7 +181,13 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     // certificate (the plan is their only issuer), the password and ACL files.
     let views: Vec<UserView> = users
         .iter()
-        .map(|u| UserView { user: u, password: lookup(u), password_revision: None, certificate: None })
+        .map(|u| UserView {
+            user: u,
+            password: lookup(u),
+            password_revision: None,
+            certificate: None,
+            certificate_blocked: None,
+        })
         .collect();
     let plan = plan(PlanInput {
         model: &model,
@@ -191,6 +197,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         paths: &in_pod,
         overrides: &no_overrides,
         extra_ips: &extra_ips,
+        requests: &Default::default(),
         now,
     })?;
 

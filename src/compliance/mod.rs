@@ -79,10 +79,16 @@ pub fn summarize(mut checks: Vec<ComplianceCheck>, last_audit: Option<jiff::Time
     checks.sort_by(|a, b| a.id.cmp(&b.id));
     let total = checks.len() as u32;
     let passed = checks.iter().filter(|c| c.passed).count() as u32;
+    let unknown = checks.iter().filter(|c| c.result == CheckResult::Unknown).count();
     ComplianceStatus {
         passed,
         total,
-        summary: format!("{passed}/{total}"),
+        // what `kubectl get` shows: unknowns are said, never counted as passed
+        summary: if unknown == 0 {
+            format!("{passed}/{total}")
+        } else {
+            format!("{passed}/{total} ({unknown} unknown)")
+        },
         last_audit_time: last_audit.map(Time),
         checks,
     }
@@ -294,9 +300,9 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
     // --- monitoring
     out.push(Finding::check(
         "MOAT-MON-001",
-        conf_has("connection_messages true") && conf_has("log_dest stdout"),
-        "connections are logged to stdout",
-        "connection logging is off (connection_messages false or no log_dest stdout)",
+        conf_has("connection_messages true") && (conf_has("log_dest stderr") || conf_has("log_dest stdout")),
+        "connections are logged (kubectl logs)",
+        "connection logging is off (connection_messages false, or no log_dest stderr/stdout)",
     ));
     out.push(Finding::check(
         "MOAT-MON-002",

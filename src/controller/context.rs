@@ -264,6 +264,9 @@ fn changed<V: PartialEq>(a: Option<&BTreeMap<String, V>>, b: Option<&BTreeMap<St
     out
 }
 
+/// How long a generated name found taken is not tried again.
+pub const NAME_CONFLICT_RETRY: Duration = Duration::from_secs(300);
+
 /// Everything a reconcile needs.
 pub struct Context {
     /// API client (the chart's ServiceAccount identity in production and in tests).
@@ -283,6 +286,12 @@ pub struct Context {
     /// The certificate ledger each broker reconcile last wrote (merged into what the cache
     /// shows, so a stale cache can never un-revoke a certificate).
     pub ledgers: Mutex<HashMap<(String, String), crate::plan::ledger::Ledger>>,
+    /// The drift records each broker reconcile last wrote (merged with the cached status, so a
+    /// reconcile that starts from a stale status never drops a record).
+    pub drift: Mutex<HashMap<(String, String), Vec<crate::crd::broker::DriftRecord>>>,
+    /// Generated Secret names found taken by objects moat did not create, with their holder and
+    /// when (namespace, name → holder); retried after [`NAME_CONFLICT_RETRY`].
+    pub name_conflicts: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
     /// The security-patch catalog in force (built in, extended by the operator's ConfigMap).
     pub catalog: CatalogCell,
     /// Last PolicyReport content written per broker (skips unchanged writes).

@@ -254,6 +254,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         board,
         ledgers: Default::default(),
+        name_conflicts: Default::default(),
+        drift: Default::default(),
         reports: Default::default(),
         catalog: context::CatalogCell::builtin(),
     });
@@ -379,6 +381,10 @@ pub async fn run(
         move |b: &MqttBroker| {
             let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
             ctx.board.forget(&ns, &name);
+            let key = (ns.clone(), name.clone());
+            ctx.ledgers.lock().unwrap().remove(&key);
+            ctx.drift.lock().unwrap().remove(&key);
+            ctx.reports.lock().unwrap().remove(&key);
             for u in s.users_of(&ns, &name) {
                 let _ = utx.send(ObjectRef::from_obj(&*u));
             }
@@ -444,27 +450,29 @@ where
     Ok(())
 }
 
-/// The `Compliant` condition: True when no check fails. Checks that could not be evaluated
-/// (`Unknown`, e.g. the active probe cannot reach the broker) are named in the message and never
-/// counted as passed in `compliance.passed`.
+/// The `Compliant` condition, the one place a compliance result becomes a condition: True only
+/// when every check passed; False when any failed; otherwise Unknown, naming the checks that could
+/// not be evaluated (e.g. the active probe could not reach the broker). Unknown is never a pass.
 pub fn compliant_condition(c: &crate::crd::ComplianceStatus) -> conditions::Cond {
     use crate::crd::{CONDITION_COMPLIANT, CheckResult};
     let ids = |r: CheckResult| c.checks.iter().filter(|x| x.result == r).map(|x| x.id.as_str()).collect::<Vec<_>>();
     let (failed, unknown) = (ids(CheckResult::Fail), ids(CheckResult::Unknown));
     let unknown_note =
         if unknown.is_empty() { String::new() } else { format!("; not evaluated: {}", unknown.join(", ")) };
-    if failed.is_empty() {
-        conditions::Cond::ok(
-            CONDITION_COMPLIANT,
-            "NoFailingChecks",
-            format!("{} of {} checks pass{unknown_note}", c.passed, c.total),
-        )
-    } else {
-        conditions::Cond::not(
+    match (failed.is_empty(), unknown.is_empty()) {
+        (false, _) => conditions::Cond::not(
             CONDITION_COMPLIANT,
             "ChecksFailing",
             format!("failing: {}{unknown_note}", failed.join(", ")),
-        )
+        ),
+        (true, false) => conditions::Cond::unknown(
+            CONDITION_COMPLIANT,
+            "ChecksNotEvaluated",
+            format!("{} of {} checks pass{unknown_note}", c.passed, c.total),
+        ),
+        (true, true) => {
+            conditions::Cond::ok(CONDITION_COMPLIANT, "AllChecksPass", format!("all {} checks pass", c.total))
+        }
     }
 }
 

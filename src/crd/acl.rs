@@ -42,6 +42,10 @@ pub const TOPIC_FILTER_PATTERN: &str = r"^(#|(\+|[^+#/\x00-\x20\x7f-\x9f]+)(/(\+
     {
         "rule": "!(has(self.allUsers) && self.allUsers) || self.rules.all(r, !r.topic.matches('[^/]%|%([^uc]|$)|%[uc][^/]'))",
         "message": "in allUsers rules, % may only appear as a whole topic level %u or %c"
+    },
+    {
+        "rule": "(has(self.users) && size(self.users) > 0 ? size(self.users) : 1) * self.rules.map(r, size(r.topic) + 20).sum() <= 65536",
+        "message": "the rules times the users listed exceed the 65536 bytes one MqttAcl may add to the broker's ACL file: split it, or use allUsers with %u"
     }
 ]))]
 pub struct MqttAclSpec {

@@ -28,8 +28,8 @@ use super::common::{BrokerRef, ComplianceStatus, conditions_schema};
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
-        "rule": "(has(self.allowPublicInternet) && self.allowPublicInternet) || self.ingress.all(i, i.from.all(p, !has(p.cidr) || cidr(p.cidr).prefixLength() >= (cidr(p.cidr).ip().family() == 4 ? 16 : 32) || ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16', 'fc00::/7', 'fe80::/10', '::1/128'].exists(n, cidr(n).ip().family() == cidr(p.cidr).ip().family() && cidr(n).containsCIDR(p.cidr))))",
-        "message": "a CIDR covering the public internet (0.0.0.0/0, ::/0, or a public range broader than /16 for IPv4 or /32 for IPv6) requires allowPublicInternet: true"
+        "rule": "(has(self.allowPublicInternet) && self.allowPublicInternet) || self.ingress.all(i, i.from.all(p, !has(p.cidr) || ((cidr(p.cidr).prefixLength() >= (cidr(p.cidr).ip().family() == 4 ? 16 : 32) || ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', '127.0.0.0/8', '169.254.0.0/16', 'fc00::/7', 'fe80::/10', '::1/128'].exists(n, cidr(n).ip().family() == cidr(p.cidr).ip().family() && cidr(n).containsCIDR(p.cidr))) && !(cidr(p.cidr).ip().family() == 6 && (cidr(p.cidr).containsCIDR('64:ff9b::/96') || (cidr('64:ff9b::/96').containsCIDR(p.cidr) && cidr(p.cidr).prefixLength() < 112))))))",
+        "message": "a CIDR covering the public internet (0.0.0.0/0, ::/0, a public range broader than /16 for IPv4 or /32 for IPv6, or the NAT64 prefix 64:ff9b::/96 broader than /112) requires allowPublicInternet: true"
     }
 ]))]
 pub struct MqttFirewallSpec {

@@ -48,7 +48,7 @@ pub use inspect::{CertInfo, inspect, key_matches, signed_by};
 pub use issue::{ServerNames, issue_client, issue_server, new_ca};
 pub use rollover::{
     CA_CERT_KEY, CA_KEY_KEY, CaSet, CaTransition, PENDING_CA_CERT_KEY, PENDING_CA_KEY_KEY, RETIRING_CA_CERT_KEY,
-    RETIRING_CA_KEY_KEY, SINCE_KEY, plan_ca,
+    RETIRING_CA_KEY_KEY, SINCE_KEY, introduce_now, plan_ca,
 };
 pub use rotation::{
     RenewReason, Want, issued_leaf_renewal, leaf_next_event, leaf_renewal, renewal_time, renewal_time_of, requeue_after,

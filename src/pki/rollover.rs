@@ -319,6 +319,25 @@ pub fn plan_ca(
     })
 }
 
+/// Starts a rollover now (an administrator's request, e.g. after a suspected key compromise): a
+/// Stable set gets its next CA as pending, exactly as when the active CA enters its renew window;
+/// the rollover then proceeds as [`plan_ca`] decides. A set already rolling over is left alone.
+pub fn introduce_now(
+    set: CaSet,
+    ca_validity: Duration,
+    ca_common_name: &str,
+    now: Timestamp,
+) -> Result<(CaSet, Option<CaTransition>)> {
+    let now = trunc(now);
+    Ok(match set {
+        set @ CaSet { pending: None, retiring: None, .. } => (
+            CaSet { pending: Some(new_ca(ca_common_name, ca_validity, now)?), since: now, ..set },
+            Some(CaTransition::Introduced),
+        ),
+        set => (set, None),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -341,6 +360,16 @@ mod tests {
 
     fn bundle_trusts(set: &CaSet, leaf: &Issued) -> bool {
         set.trusted().any(|ca| signed_by(&leaf.cert_pem, &ca.cert_pem))
+    }
+
+    #[test]
+    fn a_requested_rollover_introduces_the_next_ca_only_when_stable() {
+        let (set, _) = plan(None, 0, t0());
+        let (introducing, t) = introduce_now(set.clone(), CA_VALIDITY, "plant-a", t0() + DAY).unwrap();
+        assert_eq!((t, introducing.phase()), (Some(CaTransition::Introduced), "Introducing"));
+        assert_eq!(introducing.active, set.active, "the old CA still signs until the propagation delay");
+        let (again, t) = introduce_now(introducing.clone(), CA_VALIDITY, "plant-a", t0() + DAY).unwrap();
+        assert_eq!((t, again), (None, introducing));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum RenewReason {
     NamesChanged,
     /// It was not signed by the current signing CA (e.g. after a CA rollover activated a new CA).
     IssuerChanged,
+    /// An administrator asked for a new certificate.
+    Requested,
 }
 
 impl RenewReason {
@@ -44,6 +46,7 @@ impl RenewReason {
             RenewReason::Unparseable => "Unparseable",
             RenewReason::WeakKey => "WeakKey",
             RenewReason::KeyMismatch => "KeyMismatch",
+            RenewReason::Requested => "Requested",
             RenewReason::WrongProfile => "WrongProfile",
             RenewReason::Expired => "Expired",
             RenewReason::NotYetValid => "NotYetValid",

@@ -30,6 +30,10 @@ pub const CRL_RESIGN_MARGIN: Duration = Duration::from_secs(2 * 24 * 3600);
 pub const FINGERPRINT_KEY_LEN: usize = 32;
 /// Key of the fingerprint key in the CA Secret.
 pub const KEY_FINGERPRINT_KEY: &str = "fingerprint.key";
+/// Key in the CA Secret: the last `mqtt.moat.dev/rotate-ca` request handled.
+pub const KEY_ROTATION_HANDLED: &str = "rotation-handled";
+/// Key in the TLS Secret: the last `mqtt.moat.dev/renew-server-certificate` request handled.
+pub const KEY_RENEWAL_HANDLED: &str = "renewal-handled";
 /// Key of the (pre-ledger) revocation list in the CA Secret: read once to carry its serials over.
 pub const KEY_REVOKED: &str = "revoked";
 /// Most bytes of ACL lines one MqttAcl may add (its rules times the users it lists); the CRD
@@ -53,6 +57,8 @@ pub struct UserView<'a> {
     pub password_revision: Option<String>,
     /// The certificate and key in its certificate Secret (only a Secret the user controls).
     pub certificate: Option<Issued>,
+    /// Why its certificate Secret cannot be written (its name belongs to another object).
+    pub certificate_blocked: Option<String>,
 }
 
 /// Where a user's password stands.
@@ -106,6 +112,19 @@ pub struct Existing {
     pub legacy_revoked: Vec<RevokedCert>,
     /// Restart state of the pods.
     pub sessions: Sessions,
+    /// The last CA rotation request handled.
+    pub ca_rotation_handled: Option<String>,
+    /// The last server certificate renewal request handled.
+    pub server_renewal_handled: Option<String>,
+}
+
+/// What an administrator asked for by annotation (any new value is a new request).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// `mqtt.moat.dev/rotate-ca`: start a CA rollover now.
+    pub rotate_ca: Option<String>,
+    /// `mqtt.moat.dev/renew-server-certificate`: re-issue the server certificate now.
+    pub renew_server: Option<String>,
 }
 
 /// Where one credential of a user stands.
@@ -325,6 +344,10 @@ pub struct BrokerPlan {
     pub config: RenderedConfig,
     /// The next time the plan changes by the clock alone.
     pub next_event: Option<Timestamp>,
+    /// The last CA rotation request handled (stored in the CA Secret).
+    pub ca_rotation_handled: Option<String>,
+    /// The last server certificate renewal request handled (stored in the TLS Secret).
+    pub server_renewal_handled: Option<String>,
 }
 
 impl BrokerPlan {
@@ -351,6 +374,8 @@ impl BrokerPlan {
             ledger: self.ledger.clone(),
             legacy_revoked: vec![],
             sessions: Sessions { epoch: self.sessions_epoch, rolled_out: true },
+            ca_rotation_handled: self.ca_rotation_handled.clone(),
+            server_renewal_handled: self.server_renewal_handled.clone(),
         })
     }
 }
@@ -371,6 +396,8 @@ pub struct PlanInput<'a> {
     pub overrides: &'a ListenerOverrides,
     /// Extra IP addresses for the server certificate (local bundles: the bind address).
     pub extra_ips: &'a [std::net::IpAddr],
+    /// Administrator requests.
+    pub requests: &'a Requests,
     /// Now.
     pub now: Timestamp,
 }
@@ -384,7 +411,7 @@ struct Claim<'v, 'a> {
 
 /// Plans everything for the broker.
 pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
-    let PlanInput { model, users, acls, existing, paths, overrides, extra_ips, now } = input;
+    let PlanInput { model, users, acls, existing, paths, overrides, extra_ips, requests, now } = input;
     let d = &model.durations;
     let mut events: Vec<Timestamp> = vec![];
 
@@ -434,6 +461,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         &model.ca_common_name(),
         now,
     )?;
+    // A rotation requested by annotation starts now (once per new value).
+    let ca_rotation_handled = requests.rotate_ca.clone().or(existing.ca_rotation_handled.clone());
+    let (ca, ca_transition) = match (&requests.rotate_ca, ca_transition) {
+        (Some(r), None) if existing.ca_rotation_handled.as_ref() != Some(r) => {
+            pki::introduce_now(ca, d.ca_validity, &model.ca_common_name(), now)?
+        }
+        (_, t) => (ca, t),
+    };
     let ca_info = pki::inspect(&ca.active.cert_pem).ok();
     let trusted_dns: Vec<String> =
         ca.trusted().filter_map(|c| pki::inspect(&c.cert_pem).ok()).map(|i| i.subject_dn).collect();
@@ -449,6 +484,13 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         d.server_renew_before,
         now,
     );
+    let server_requested =
+        requests.renew_server.as_ref().is_some_and(|r| existing.server_renewal_handled.as_ref() != Some(r));
+    let server_renewal = match server_renewal {
+        None if server_requested => Some(RenewReason::Requested),
+        other => other,
+    };
+    let server_renewal_handled = requests.renew_server.clone().or(existing.server_renewal_handled);
     let server = match (server_renewal, existing.server) {
         (None, Some(s)) => s,
         _ => pki::issue_server(&ca.active, &names, d.server_validity, now)?,
@@ -598,6 +640,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
             continue;
         };
         let current = ledger.current_of(&c.name, &c.uid).cloned();
+        if let Some(why) = &c.view.certificate_blocked {
+            // no certificate can reach this user: one recorded earlier is not stood behind any more
+            if let Some(r) = &current {
+                revoke(&mut ledger, r, false, "its certificate Secret's name is taken");
+            }
+            cert_cred.insert(c.name.clone(), Cred::Pending(why.clone()));
+            continue;
+        }
         let in_secret = c.view.certificate.as_ref();
         let secret_fp = in_secret.map(|i| ledger::fingerprint(&i.cert_pem, &i.key_pem));
         // The Secret holds exactly the recorded current certificate: decide by the record alone.
@@ -848,6 +898,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         acls: outcomes,
         config,
         next_event,
+        ca_rotation_handled,
+        server_renewal_handled,
     })
 }
 
@@ -934,6 +986,9 @@ pub fn ca_secret_data(plan: &BrokerPlan) -> BTreeMap<String, String> {
     use base64::Engine;
     let mut data = plan.ca.to_secret_data();
     data.insert(KEY_FINGERPRINT_KEY.into(), base64::engine::general_purpose::STANDARD.encode(&plan.fingerprint_key));
+    if let Some(r) = &plan.ca_rotation_handled {
+        data.insert(KEY_ROTATION_HANDLED.into(), r.clone());
+    }
     data
 }
 

@@ -110,17 +110,16 @@ pub fn broker_objects(
         ));
     }
     secrets.push(secret(model, names::ca_secret(n), "ca", ca_secret_data(plan)));
-    secrets.push(secret(
-        model,
-        names::tls_secret(n),
-        "tls",
-        BTreeMap::from([
-            ("tls.crt".into(), plan.server.cert_pem.clone()),
-            ("tls.key".into(), plan.server.key_pem.clone()),
-            ("ca.crt".into(), plan.ca.trust_bundle()),
-            ("crl.pem".into(), plan.crl_pem.clone()),
-        ]),
-    ));
+    let mut tls = BTreeMap::from([
+        ("tls.crt".into(), plan.server.cert_pem.clone()),
+        ("tls.key".into(), plan.server.key_pem.clone()),
+        ("ca.crt".into(), plan.ca.trust_bundle()),
+        ("crl.pem".into(), plan.crl_pem.clone()),
+    ]);
+    if let Some(r) = &plan.server_renewal_handled {
+        tls.insert(super::broker::KEY_RENEWAL_HANDLED.into(), r.clone());
+    }
+    secrets.push(secret(model, names::tls_secret(n), "tls", tls));
     for (i, shard) in plan.shards.iter().enumerate() {
         secrets.push(secret(model, names::passwd_secret(n, i), "passwd", shard.data()));
     }

@@ -114,8 +114,11 @@ pub fn render(model: &BrokerModel, paths: &ConfigPaths, overrides: &ListenerOver
     let _ = writeln!(w, "max_keepalive {}", spec.limits.max_keepalive);
     let _ = writeln!(w, "sys_interval {}", spec.security.sys_interval);
     let _ = writeln!(w);
-    let _ = writeln!(w, "# Logging to stdout (kubectl logs)");
-    let _ = writeln!(w, "log_dest stdout");
+    // stderr, not stdout: Mosquitto 2.0.11 block-buffers stdout into a pipe (a container's
+    // stdout is one), so connection and refused-login lines would reach `kubectl logs` late or
+    // never; stderr is written at once by every version.
+    let _ = writeln!(w, "# Logging to stderr (kubectl logs, unbuffered)");
+    let _ = writeln!(w, "log_dest stderr");
     for t in &spec.logging.types {
         let _ = writeln!(w, "log_type {}", t.as_str());
     }
@@ -224,7 +227,7 @@ mod tests {
                 "max_queued_messages 1000",
                 "max_keepalive 3600",
                 "sys_interval 10",
-                "log_dest stdout",
+                "log_dest stderr",
                 "log_type error",
                 "log_type warning",
                 "log_type notice",

@@ -22,8 +22,9 @@ const NON_PUBLIC: [&str; 9] = [
 ];
 
 /// CEL message of the public-internet rule.
-const PUBLIC_MESSAGE: &str = "a CIDR covering the public internet (0.0.0.0/0, ::/0, or a public range broader than /16 \
-                              for IPv4 or /32 for IPv6) requires allowPublicInternet: true";
+const PUBLIC_MESSAGE: &str = "a CIDR covering the public internet (0.0.0.0/0, ::/0, a public range broader than /16 \
+                              for IPv4 or /32 for IPv6, or the NAT64 prefix 64:ff9b::/96 broader than /112) requires \
+                              allowPublicInternet: true";
 
 /// Parses an IPv4 or IPv6 CIDR exactly as the apiserver's CEL `isCIDR()`/`cidr()` do (Go's
 /// `netip.ParsePrefix`: dotted-quad IPv4 without leading zeros, RFC 4291 IPv6, a decimal prefix
@@ -64,9 +65,16 @@ pub fn cidr(text: &str) -> Result<IpNet, String> {
 
 /// True when `net` needs `allowPublicInternet: true`: its prefix is shorter than /16 (IPv4) or
 /// /32 (IPv6) and it does not lie inside a private, CGNAT, loopback or link-local range
-/// (10/8, 172.16/12, 192.168/16, 100.64/10, 127/8, 169.254/16, fc00::/7, fe80::/10, ::1/128).
+/// (10/8, 172.16/12, 192.168/16, 100.64/10, 127/8, 169.254/16, fc00::/7, fe80::/10, ::1/128); or
+/// it holds the NAT64 prefix 64:ff9b::/96, or lies in it with a prefix shorter than /112.
 /// Same rule as the MqttFirewall CEL validation.
 pub fn covers_public_internet(net: &IpNet) -> bool {
+    // NAT64 (RFC 6052): 64:ff9b::/96 carries the whole IPv4 internet; a range in it is as public
+    // as the IPv4 range it embeds (broader than /16 there = shorter than /112 here)
+    let nat64: IpNet = "64:ff9b::/96".parse().expect("the NAT64 prefix is valid");
+    if matches!(net, IpNet::V6(_)) && (net.contains(&nat64) || (nat64.contains(net) && net.prefix_len() < 112)) {
+        return true;
+    }
     let min = match net {
         IpNet::V4(_) => 16,
         IpNet::V6(_) => 32,
@@ -235,7 +243,19 @@ mod tests {
 
     #[test]
     fn public_internet_detection() {
-        let public = ["0.0.0.0/0", "::/0", "8.0.0.0/8", "1.2.0.0/15", "2001:db8::/31", "2000::/3", "172.0.0.0/8"];
+        // NAT64 (red team 12): 64:ff9b::/96 is the whole IPv4 internet, /104 a /8 of it
+        let public = [
+            "0.0.0.0/0",
+            "::/0",
+            "8.0.0.0/8",
+            "1.2.0.0/15",
+            "2001:db8::/31",
+            "2000::/3",
+            "172.0.0.0/8",
+            "64:ff9b::/96",
+            "64:ff9b::/64",
+            "64:ff9b::800:0/104",
+        ];
         for p in public {
             assert!(covers_public_internet(&cidr(p).unwrap()), "{p}");
         }
@@ -255,6 +275,8 @@ mod tests {
             "fd00::/8",
             "fe80::/10",
             "::1/128",
+            "64:ff9b::102:0/112",
+            "64:ff9b::1.2.3.4/128",
         ];
         for p in fine {
             assert!(!covers_public_internet(&cidr(p).unwrap()), "{p}");

@@ -57,7 +57,9 @@ async fn a_broker_becomes_ready_with_hardened_owned_objects_and_a_no_op_reconcil
     let sa: ServiceAccount = get(&client, &ns.name, "plant-a").await.expect("ServiceAccount");
     assert!(owned_by_broker(&sa, &broker));
     assert_eq!(sa.automount_service_account_token, Some(false));
-    for secret in ["plant-a-ca", "plant-a-tls", "plant-a-config", "plant-a-acl", "plant-a-passwd-0"] {
+    for secret in
+        ["plant-a-ca", "plant-a-tls", "plant-a-config", "plant-a-acl-0", "plant-a-passwd-0", "plant-a-certs-0"]
+    {
         let s: Secret = get(&client, &ns.name, secret).await.unwrap_or_else(|| panic!("{secret}"));
         assert!(owned_by_broker(&s, &broker), "{secret}");
     }
@@ -101,13 +103,37 @@ async fn a_broker_becomes_ready_with_hardened_owned_objects_and_a_no_op_reconcil
     assert_eq!(after.len(), before, "writes during no-op reconciles: {:#?}", &after[before..]);
 }
 
+/// Waits until the broker's status records drift of `object` matching `change` (durable: the
+/// record stays after the repair, so this cannot race it).
+async fn drift_recorded(client: &kube::Client, ns: &str, object: &str, change: &str) -> moat::crd::broker::DriftRecord {
+    let found = tokio::time::timeout(T, async {
+        loop {
+            let b: Option<MqttBroker> = get(client, ns, "plant-a").await;
+            if let Some(d) = b.and_then(|b| b.status?.drift.into_iter().find(|d| d.object == object && d.change.contains(change) && d.repaired)) {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        let b: Option<MqttBroker> = futures::executor::block_on(get(client, ns, "plant-a"));
+        panic!("status.drift never recorded {object} ({change}): {:#?}", b.and_then(|b| b.status).map(|s| s.drift))
+    })
+}
+
+/// Red team 11: every managed object deleted by hand is recreated within seconds (deletions wake
+/// the broker controller; they used to wait for the next audit), with a DriftRepaired Event and a
+/// durable drift record in status; an edited object is restored and fails MOAT-AUD-002 until the
+/// next audit.
 #[tokio::test]
-async fn drift_is_reported_and_repaired() {
+async fn every_deleted_or_edited_managed_object_is_repaired_within_seconds() {
     setup().await;
     let client = admin().await;
     let ns = TestNs::new(&client, "drift").await;
     let _op = Operator::start(&ns.name, OperatorOpts::default());
     apply_yaml(&client, &ns.name, &example("examples/broker-minimal.yaml")).await;
+    apply_yaml(&client, &ns.name, &example("tests/e2e/fixtures/plant-a-users.yaml")).await;
     wait_condition::<MqttBroker>(&client, &ns.name, "plant-a", "Ready", "True", T).await;
     wait_quiet(&ns.name, Duration::from_secs(2), T).await;
 
@@ -118,30 +144,67 @@ async fn drift_is_reported_and_repaired() {
         .patch("plant-a", &PatchParams::default(), &Patch::Json::<()>(serde_json::from_value(relax).unwrap()))
         .await
         .unwrap();
-    eventually(T, "securityContext restored", || async {
-        let sts = sts_api.get("plant-a").await.ok()?;
-        let sc = sts.spec?.template.spec?.containers[0].security_context.clone()?;
-        (sc.run_as_non_root == Some(true)).then_some(())
+    drift_recorded(&client, &ns.name, "StatefulSet plant-a", "runAsNonRoot").await;
+    let sts = sts_api.get("plant-a").await.unwrap();
+    assert_eq!(
+        sts.spec.unwrap().template.spec.unwrap().containers[0].security_context.clone().unwrap().run_as_non_root,
+        Some(true)
+    );
+    eventually(T, "MOAT-AUD-002 failing with the change", || async {
+        let b: MqttBroker = get(&client, &ns.name, "plant-a").await?;
+        let c = b.status?.compliance?.checks.into_iter().find(|c| c.id == "MOAT-AUD-002")?;
+        (!c.passed && c.message.contains("runAsNonRoot")).then_some(())
     })
     .await;
-    let events = eventually(T, "a DriftRepaired Event", || async {
-        let ev = events_for(&client, &ns.name, "plant-a").await;
-        ev.iter()
+    assert!(
+        events_for(&client, &ns.name, "plant-a")
+            .await
+            .iter()
             .any(|(r, n)| r == "DriftRepaired" && n.contains("StatefulSet plant-a") && n.contains("runAsNonRoot"))
-            .then_some(ev)
-    })
-    .await;
-    assert!(!events.is_empty());
-    let broker: MqttBroker = get(&client, &ns.name, "plant-a").await.unwrap();
-    let check = broker.status.unwrap().compliance.unwrap().checks.into_iter().find(|c| c.id == "MOAT-AUD-002").unwrap();
-    assert!(!check.passed && check.message.contains("runAsNonRoot"), "{check:?}");
+    );
 
-    // Delete the default-deny NetworkPolicy.
-    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
-    np_api.delete("plant-a-default-deny", &Default::default()).await.unwrap();
-    eventually(T, "default-deny restored", || async { np_api.get_opt("plant-a-default-deny").await.ok()?.map(|_| ()) })
+    // Delete one managed object of each kind and time the repair.
+    let mut timings = vec![];
+    for (kind, name) in [
+        ("NetworkPolicy", "plant-a-default-deny"),
+        ("Service", "plant-a"),
+        ("Service", "plant-a-headless"),
+        ("Secret", "plant-a-config"),
+        ("Secret", "plant-a-tls"),
+        ("Secret", "plant-a-passwd-0"),
+        ("Secret", "plant-a-acl-0"),
+        ("Secret", "plant-a-certs-0"),
+        ("ConfigMap", "plant-a-ca-bundle"),
+        ("ServiceAccount", "plant-a"),
+        ("StatefulSet", "plant-a"),
+    ] {
+        let resource = match kind {
+            "NetworkPolicy" => "networkpolicy",
+            "Service" => "service",
+            "Secret" => "secret",
+            "ConfigMap" => "configmap",
+            "ServiceAccount" => "serviceaccount",
+            _ => "statefulset",
+        };
+        let uid_before = kubectl(&["-n", &ns.name, "get", resource, name, "-o", "jsonpath={.metadata.uid}"]).stdout;
+        let started = std::time::Instant::now();
+        let out = kubectl(&["-n", &ns.name, "delete", resource, name, "--wait=true"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        eventually(Duration::from_secs(30), &format!("{kind} {name} recreated"), || async {
+            let now = kubectl(&["-n", &ns.name, "get", resource, name, "-o", "jsonpath={.metadata.uid}"]);
+            (now.status.success() && !now.stdout.is_empty() && now.stdout != uid_before).then_some(())
+        })
         .await;
-    eventually(T, "a DriftRepaired Event for the policy", || async {
+        let took = started.elapsed();
+        drift_recorded(&client, &ns.name, &format!("{kind} {name}"), "deleted").await;
+        timings.push((format!("{kind} {name}"), took));
+        assert!(took < Duration::from_secs(15), "{kind} {name} took {took:?} to come back");
+    }
+    println!("\nrepair after a deletion by hand:");
+    for (what, took) in &timings {
+        println!("  {what:<40} {:>6} ms", took.as_millis());
+    }
+    eventually(T, "DriftRepaired Events for the deletions", || async {
         events_for(&client, &ns.name, "plant-a")
             .await
             .iter()
@@ -159,6 +222,7 @@ async fn drift_is_reported_and_repaired() {
         (secrets.get("plant-a-config").await.ok()?.data? == original).then_some(())
     })
     .await;
+    drift_recorded(&client, &ns.name, "Secret plant-a-config", "data").await;
 }
 
 #[tokio::test]

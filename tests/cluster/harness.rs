@@ -468,6 +468,28 @@ pub async fn passwd_shards(client: &Client, ns: &str, broker: &str) -> Vec<Secre
     shards
 }
 
+/// The assembled ACL file of a broker (its `<broker>-acl-<n>` parts joined as the agent does);
+/// None while the parts do not join (an update in flight).
+pub async fn acl_file(client: &Client, ns: &str, broker: &str) -> Option<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let selector = format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=acl");
+    let mut parts: Vec<(usize, String, String)> = secrets
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .filter_map(|s| {
+            let i = moat::names::part_index(broker, "acl", s.metadata.name.as_deref()?)?;
+            let text = |k: &str| s.data.as_ref()?.get(k).map(|b| String::from_utf8_lossy(&b.0).into_owned());
+            Some((i, text("manifest")?, text("acl")?))
+        })
+        .collect();
+    parts.sort();
+    let pairs: Vec<(String, String)> = parts.into_iter().map(|(_, m, a)| (m, a)).collect();
+    moat::render::shard::join(&pairs).ok()
+}
+
 /// Events about `name` in `ns` (events.k8s.io), as (reason, note).
 pub async fn events_for(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);

@@ -14,5 +14,6 @@ mod hygiene;
 mod network;
 mod pki;
 mod reliability;
+mod security;
 mod upgrade;
 mod users;

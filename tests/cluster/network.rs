@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
 use moat::crd::{MqttAcl, MqttFirewall};
@@ -43,10 +43,8 @@ async fn acls_land_in_the_broker_acl_secret_and_a_missing_broker_is_reported() {
     })
     .await;
     assert_eq!(dash.status.as_ref().unwrap().pending_users, vec!["dashboard"]);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let text = eventually(T, "the rules in the ACL Secret", || async {
-        let s = secrets.get("plant-b-acl").await.ok()?;
-        let t = String::from_utf8(s.data?.get("acl")?.0.clone()).ok()?;
+        let t = acl_file(&client, &ns.name, "plant-b").await?;
         t.contains("user sensor-17").then_some(t)
     })
     .await;

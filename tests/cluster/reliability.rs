@@ -145,7 +145,6 @@ fn writes_by(ns: &str, identity: &str) -> Vec<String> {
 async fn assert_converged(client: &kube::Client, ns: &str) {
     let users: Api<MqttUser> = Api::namespaced(client.clone(), ns);
     let acls: Api<MqttAcl> = Api::namespaced(client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     eventually(T, "the files to match the declared users and ACLs", || async {
         let declared_users: BTreeSet<String> = users
             .list(&Default::default())
@@ -156,21 +155,23 @@ async fn assert_converged(client: &kube::Client, ns: &str) {
             .filter(|u| u.metadata.deletion_timestamp.is_none())
             .filter_map(|u| u.metadata.name)
             .collect();
-        let declared_acls: BTreeSet<String> =
-            acls.list(&Default::default()).await.ok()?.items.into_iter().filter_map(|a| a.metadata.name).collect();
+        let declared_acls = acls.list(&Default::default()).await.ok()?.items;
         let in_file = passwd_users(client, ns).await;
-        let sources = secrets
-            .get("plant-a-acl")
-            .await
-            .ok()?
-            .data?
-            .get("sources")
-            .map(|s| String::from_utf8_lossy(&s.0).into_owned())?;
-        let applied_acls: BTreeSet<String> =
-            sources.lines().filter_map(|l| l.split(' ').next().map(str::to_string)).collect();
-        (in_file == declared_users
-            && applied_acls == declared_acls
-            && all_ready(client, ns, declared_users.len()).await)
+        // every declared ACL is in effect for its generation, and the ACL file holds exactly the
+        // users those ACLs name
+        let applied = declared_acls.iter().all(|a| {
+            a.status.as_ref().is_some_and(|st| {
+                st.observed_generation == a.metadata.generation
+                    && condition(a, "Ready").is_some_and(|c| c.0 == "True" || c.1 == "UsersNotReady")
+            })
+        });
+        let named: BTreeSet<String> = declared_acls
+            .iter()
+            .flat_map(|a| a.spec.users.iter().filter(|u| declared_users.contains(*u)).cloned())
+            .collect();
+        let file = acl_file(client, ns, "plant-a").await?;
+        let in_acl: BTreeSet<String> = moat::render::acl::parse(&file).ok()?.users.keys().cloned().collect();
+        (in_file == declared_users && applied && in_acl == named && all_ready(client, ns, declared_users.len()).await)
             .then_some(())
     })
     .await;

@@ -32,6 +32,12 @@ use crate::render::config::{ConfigPaths, ListenerOverrides};
 use crate::upgrade::{self, Catalog, MosquittoVersion, RolloutInput, RolloutState, RolloutStep};
 use observe::Observed;
 
+/// Annotation on an MqttBroker that starts a CA rollover now (any new value; e.g. after a
+/// suspected key compromise). The rollover keeps trust overlap like a scheduled one.
+pub const ROTATE_CA_ANNOTATION: &str = "mqtt.moat.dev/rotate-ca";
+/// Annotation on an MqttBroker that re-issues the server certificate now (any new value).
+pub const RENEW_SERVER_ANNOTATION: &str = "mqtt.moat.dev/renew-server-certificate";
+
 /// Reconciles one MqttBroker.
 pub async fn reconcile(broker: Arc<MqttBroker>, ctx: Arc<Context>) -> Result<Action> {
     super::observed_reconcile("MqttBroker", &*broker, &ctx, run(&broker, &ctx)).await
@@ -51,11 +57,12 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let previous_upgrade = broker.status.as_ref().and_then(|s| s.upgrade.clone());
     let decided = decide(ctx, &model, &windows, &seen, last_ledger.as_ref(), previous_upgrade.as_ref(), catalog, now)?;
     let applied = apply::apply(ctx, broker, &owner, &seen, &decided).await?;
-    ctx.ledgers.lock().unwrap().insert(key, decided.plan.ledger.clone());
+    ctx.ledgers.lock().unwrap().insert(key.clone(), decided.plan.ledger.clone());
     publish(ctx, broker, &decided.plan);
     events(ctx, broker, &seen, &decided, &applied).await;
     let audit = audit::run(ctx, broker, &model, &seen, &decided, now).await;
     let previous = broker.status.clone().unwrap_or_default();
+    let last_drift = ctx.drift.lock().unwrap().get(&key).cloned().unwrap_or_default();
     let status = status::broker(&status::Inputs {
         broker,
         model: &model,
@@ -64,10 +71,12 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         applied: &applied,
         audit: &audit,
         previous: &previous,
+        last_drift: &last_drift,
         now,
     });
     audit::compliance_events(ctx, broker, previous.compliance.as_ref(), &status.compliance).await;
     super::write_status(ctx, broker, &previous, &status.status).await?;
+    ctx.drift.lock().unwrap().insert(key, status.status.drift.clone());
     if audit.due {
         super::report::write(ctx, broker, &status.compliance).await;
     }
@@ -75,6 +84,7 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     if applied.changed > 0 {
         tracing::info!(broker = %model.name, namespace = %model.namespace, changed = applied.changed, "applied broker objects");
     }
+    tracing::debug!(broker = %model.name, namespace = %model.namespace, "reconciled broker");
     Ok(requeue(&model, &windows, &decided, &status, now))
 }
 
@@ -140,7 +150,15 @@ fn decide(
     now: Timestamp,
 ) -> Result<Decided> {
     let existing = seen.existing(&model.name, last_ledger).map_err(|e| Error::Observe(Box::new(e)))?;
-    let views = seen.user_views(&ctx.stores);
+    let conflicts: std::collections::HashMap<(String, String), String> = {
+        let mut known = ctx.name_conflicts.lock().unwrap();
+        known.retain(|_, (_, at)| at.elapsed() < super::context::NAME_CONFLICT_RETRY);
+        known.iter().map(|(k, (holder, _))| (k.clone(), holder.clone())).collect()
+    };
+    let views = seen.user_views(&ctx.stores, &conflicts);
+    let annotation = |a: &str| seen.broker_annotations.get(a).cloned();
+    let requests =
+        bp::Requests { rotate_ca: annotation(ROTATE_CA_ANNOTATION), renew_server: annotation(RENEW_SERVER_ANNOTATION) };
     let acls: Vec<&crate::crd::MqttAcl> = seen.acls.iter().map(|a| &**a).collect();
     let plan = bp::plan(PlanInput {
         model,
@@ -150,6 +168,7 @@ fn decide(
         paths: &ConfigPaths::in_pod(),
         overrides: &ListenerOverrides::default(),
         extra_ips: &[],
+        requests: &requests,
         now,
     })
     .map_err(|e| Error::Plan(Box::new(e)))?;

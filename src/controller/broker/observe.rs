@@ -24,6 +24,8 @@ use crate::upgrade::PodView;
 
 /// A snapshot of everything of one broker in the caches.
 pub struct Observed {
+    /// The broker's annotations (administrator requests).
+    pub broker_annotations: std::collections::BTreeMap<String, String>,
     /// The broker's MqttUsers.
     pub users: Vec<Arc<MqttUser>>,
     /// Its MqttAcls.
@@ -62,6 +64,7 @@ impl Observed {
         let secrets =
             labelled.iter().filter(|(_, x)| owned_by(&***x, owner)).map(|(k, v)| (k.clone(), v.clone())).collect();
         Observed {
+            broker_annotations: broker.annotations().clone(),
             users: s.users_of(&ns, &name),
             acls: s.acls_of(&ns, &name),
             firewalls: s.firewalls_of(&ns, &name),
@@ -96,10 +99,12 @@ impl Observed {
                 .map_err(|e| ObserveError::Corrupt { secret: names::ca_secret(broker), why: e.to_string() })?;
             ex.fingerprint_key = key;
             ex.legacy_revoked = legacy;
+            ex.ca_rotation_handled = data.get(bp::KEY_ROTATION_HANDLED).cloned();
         }
         if let Some(s) = self.secrets.get(&names::tls_secret(broker)) {
             ex.server = issued_from(s);
             ex.crl_pem = secret_text(s, "crl.pem");
+            ex.server_renewal_handled = secret_text(s, bp::KEY_RENEWAL_HANDLED);
         }
         let mut shards: Vec<(usize, String, String)> = vec![];
         let mut ledger_texts: Vec<String> = vec![];
@@ -151,9 +156,14 @@ impl Observed {
         Sessions { epoch, rolled_out }
     }
 
-    /// How the broker sees each user.
-    pub fn user_views(&self, s: &Stores) -> Vec<UserView<'_>> {
-        self.users.iter().map(|u| user_view(s, &self.labelled, u)).collect()
+    /// How the broker sees each user; `conflicts` are Secret names found taken by objects moat
+    /// did not create (not in the caches), with their holder.
+    pub fn user_views(
+        &self,
+        s: &Stores,
+        conflicts: &std::collections::HashMap<(String, String), String>,
+    ) -> Vec<UserView<'_>> {
+        self.users.iter().map(|u| user_view(s, &self.labelled, conflicts, u)).collect()
     }
 
     /// The broker's pods as the upgrade state machine sees them.
@@ -198,7 +208,12 @@ pub enum ObserveError {
 
 /// How the broker sees one user: its password (from its credentials Secret, or the referenced
 /// Secret) and its client certificate (from its certificate Secret) — only Secrets it controls.
-pub fn user_view<'a>(s: &Stores, labelled: &BTreeMap<String, Arc<Secret>>, u: &'a MqttUser) -> UserView<'a> {
+pub fn user_view<'a>(
+    s: &Stores,
+    labelled: &BTreeMap<String, Arc<Secret>>,
+    conflicts: &std::collections::HashMap<(String, String), String>,
+    u: &'a MqttUser,
+) -> UserView<'a> {
     let ns = u.namespace().unwrap_or_default();
     let object = u.name_any();
     // a colliding name (another user's or a broker's Secret) never hands this user someone
@@ -231,8 +246,21 @@ pub fn user_view<'a>(s: &Stores, labelled: &BTreeMap<String, Arc<Secret>>, u: &'
             },
         },
     };
-    let certificate = own(names::certificate_secret(&object)).and_then(|x| issued_from(x));
-    UserView { user: u, password, password_revision: revision, certificate }
+    let cert_name = names::certificate_secret(&object);
+    let certificate = own(cert_name.clone()).and_then(|x| issued_from(x));
+    let certificate_blocked = match labelled.get(&cert_name) {
+        Some(x) if own(cert_name.clone()).is_none() => Some(format!(
+            "the certificate Secret name {cert_name} is taken by {}",
+            x.owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map_or("an object moat did not create".to_string(), |o| format!("{} {}", o.kind, o.name))
+        )),
+        _ => conflicts
+            .get(&(ns.clone(), cert_name.clone()))
+            .map(|holder| format!("the certificate Secret name {cert_name} is taken by {holder}")),
+    };
+    UserView { user: u, password, password_revision: revision, certificate, certificate_blocked }
 }
 
 /// The Secret a `secretRef` of MqttUser `user` names, only if that Secret opted in for this user:

@@ -43,6 +43,8 @@ pub struct Inputs<'a> {
     pub audit: &'a Audit,
     /// The status before this reconcile.
     pub previous: &'a MqttBrokerStatus,
+    /// The drift records this operator last wrote for the broker (the cached status may lag).
+    pub last_drift: &'a [DriftRecord],
     /// Now.
     pub now: Timestamp,
 }
@@ -74,7 +76,12 @@ pub fn broker(i: &Inputs) -> Output {
             repaired: true,
         })
         .collect();
-    drift.extend(previous.drift.iter().cloned());
+    for d in i.last_drift.iter().chain(&previous.drift) {
+        if !drift.contains(d) {
+            drift.push(d.clone());
+        }
+    }
+    drift.sort_by(|a, b| b.detected_at.0.cmp(&a.detected_at.0));
     drift.truncate(DRIFT_KEPT);
 
     let facts = facts(i, &drift, audit_time);

@@ -65,7 +65,7 @@ fn found(p: &str, generated: bool) -> PasswordLookup {
 }
 
 fn view<'a>(u: &'a MqttUser, password: PasswordLookup, certificate: Option<Issued>) -> UserView<'a> {
-    UserView { user: u, password, password_revision: Some("1".into()), certificate }
+    UserView { user: u, password, password_revision: Some("1".into()), certificate, certificate_blocked: None }
 }
 
 fn run_with(m: &BrokerModel, users: &[UserView], acls: &[&MqttAcl], existing: Existing, at: Timestamp) -> BrokerPlan {
@@ -77,6 +77,7 @@ fn run_with(m: &BrokerModel, users: &[UserView], acls: &[&MqttAcl], existing: Ex
         paths: &ConfigPaths::in_pod(),
         overrides: &ListenerOverrides::default(),
         extra_ips: &[],
+        requests: &Default::default(),
         now: at,
     })
     .unwrap()
@@ -439,6 +440,7 @@ fn acl_size_is_bounded_per_object_and_the_file_is_sharded() {
         paths: &ConfigPaths::in_pod(),
         overrides: &ListenerOverrides::default(),
         extra_ips: &[],
+        requests: &Default::default(),
         now: now(),
     })
     .unwrap();
