@@ -713,5 +713,5 @@ case ${1:-} in
          *) die "usage: $0 ref moat|pause";;
        esac;;
   verify) verify;;
-  *) sed -n '2,21p' "$0"; exit 2;;
+  *) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 2;;
 esac
