@@ -123,6 +123,7 @@ workdir() { [[ -n $WORK ]] || { mkdir -p "$IMG/tmp"; WORK=$(mktemp -d "$IMG/tmp/
 registry_up() {
   [[ -n $REG ]] && return 0
   ensure_crane; workdir
+  : > "$WORK/registry.log"   # exists before the background job opens it (sed below polls it)
   "$CRANE" registry serve --address 127.0.0.1:0 >"$WORK/registry.log" 2>&1 &
   REG_PID=$!
   local port='' i
