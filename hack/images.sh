@@ -20,8 +20,9 @@
 #   MOAT_BINARY          use this moat binary instead of `cargo build --release --locked --bin moat`
 #   PAUSE_BIN            use this static pause binary (default: the node's, else compiled here)
 # What was verified, digests, times and sizes: hack/README.md, section "Images".
-set -euo pipefail
+set -Eeuo pipefail
 shopt -s inherit_errexit   # a failure inside $(...) stops the script too
+trap 'printf "[images] ERROR: \"%s\" failed (line %s, exit %s)\n" "$BASH_COMMAND" "$LINENO" "$?" >&2' ERR
 umask 022
 export LC_ALL=C
 
