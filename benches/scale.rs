@@ -7,6 +7,9 @@
 #[path = "../tests/cluster/harness.rs"]
 mod harness;
 #[allow(dead_code)]
+#[path = "../tests/common/mqtt.rs"]
+mod mqtt;
+#[allow(dead_code)]
 #[path = "../tests/cluster/hygiene.rs"]
 mod hygiene;
 

@@ -7,6 +7,9 @@ mod harness;
 #[allow(dead_code)]
 #[path = "../cluster/hygiene.rs"]
 mod hygiene;
+#[allow(dead_code)]
+#[path = "../common/mqtt.rs"]
+mod mqtt;
 
 use std::process::Command;
 use std::time::Duration;

@@ -384,7 +384,7 @@ async fn load_into_mosquitto(case: &Case, acl: &str) -> (usize, usize) {
     std::fs::write(
         dir.path().join("mosquitto.conf"),
         format!(
-            "allow_anonymous false\npassword_file ./passwd\nacl_file ./acl\nlog_dest stdout\n\
+            "allow_anonymous false\npassword_file ./passwd\nacl_file ./acl\nlog_dest stderr\n\
              persistence false\nlistener {port} 127.0.0.1\n"
         ),
     )

@@ -7,13 +7,12 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode};
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+#[path = "../common/mqtt.rs"]
+mod mqtt;
+pub use mqtt::*;
 
 /// The minimal example broker (moat's defaults) with the users alice and bob and their ACLs.
 pub const MINIMAL: &[&str] = &["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"];
@@ -43,14 +42,6 @@ pub fn mosquitto_bin() -> PathBuf {
     let p = PathBuf::from("/usr/sbin/mosquitto");
     assert!(p.exists(), "Mosquitto is not installed: run hack/ensure-mosquitto.sh (make test does)");
     p
-}
-
-/// Installs ring as rustls' process-wide provider (rumqttc's simple TLS config uses it).
-pub fn init_tls() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// An OpenSSL configuration that permits TLS 1.0/1.1 and weak ciphers, so only moat's rendered
@@ -214,12 +205,10 @@ impl Broker {
     /// Starts Mosquitto with `<dir>/<conf>` (cwd = dir) and waits until every port accepts.
     pub fn start_with(dir: &Path, conf: &str, ports: &[u16], env: &[(&str, &Path)]) -> Broker {
         give_to_mosquitto(dir);
-        // Debian's 2.0.11 block-buffers stdout (line-buffered since 2.0.16): stdbuf makes the
-        // rendered `log_dest stdout` visible line by line, as in the official images.
-        let mut cmd = Command::new("stdbuf");
-        cmd.arg("-oL")
-            .arg(mosquitto_bin())
-            .arg("-c")
+        // (no stdbuf: moat renders `log_dest stderr`, which even 2.0.11 writes unbuffered into a
+        // pipe, as into a container's log; the tests that wait for log lines prove it)
+        let mut cmd = Command::new(mosquitto_bin());
+        cmd.arg("-c")
             .arg(conf)
             .current_dir(dir)
             .stdout(Stdio::piped())
@@ -298,265 +287,6 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// How to reach a listener.
-#[derive(Clone, Default)]
-pub struct Conn {
-    /// Port.
-    pub port: u16,
-    /// Trust anchors (PEM) for TLS; `None` = plain TCP.
-    pub ca: Option<String>,
-    /// Client certificate and key (PEM) for mTLS.
-    pub client_cert: Option<(String, String)>,
-    /// Username and password.
-    pub credentials: Option<(String, String)>,
-    /// Client id (default: a random one).
-    pub client_id: Option<String>,
-}
-
-/// Why a connection attempt failed.
-#[derive(Debug)]
-pub enum Refusal {
-    /// CONNACK with a failure code.
-    Refused(ConnectReturnCode),
-    /// The connection failed below MQTT (TLS alert, reset, garbage).
-    Transport(String),
-}
-
-/// What the event loop task forwards to a [`Session`].
-enum Incoming {
-    /// A PUBLISH `(topic, payload)`.
-    Message(String, Vec<u8>),
-    /// A PUBACK reason (`Debug` of [`PubAckReason`]).
-    PubAck(String),
-    /// A SUBACK's reason codes.
-    SubAck(Vec<SubscribeReasonCode>),
-}
-
-/// A connected MQTT v5 session.
-pub struct Session {
-    /// Client handle.
-    pub client: AsyncClient,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Incoming>,
-    /// Messages that arrived while waiting for an acknowledgement.
-    backlog: std::collections::VecDeque<(String, Vec<u8>)>,
-    /// Set when the connection dropped.
-    pub closed: tokio::sync::watch::Receiver<Option<String>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn options(c: &Conn) -> MqttOptions {
-    init_tls();
-    let id = c.client_id.clone().unwrap_or_else(|| format!("t-{:08x}", rand::random::<u32>()));
-    let mut o = MqttOptions::new(id, "127.0.0.1", c.port);
-    o.set_keep_alive(Duration::from_secs(30));
-    if let Some((u, p)) = &c.credentials {
-        o.set_credentials(u.clone(), p.clone());
-    }
-    if let Some(ca) = &c.ca {
-        // The server certificate carries the bind address 127.0.0.1 as an IP SAN (moat render
-        // --bind-address), and rumqttc checks the host string against it.
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca: ca.clone().into_bytes(),
-            alpn: None,
-            client_auth: c.client_cert.clone().map(|(cert, key)| (cert.into_bytes(), key.into_bytes())),
-        }));
-    }
-    o
-}
-
-/// Connects and waits for the CONNACK.
-pub async fn connect(c: &Conn) -> Result<Session, Refusal> {
-    let (client, mut eventloop) = AsyncClient::new(options(c), 64);
-    first_connack(&mut eventloop).await?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let (closed_tx, closed) = tokio::sync::watch::channel(None);
-    let task = tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let _ =
-                        tx.send(Incoming::Message(String::from_utf8_lossy(&p.topic).into_owned(), p.payload.to_vec()));
-                }
-                Ok(Event::Incoming(Packet::PubAck(a))) => {
-                    let _ = tx.send(Incoming::PubAck(format!("{:?}", a.reason)));
-                }
-                Ok(Event::Incoming(Packet::SubAck(a))) => {
-                    let _ = tx.send(Incoming::SubAck(a.return_codes));
-                }
-                Ok(Event::Incoming(Packet::Disconnect(d))) => {
-                    let _ = closed_tx.send(Some(format!("disconnect {:?}", d.reason_code)));
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    // rumqttc reconnects if polled again: stop at the first error
-                    let _ = closed_tx.send(Some(e.to_string()));
-                    return;
-                }
-            }
-        }
-    });
-    Ok(Session { client, rx, backlog: Default::default(), closed, task })
-}
-
-/// Asserts that the broker refuses the login with CONNACK "not authorised".
-pub async fn assert_refused(c: &Conn, what: &str) {
-    match connect(c).await {
-        Err(Refusal::Refused(code)) => assert_eq!(code, ConnectReturnCode::NotAuthorized, "{what}"),
-        Err(other) => panic!("{what}: expected a CONNACK refusal, got {other:?}"),
-        Ok(_) => panic!("{what}: the broker accepted the login"),
-    }
-}
-
-/// Connects and panics with `what` if the broker refuses.
-pub async fn connect_ok(c: &Conn, what: &str) -> Session {
-    match connect(c).await {
-        Ok(s) => s,
-        Err(e) => panic!("{what}: connection refused: {e:?}"),
-    }
-}
-
-async fn first_connack(eventloop: &mut EventLoop) -> Result<(), Refusal> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ev = tokio::time::timeout_at(deadline, eventloop.poll())
-            .await
-            .map_err(|_| Refusal::Transport("timeout waiting for CONNACK".into()))?;
-        match ev {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                return if ack.code == ConnectReturnCode::Success { Ok(()) } else { Err(Refusal::Refused(ack.code)) };
-            }
-            Ok(_) => {}
-            Err(ConnectionError::ConnectionRefused(code)) => return Err(Refusal::Refused(code)),
-            Err(e) => return Err(Refusal::Transport(format!("{e:?}"))),
-        }
-    }
-}
-
-impl Session {
-    /// Waits for the next acknowledgement matching `pick`, keeping messages that arrive meanwhile.
-    async fn wait_ack<T>(&mut self, what: &str, mut pick: impl FnMut(Incoming) -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(Incoming::Message(t, p))) => self.backlog.push_back((t, p)),
-                Ok(Some(other)) => {
-                    if let Some(v) = pick(other) {
-                        return v;
-                    }
-                }
-                Ok(None) => panic!("connection closed while waiting for {what}: {:?}", self.closed.borrow().clone()),
-                Err(_) => panic!("no {what} within 5 s"),
-            }
-        }
-    }
-
-    /// Subscribes at QoS 1 and returns the SUBACK reason codes once the broker acknowledged it
-    /// (Mosquitto handles one client's packets in order, so a publish from another client after
-    /// this returns is matched against the subscription).
-    pub async fn subscribe(&mut self, filter: &str) -> Vec<SubscribeReasonCode> {
-        self.client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-        self.wait_ack(&format!("SUBACK for {filter}"), |i| match i {
-            Incoming::SubAck(codes) => Some(codes),
-            _ => None,
-        })
-        .await
-    }
-
-    /// Subscribes and asserts that the broker granted the subscription.
-    pub async fn subscribe_granted(&mut self, filter: &str) {
-        let codes = self.subscribe(filter).await;
-        assert!(granted(&codes), "SUBACK for {filter}: {codes:?}");
-    }
-
-    /// Publishes at QoS 1 and returns the PUBACK reason.
-    pub async fn publish(&mut self, topic: &str, payload: &[u8]) -> String {
-        self.client.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await.unwrap();
-        self.wait_ack(&format!("PUBACK for {topic}"), |i| match i {
-            Incoming::PubAck(reason) => Some(reason),
-            _ => None,
-        })
-        .await
-    }
-
-    /// The next message within `timeout`, if any.
-    pub async fn next_message(&mut self, timeout: Duration) -> Option<(String, Vec<u8>)> {
-        if let Some(m) = self.backlog.pop_front() {
-            return Some(m);
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(Incoming::Message(t, p))) => return Some((t, p)),
-                Ok(Some(_)) => continue,
-                _ => return None,
-            }
-        }
-    }
-
-    /// Waits up to `timeout` for a message on `topic` with `payload` (other messages are skipped).
-    pub async fn expect_message(&mut self, topic: &str, payload: &[u8], timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_message(left).await {
-                Some((t, p)) if t == topic && p == payload => return true,
-                Some(_) => continue,
-                None => return false,
-            }
-        }
-    }
-
-    /// Every message received so far and within `timeout` (for asserting that nothing arrived,
-    /// after a control subscriber has already received the same publish).
-    pub async fn drain(&mut self, timeout: Duration) -> Vec<(String, Vec<u8>)> {
-        let mut out = vec![];
-        while let Some(m) = self.next_message(timeout).await {
-            out.push(m);
-        }
-        out
-    }
-
-    /// Whether the broker closed the connection already.
-    pub fn is_closed(&self) -> bool {
-        self.closed.borrow().is_some()
-    }
-
-    /// Waits up to `timeout` for the connection to be closed by the broker.
-    pub async fn wait_closed(&mut self, timeout: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(reason) = self.closed.borrow().clone() {
-                return Some(reason);
-            }
-            if tokio::time::timeout_at(deadline, self.closed.changed()).await.is_err() {
-                return None;
-            }
-        }
-    }
-}
-
-/// Whether every SUBACK reason code grants the subscription.
-pub fn granted(codes: &[SubscribeReasonCode]) -> bool {
-    !codes.is_empty() && codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_)))
-}
-
-/// Whether a PUBACK reason means the broker accepted the publish (with or without subscribers).
-pub fn accepted(reason: &str) -> bool {
-    reason == format!("{:?}", PubAckReason::Success) || reason == format!("{:?}", PubAckReason::NoMatchingSubscribers)
-}
-
-/// PUBACK reason of a publish refused by the ACL.
-pub fn puback_not_authorized() -> String {
-    format!("{:?}", PubAckReason::NotAuthorized)
 }
 
 /// A directory updated the way the kubelet updates a Secret volume: files are symlinks into

@@ -81,7 +81,7 @@ pub fn broker(i: &Inputs) -> Output {
             drift.push(d.clone());
         }
     }
-    drift.sort_by(|a, b| b.detected_at.0.cmp(&a.detected_at.0));
+    drift.sort_by_key(|d| std::cmp::Reverse(d.detected_at.0));
     drift.truncate(DRIFT_KEPT);
 
     let facts = facts(i, &drift, audit_time);
