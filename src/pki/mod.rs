@@ -198,7 +198,7 @@ fn strip_zeros(raw: &[u8]) -> &[u8] {
 
 /// Canonical serial text: lower-case hex of the integer's big-endian bytes, without leading zero
 /// bytes (DER adds a `00` before positive serials with the top bit set; the value is the same).
-fn serial_hex(raw: &[u8]) -> String {
+pub fn serial_hex(raw: &[u8]) -> String {
     crate::hex(strip_zeros(raw))
 }
 

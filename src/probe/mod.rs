@@ -552,7 +552,7 @@ mod tests {
             modern_tls,
             negotiated_version: Some("TLSv1.3".into()),
             chain_trusted,
-            cert_serial: Some("0A".into()),
+            cert_serial: Some("0a".into()),
             cert_not_after: Some(jiff::Timestamp::UNIX_EPOCH),
             anonymous_refused,
         }

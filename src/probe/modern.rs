@@ -270,9 +270,7 @@ pub fn version_label(version: ProtocolVersion) -> String {
 pub fn cert_details(der: &[u8]) -> Result<(String, jiff::Timestamp), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|err| format!("cannot parse the server certificate: {err}"))?;
-    let raw = cert.tbs_certificate.raw_serial();
-    let first = raw.iter().position(|b| *b != 0).unwrap_or(raw.len().saturating_sub(1));
-    let serial: String = raw[first..].iter().map(|b| format!("{b:02X}")).collect();
+    let serial = crate::pki::serial_hex(cert.tbs_certificate.raw_serial());
     let not_after = jiff::Timestamp::from_second(cert.validity().not_after.timestamp())
         .map_err(|err| format!("notAfter out of range: {err}"))?;
     Ok((serial, not_after))
@@ -298,7 +296,7 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         let (serial, not_after) = cert_details(cert.der()).unwrap();
-        assert_eq!(serial, "8A01FF");
+        assert_eq!(serial, "8a01ff", "the canonical form of status and the ledger");
         assert_eq!(not_after, jiff::Timestamp::from_second(2_000_000_000).unwrap());
         assert!(cert_details(b"not a certificate").is_err());
     }

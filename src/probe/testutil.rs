@@ -74,7 +74,7 @@ impl Pki {
             server_cert_pem: server_cert.pem(),
             server_key_pem: server_key.serialize_pem(),
             serial_hex: serial.iter().fold(String::new(), |mut s, b| {
-                let _ = write!(s, "{b:02X}");
+                let _ = write!(s, "{b:02x}");
                 s
             }),
             not_after: jiff::Timestamp::from_second(not_after_secs).expect("timestamp"),
