@@ -1,13 +1,24 @@
-//! Compliance on the local control plane: a hardened broker is Compliant, PolicyReports, audits.
+//! Compliance: a hardened broker on the real node is Compliant and gets a PolicyReport; audits
+//! write only lastAuditTime; a broker whose pods cannot be probed is never Compliant.
 
 use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use moat::crd::MqttBroker;
+use moat::crd::{CheckResult, MqttBroker};
 
 use crate::harness::*;
 
-const T: Duration = Duration::from_secs(90);
+const T: Duration = Duration::from_secs(180);
+
+/// examples/broker-minimal.yaml as it is, only placed on the real node with an image built here
+/// (2.0.21: the example's 2.0.22 has no local image).
+fn minimal_on_the_real_node() -> String {
+    let example = std::fs::read_to_string(repo().join("examples/broker-minimal.yaml")).unwrap();
+    let placed = format!("  version: \"2.0.21\"\n  image: {{repository: {BROKER_IMAGES}, pullPolicy: Never}}\n  pod: {REAL_NODE_POD}");
+    let out = example.replace("  version: \"2.0.22\"", &placed);
+    assert_ne!(out, example, "examples/broker-minimal.yaml no longer pins 2.0.22");
+    out
+}
 
 #[tokio::test]
 async fn a_hardened_broker_is_compliant_and_gets_a_policy_report() {
@@ -18,13 +29,14 @@ async fn a_hardened_broker_is_compliant_and_gets_a_policy_report() {
     assert!(out.status.success());
     let client = admin().await;
     let ns = TestNs::new(&client, "compliant").await;
-    let _op = Operator::start(&ns.name, OperatorOpts::default());
-    for f in ["examples/broker-minimal.yaml", "tests/e2e/fixtures/plant-a-users.yaml"] {
-        apply_yaml(&client, &ns.name, &std::fs::read_to_string(repo().join(f)).unwrap()).await;
-    }
+    let _op = Operator::start(&ns.name, real_node_operator());
+    apply_yaml(&client, &ns.name, &minimal_on_the_real_node()).await;
+    let users = std::fs::read_to_string(repo().join("tests/e2e/fixtures/plant-a-users.yaml")).unwrap();
+    apply_yaml(&client, &ns.name, &users).await;
     let b: MqttBroker = wait_condition(&client, &ns.name, "plant-a", "Compliant", "True", T).await;
     let c = b.status.unwrap().compliance.unwrap();
-    assert!(c.checks.iter().all(|x| x.result != moat::crd::CheckResult::Fail), "{:?}", c.checks);
+    assert!(c.checks.iter().all(|x| x.result == CheckResult::Pass), "{:?}", c.checks);
+    assert_eq!(c.summary, format!("{}/{}", c.total, c.total));
     assert!(c.total >= 30, "only {} checks", c.total);
 
     let ar = ApiResource::from_gvk_with_plural(
@@ -42,6 +54,7 @@ async fn a_hardened_broker_is_compliant_and_gets_a_policy_report() {
     }
     assert_eq!(report.data["scope"]["kind"], "MqttBroker");
     assert_eq!(report.data["summary"]["fail"], 0);
+    assert_eq!(report.data["summary"]["skip"], 0);
 }
 
 #[tokio::test]
@@ -49,17 +62,9 @@ async fn the_audit_advances_last_audit_time_and_nothing_else() {
     setup().await;
     let client = admin().await;
     let ns = TestNs::new(&client, "audit").await;
-    let _op = Operator::start(&ns.name, OperatorOpts::default());
-    let yaml = r#"
-apiVersion: mqtt.moat.dev/v1alpha1
-kind: MqttBroker
-metadata: {name: audited}
-spec:
-  version: "2.0.22"
-  audit: {interval: 10s}
-"#;
-    apply_yaml(&client, &ns.name, yaml).await;
-    wait_condition::<MqttBroker>(&client, &ns.name, "audited", "Ready", "True", T).await;
+    let _op = Operator::start(&ns.name, real_node_operator());
+    apply_yaml(&client, &ns.name, &real_broker("audited", "2.0.21", None, "  audit: {interval: 10s}\n")).await;
+    wait_condition::<MqttBroker>(&client, &ns.name, "audited", "Compliant", "True", T).await;
     wait_quiet(&ns.name, Duration::from_secs(2), T).await;
     let first: MqttBroker = get(&client, &ns.name, "audited").await.unwrap();
     let t1 = first.status.as_ref().unwrap().compliance.as_ref().unwrap().last_audit_time.clone().unwrap();
@@ -91,4 +96,30 @@ spec:
         writes.iter().all(|w| w == "patch mqttbrokers/status"),
         "the audit wrote more than the broker status: {writes:?}"
     );
+}
+
+/// Honest status: a broker whose pods run on kwok's fake nodes cannot be probed (no container
+/// answers), so the live checks are Unknown and the broker is not Compliant, whatever else passes.
+#[tokio::test]
+async fn a_broker_whose_pods_cannot_be_probed_is_not_compliant() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "unprobed").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &std::fs::read_to_string(repo().join("examples/broker-minimal.yaml")).unwrap()).await;
+    let b: MqttBroker = eventually(T, "an audit of the fake pods", || async {
+        let b: MqttBroker = get(&client, &ns.name, "plant-a").await?;
+        b.status.as_ref()?.compliance.as_ref()?.last_audit_time.as_ref()?;
+        Some(b)
+    })
+    .await;
+    let (status, reason, message) = condition(&b, "Compliant").unwrap();
+    let c = b.status.as_ref().unwrap().compliance.clone().unwrap();
+    let unknown: Vec<&str> = c.checks.iter().filter(|x| x.result == CheckResult::Unknown).map(|x| x.id.as_str()).collect();
+    assert!(unknown.contains(&"MOAT-TLS-005"), "the live TLS check passed without a live broker: {:?}", c.checks);
+    assert_eq!((status.as_str(), reason.as_str()), ("Unknown", "ChecksNotEvaluated"), "{message}");
+    for id in &unknown {
+        assert!(message.contains(id), "{message} does not name {id}");
+    }
+    assert!(c.summary.ends_with(&format!("({} unknown)", unknown.len())), "{}", c.summary);
 }

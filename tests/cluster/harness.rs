@@ -521,3 +521,122 @@ pub async fn wait_quiet(ns: &str, quiet: Duration, timeout: Duration) -> usize {
         assert!(Instant::now() < deadline, "the operator never went quiet in {ns}");
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// The real node (hack/local-node.sh): broker pods run there for real, from images built here.
+
+/// The repository of the broker images built from Debian's packages (hack/images.sh).
+pub const BROKER_IMAGES: &str = "moat.local/mosquitto";
+
+/// `spec.pod` that places a broker's pods on the real node (its label and its taint's toleration).
+pub const REAL_NODE_POD: &str = r#"{nodeSelector: {moat.dev/node-type: real}, tolerations: [{key: moat.dev/real-node, operator: Equal, value: "true", effect: NoSchedule}]}"#;
+
+/// The moat image built from this tree (hack/images.sh ref moat): the agent in broker pods.
+pub fn moat_image() -> String {
+    static REF: OnceLock<String> = OnceLock::new();
+    REF.get_or_init(|| {
+        let out = Command::new("bash").arg(repo().join("hack/images.sh")).args(["ref", "moat"]).output().unwrap();
+        let r = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert!(out.status.success() && !r.is_empty(), "no moat image: run hack/images.sh build && hack/images.sh load");
+        r
+    })
+    .clone()
+}
+
+/// Options of an operator whose broker pods run on the real node (its agent is the moat image).
+pub fn real_node_operator() -> OperatorOpts {
+    OperatorOpts { args: vec!["--agent-image".into(), moat_image()], ..Default::default() }
+}
+
+/// A broker on the real node running `version` of [`BROKER_IMAGES`] (or `repository`); `extra`
+/// is more YAML under `spec` (indented two spaces).
+pub fn real_broker(name: &str, version: &str, repository: Option<&str>, extra: &str) -> String {
+    format!(
+        "apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttBroker\nmetadata: {{name: {name}}}\nspec:\n  version: \"{version}\"\n  image: {{repository: {}, pullPolicy: Never}}\n  pod: {REAL_NODE_POD}\n{extra}",
+        repository.unwrap_or(BROKER_IMAGES)
+    )
+}
+
+/// A broker pod on the real node, as a client reaches it.
+#[derive(Clone, Debug)]
+pub struct LivePod {
+    /// Pod name.
+    pub name: String,
+    /// Pod IP (10.88.x.x).
+    pub ip: String,
+    /// The stable name in the server certificate.
+    pub server_name: String,
+    /// Container ID of the broker container.
+    pub container_id: String,
+    /// Restarts of the broker container.
+    pub restarts: i32,
+}
+
+/// The broker's pods once every one is Running and Ready on the real node.
+pub async fn live_pods(client: &Client, ns: &str, broker: &str, replicas: usize) -> Vec<LivePod> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(180), &format!("{replicas} ready pod(s) of {broker} on the real node"), || async {
+        let lp = ListParams::default().labels(&format!("mqtt.moat.dev/broker={broker}"));
+        let list = pods.list(&lp).await.ok()?.items;
+        let mut out = vec![];
+        for p in list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            let spec = p.spec.as_ref()?;
+            if spec.node_name.as_deref() != Some("moat-real-0") {
+                return None;
+            }
+            let st = p.status.as_ref()?;
+            let ready = st.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            let broker_c = st.container_statuses.as_ref()?.iter().find(|c| c.name == "mosquitto")?;
+            if !ready {
+                return None;
+            }
+            let name = p.metadata.name.clone()?;
+            out.push(LivePod {
+                server_name: format!("{name}.{broker}-headless.{ns}.svc"),
+                name,
+                ip: st.pod_ip.clone()?,
+                container_id: broker_c.container_id.clone()?,
+                restarts: broker_c.restart_count,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        (out.len() == replicas).then_some(out)
+    })
+    .await
+}
+
+/// The trust bundle clients use (the broker's `<broker>-ca-bundle` ConfigMap).
+pub async fn trust_bundle(client: &Client, ns: &str, broker: &str) -> String {
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    cms.get(&format!("{broker}-ca-bundle")).await.unwrap().data.unwrap()["ca.crt"].clone()
+}
+
+/// One key of a Secret as text.
+pub async fn secret_key(client: &Client, ns: &str, secret: &str, key: &str) -> String {
+    let s: Secret = Api::namespaced(client.clone(), ns).get(secret).await.unwrap();
+    String::from_utf8(s.data.unwrap()[key].0.clone()).unwrap()
+}
+
+/// A TLS connection to one pod's listener.
+pub fn pod_conn(pod: &LivePod, port: u16, ca: &str) -> crate::mqtt::Conn {
+    crate::mqtt::Conn {
+        host: pod.ip.clone(),
+        port,
+        server_name: Some(pod.server_name.clone()),
+        ca: Some(ca.to_string()),
+        ..Default::default()
+    }
+}
+
+/// The serial (canonical hex, as moat's status) of the certificate a pod serves on `port`.
+pub async fn served_serial(pod: &LivePod, port: u16, ca: &str) -> Option<String> {
+    let target = moat::probe::ProbeTarget {
+        host: pod.ip.clone(),
+        port,
+        server_name: pod.server_name.clone(),
+        ca_pem: Some(ca.to_string()),
+        timeout: Duration::from_secs(3),
+    };
+    let report = moat::probe::probe(&target).await;
+    report.cert_serial
+}

