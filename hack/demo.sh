@@ -1,129 +1,180 @@
 #!/usr/bin/env bash
-# make demo: the whole product on the local control plane, then the rendered broker for real.
+# make demo: the whole product on the local cluster, with real containers on its real node.
 #
-#  1. builds moat and (cached) the local control plane, starts it (idempotent)
-#  2. helm-installs the chart; the operator Deployment's pod is simulated by kwok (no containers
-#     run here), so the demo runs `moat run` on this machine AS THE CHART'S ServiceAccount
-#     (impersonation) — the same identity and RBAC the Deployment would use
+#  1. builds moat and (cached) the local cluster: control plane, kwok nodes and the real kubelet
+#     node moat-real-0 (hack/local-node.sh: needs root); builds and loads the images (the brokers
+#     from Debian's mosquitto packages, moat from this tree: hack/images.sh)
+#  2. helm-installs the chart; the operator Deployment's pod runs on the real node
 #  3. applies examples/ (broker, password / certificate / bring-your-own-password users, ACLs,
-#     a firewall), waits for Ready and shows `kubectl get moat` and the broker's compliance checks
-#  4. exports the broker's applied Secrets, installs them with `moat agent --once` (as in the pod),
-#     runs a real Mosquitto on loopback and connects with the generated credentials over TLS and
-#     mTLS; shows an anonymous connect and an ACL violation being refused; probes the listener
-#  5. cleans up: deletes the demo namespace (the operator releases its finalizers), uninstalls the
-#     chart, stops the local broker and operator. The control plane keeps running for a fast second
-#     run: `make cluster-down` stops it.
+#     a firewall) with the broker placed on the real node; waits for Ready and Compliant (every
+#     check passes, the live probe reached each replica) and shows `kubectl get moat`
+#  4. connects to a broker pod with the generated credentials over TLS and mTLS; shows an
+#     anonymous connect and an ACL violation being refused, the connection log in `kubectl logs`
+#  5. attacks: an allow-everything NetworkPolicy fails MOAT-FW-001 with its remediation (and
+#     passes again when removed); a deleted user's live session is ended without a restart
+#  6. cleans up: deletes the demo namespace and uninstalls the chart. The cluster keeps running for
+#     a fast second run: `make cluster-down` stops it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$PWD
 NS=moat-demo
 RELEASE=moat-demo
 OPNS=moat-demo-system
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+step() { printf '\n\033[1m==> %s\033[0m (%ss)\n' "$1" "$SECONDS"; }
 info() { printf '    %s\n' "$*"; }
+[[ $(id -u) == 0 ]] || { echo "make demo needs root: the real node runs kubelet, containerd and runc here" >&2; exit 1; }
 
 step "building moat (cargo build)"
 cargo build --quiet --bin moat
-MOAT=$REPO/target/debug/moat
+MOAT=$PWD/target/debug/moat
 
-step "local control plane (first run builds it from the Go module proxy; later runs reuse ~/.cache/moat)"
+step "local cluster with a real node (the first run builds it from the Go module proxy into ~/.cache/moat)"
 bash hack/local-cluster.sh build all
 bash hack/local-cluster.sh up
 eval "$(bash hack/local-cluster.sh env)"
 hack/ensure-mosquitto.sh
 export KUBECONFIG PATH
 
+step "images for the real node (Debian's mosquitto packages; moat from this tree)"
+export MOAT_BINARY=$MOAT
+hack/images.sh build all
+hack/images.sh load
+IMAGE=$(hack/images.sh ref moat)
+info "moat image: $IMAGE"
+
 WORK=$(mktemp -d /tmp/moat-demo.XXXXXX)
-chmod 755 "$WORK"
-OP_PID=""
-BROKER_PID=""
+SUB=""
 cleanup() {
   local rc=$?
   step "cleaning up"
-  [[ -n $BROKER_PID ]] && kill "$BROKER_PID" 2>/dev/null || true
+  [[ -n $SUB ]] && kill "$SUB" 2>/dev/null || true
   if kubectl get ns "$NS" >/dev/null 2>&1; then
-    info "deleting namespace $NS (the operator releases the certificate-revocation finalizers)"
+    info "deleting namespace $NS"
     kubectl delete ns "$NS" --wait=true --timeout=90s >/dev/null || true
   fi
-  [[ -n $OP_PID ]] && kill "$OP_PID" 2>/dev/null && wait "$OP_PID" 2>/dev/null || true
-  helm uninstall "$RELEASE" -n "$OPNS" >/dev/null 2>&1 || true
+  helm uninstall "$RELEASE" -n "$OPNS" --wait >/dev/null 2>&1 || true
   rm -rf "$WORK"
-  info "the local control plane is still running (make cluster-down stops it)"
+  info "the local cluster is still running (make cluster-down stops it)"
   exit $rc
 }
 trap cleanup EXIT
 
-step "installing the Helm chart (release $RELEASE in $OPNS)"
-kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
-helm upgrade --install "$RELEASE" charts/moat --namespace "$OPNS" --create-namespace --wait --timeout 120s >/dev/null
-kubectl -n "$OPNS" get deploy,sa,role -l app.kubernetes.io/instance="$RELEASE"
-info "kwok simulates the operator pod above (no container runs on fake nodes), so the demo"
-info "runs the operator here, impersonating the chart's ServiceAccount:"
-info "  moat run --as system:serviceaccount:$OPNS:moat --watch-namespaces $NS"
-kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-"$MOAT" run --as "system:serviceaccount:$OPNS:moat" --operator-namespace "$OPNS" --watch-namespaces "$NS" \
-  --http-addr 127.0.0.1:0 --lease-name moat-demo >"$WORK/operator.log" 2>&1 &
-OP_PID=$!
+# the real node's label and taint: only pods that ask for it run there (kwok nodes take the rest)
+PLACEMENT='{"nodeSelector":{"moat.dev/node-type":"real"},"tolerations":[{"key":"moat.dev/real-node","operator":"Equal","value":"true","effect":"NoSchedule"}]}'
 
-step "applying examples/ into namespace $NS"
-kubectl -n "$NS" apply -f examples/broker-production.yaml -f examples/user-password.yaml \
-  -f examples/user-certificate.yaml -f examples/user-byo-password.yaml -f examples/acl-per-user.yaml \
-  -f examples/acl-pattern.yaml -f examples/firewall.yaml
-info "waiting for Ready (broker rollout on kwok nodes, credentials, ACLs, policies)..."
+step "installing the Helm chart (release $RELEASE in $OPNS): the operator runs on the real node"
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
+kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+helm upgrade --install "$RELEASE" charts/moat --namespace "$OPNS" --create-namespace \
+  --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
+  --set "watchNamespaces={$NS}" \
+  --set kubernetesApi.host=10.88.0.1 --set kubernetesApi.port=16443 \
+  --set-string 'nodeSelector.moat\.dev/node-type=real' \
+  --set 'tolerations[0].key=moat.dev/real-node,tolerations[0].operator=Equal,tolerations[0].effect=NoSchedule' \
+  --set-string 'tolerations[0].value=true' \
+  --wait --timeout 180s >/dev/null
+kubectl -n "$OPNS" get pods -o wide -l app.kubernetes.io/instance="$RELEASE"
+info "(the apiserver listens on 127.0.0.1 only: kubernetesApi points pods at the node's bridge address,"
+info " forwarded to it by hack/tcp-forward.py)"
+
+step "applying examples/ into namespace $NS (the broker placed on the real node, Debian's 2.0.21)"
+kubectl patch --local -f examples/broker-production.yaml --type merge -o yaml -p \
+  "{\"spec\":{\"version\":\"2.0.21\",\"image\":{\"repository\":\"moat.local/mosquitto\",\"pullPolicy\":\"Never\"},\"pod\":$PLACEMENT}}" \
+  | kubectl -n "$NS" apply -f - >/dev/null
+kubectl -n "$NS" apply -f examples/user-password.yaml -f examples/user-certificate.yaml \
+  -f examples/user-byo-password.yaml -f examples/acl-per-user.yaml -f examples/acl-pattern.yaml \
+  -f examples/firewall.yaml >/dev/null
+info "waiting for Ready (3 broker pods started by the kubelet, credentials, ACLs, policies)..."
 for kind in mqb mqu mqacl mqfw; do
   kubectl -n "$NS" wait --for=condition=Ready "$kind" --all --timeout=180s >/dev/null
 done
-kubectl -n "$NS" wait --for=condition=Compliant mqb/plant-b --timeout=60s >/dev/null || true
+info "waiting for Compliant (the operator's probe reaches every replica)..."
+kubectl -n "$NS" wait --for=condition=Compliant mqb/plant-b --timeout=120s >/dev/null
 
-step "kubectl get moat"
+step "kubectl get moat; pods"
 kubectl -n "$NS" get moat
+kubectl -n "$NS" get pods -o wide
 step "compliance checks of plant-b"
-kubectl -n "$NS" get mqb plant-b -o jsonpath='{range .status.compliance.checks[*]}{.result}{"\t"}{.id}{"\t"}{.measure}{"\t"}{.message}{"\n"}{end}' | column -t -s $'\t' | cut -c1-160
-info "(Unknown = the active probe cannot reach pods on kwok's fake nodes: never counted as a pass)"
+checks() { kubectl -n "$NS" get mqb plant-b -o jsonpath='{range .status.compliance.checks[*]}{.result}{"\t"}{.id}{"\t"}{.measure}{"\t"}{.message}{"\n"}{end}'; }
+checks | column -t -s $'\t' | cut -c1-150
 
-step "running the broker moat rendered, with a real Mosquitto on loopback"
+step "clients on a broker pod (TLS to the pod IP; the chain is verified against moat's CA)"
 secret() { kubectl -n "$NS" get secret "$1" -o jsonpath="{.data.$2}" | base64 -d; }
-SRC=$WORK/secrets RUN=$WORK/run
-mkdir -p "$SRC"/{config,tls,acl} "$RUN"
-# the only changes to the applied files: paths of the pod's run directory and loopback ports
-secret plant-b-config 'mosquitto\.conf' | sed -e "s#/moat/run#$RUN#g" -e 's/^listener \([0-9]*\)$/listener 2\1 127.0.0.1/' >"$SRC/config/mosquitto.conf"
-for k in tls.crt tls.key ca.crt crl.pem; do secret plant-b-tls "${k//./\\.}" >"$SRC/tls/$k"; done
-secret plant-b-acl acl >"$SRC/acl/acl"
-for s in $(kubectl -n "$NS" get secret -l mqtt.moat.dev/broker=plant-b,app.kubernetes.io/component=passwd -o name); do
-  n=${s##*-}; mkdir -p "$SRC/passwd/$n"
-  secret "${s#secret/}" passwd >"$SRC/passwd/$n/passwd"; secret "${s#secret/}" manifest >"$SRC/passwd/$n/manifest"
-done
-"$MOAT" agent --once --source "$SRC" --target "$RUN" --owner "$(id -u mosquitto):$(id -g mosquitto)"
-chown -R mosquitto:mosquitto "$RUN"
-info "moat agent validated and installed: $(cd "$RUN" && ls -R | tr '\n' ' ')"
-stdbuf -oL /usr/sbin/mosquitto -c "$RUN/mosquitto.conf" >"$WORK/broker.log" 2>&1 &
-BROKER_PID=$!
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/28883) 2>/dev/null && break; sleep 0.1; done
-
+POD=plant-b-0
+IP=$(kubectl -n "$NS" get pod "$POD" -o jsonpath='{.status.podIP}')
 CA=$WORK/ca.crt; secret plant-b-tls 'ca\.crt' >"$CA"
 PW=$(secret sensor-17-mqtt-credentials password)
 CERT=$WORK/gw.crt KEY=$WORK/gw.key
 secret gateway-1-mqtt-tls 'tls\.crt' >"$CERT"; secret gateway-1-mqtt-tls 'tls\.key' >"$KEY"
-pub() { mosquitto_pub -h 127.0.0.1 --cafile "$CA" --insecure -V mqttv5 -q 1 "$@" 2>&1; }
-info "(--insecure only skips the host-name check because the demo dials 127.0.0.1; the chain is verified against moat's CA)"
-
-mosquitto_sub -h 127.0.0.1 -p 28883 --cafile "$CA" --insecure -u dashboard -P 'c0rrect-Horse-battery-staple-Plant-B' \
-  -t 'plant/b/sensors/+/telemetry' -C 1 -W 10 -v >"$WORK/sub.out" 2>&1 &
+info "$POD is $IP; its certificate names $POD.plant-b-headless.$NS.svc (no cluster DNS here, so"
+info "mosquitto_pub dials the IP with --insecure: only the host-name check is skipped)"
+pub() { mosquitto_pub -h "$IP" --cafile "$CA" --insecure -V mqttv5 -q 1 "$@" 2>&1; }
+logins() { kubectl -n "$NS" logs "$POD" -c mosquitto | grep -c "New client connected.* u'$1'" || true; }
+until_login() { # user, logins before: waits for the broker's log line of a new login
+  local deadline=$((SECONDS + 20))
+  until (( $(logins "$1") > $2 )); do ((SECONDS < deadline)) || { echo "no login of $1" >&2; exit 1; }; sleep 0.2; done
+}
+# Ready means moat wrote the credentials; the kubelet and moat's agent load them into each pod
+# within seconds (moat nudges the kubelet; the agent coalesces updates for 3 s)
+info "waiting until $POD has loaded the users' credentials..."
+deadline=$((SECONDS + 30))
+until pub -p 8883 -u sensor-17 -P "$PW" -t plant/b/sensors/sensor-17/telemetry -m warmup >/dev/null; do
+  ((SECONDS < deadline)) || { echo "sensor-17 never logged in" >&2; exit 1; }; sleep 0.3
+done
+n=$(logins dashboard)
+mosquitto_sub -h "$IP" -p 8883 --cafile "$CA" --insecure -u dashboard -P 'c0rrect-Horse-battery-staple-Plant-B' \
+  -t 'plant/b/sensors/+/telemetry' -C 1 -W 15 -v >"$WORK/sub.out" 2>&1 &
 SUB=$!
-sleep 0.5
+until_login dashboard "$n"
 printf '    %-58s' "sensor-17 (generated password, TLS) publishes telemetry:"
-out=$(pub -p 28883 -u sensor-17 -P "$PW" -t plant/b/sensors/sensor-17/telemetry -m '21.5C') && echo "sent ${out:+($out)}"
-wait "$SUB" && printf '    %-58s%s\n' "dashboard (bring-your-own password) received:" "$(cat "$WORK/sub.out")"
+out=$(pub -p 8883 -u sensor-17 -P "$PW" -t plant/b/sensors/sensor-17/telemetry -m '21.5C') || { echo "FAILED: $out"; exit 1; }
+echo "sent${out:+ ($out)}"
+wait "$SUB" || { echo "dashboard received nothing: $(cat "$WORK/sub.out")"; exit 1; }
+SUB=""
+printf '    %-58s%s\n' "dashboard (bring-your-own password) received:" "$(cat "$WORK/sub.out")"
 printf '    %-58s' "gateway-1 (client certificate, mTLS, TLS 1.3):"
-pub -p 28884 --cert "$CERT" --key "$KEY" -t devices/gateway-1/status -m online >/dev/null && echo "connected and published as gateway-1"
+pub -p 8884 --cert "$CERT" --key "$KEY" -t devices/gateway-1/status -m online >/dev/null && echo "connected and published as gateway-1"
 printf '    %-58s' "anonymous client:"
-if out=$(mosquitto_pub -h 127.0.0.1 -p 28883 --cafile "$CA" --insecure -t x -m y 2>&1); then echo "ACCEPTED (unexpected)"; exit 1; else echo "refused: ${out##*: }"; fi
+if out=$(mosquitto_pub -h "$IP" -p 8883 --cafile "$CA" --insecure -t x -m y 2>&1); then echo "ACCEPTED (unexpected)"; exit 1; else echo "refused: ${out##*: }"; fi
 printf '    %-58s' "sensor-17 publishes to plant/b/commands/admin/reboot:"
-out=$(pub -p 28883 -u sensor-17 -P "$PW" -t plant/b/commands/admin/reboot -m now)
+out=$(pub -p 8883 -u sensor-17 -P "$PW" -t plant/b/commands/admin/reboot -m now)
 if [[ $out == *"Not authorized"* ]]; then echo "refused by the ACL (Not authorized)"; else echo "NOT refused: $out"; exit 1; fi
-step "moat probe against the local broker (as the operator's compliance probe does)"
-"$MOAT" probe --host 127.0.0.1 --port 28883 --server-name "plant-b.$NS.svc" --ca "$CA" || true
-step "the broker's own connection log"
-grep -E 'New client connected|not authorised|Denied' "$WORK/broker.log" | sed 's/^/    /' | head -8
+step "the broker's connection log (kubectl logs $POD -c mosquitto)"
+kubectl -n "$NS" logs "$POD" -c mosquitto | grep -E 'New client connected|not authorised|Denied' | sed 's/^/    /' | tail -6
+
+step "attack 1: someone opens the broker pods with their own NetworkPolicy"
+kubectl -n "$NS" apply -f - >/dev/null <<'EOF'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-everything}
+spec:
+  podSelector: {matchLabels: {app.kubernetes.io/instance: plant-b}}
+  policyTypes: [Ingress]
+  ingress: [{}]
+EOF
+kubectl -n "$NS" wait --for=condition=Compliant=False mqb/plant-b --timeout=60s >/dev/null
+kubectl -n "$NS" get mqb plant-b
+checks | awk -F'\t' '$1 == "Fail" {print "    " $2 ": " $4}'
+kubectl -n "$NS" get mqb plant-b -o jsonpath='{range .status.compliance.checks[?(@.result=="Fail")]}{"    remediation: "}{.remediation}{"\n"}{end}'
+kubectl -n "$NS" delete networkpolicy allow-everything >/dev/null
+kubectl -n "$NS" wait --for=condition=Compliant mqb/plant-b --timeout=60s >/dev/null
+info "policy removed: Compliant again ($(kubectl -n "$NS" get mqb plant-b -o jsonpath='{.status.compliance.summary}'))"
+info "(moat writes and checks NetworkPolicies; this node's bridge CNI does not enforce them)"
+
+step "attack 2: a user is removed while its client is connected"
+n=$(logins sensor-17)
+mosquitto_sub -h "$IP" -p 8883 --cafile "$CA" --insecure -u sensor-17 -P "$PW" -t 'plant/b/commands/#' >"$WORK/live.out" 2>&1 &
+SUB=$!
+until_login sensor-17 "$n"
+restarts() { kubectl -n "$NS" get pod "$POD" -o jsonpath='{.status.containerStatuses[?(@.name=="mosquitto")].restartCount}'; }
+RESTARTS=$(restarts)
+start=$(date +%s%N)
+kubectl -n "$NS" delete mqttuser sensor-17 >/dev/null
+wait "$SUB" || true   # mosquitto_sub reconnects after the broker drops it, is refused and exits
+SUB=""
+ms=$((($(date +%s%N) - start) / 1000000))
+printf '    %-58s%d.%d s (%s)\n' "kubectl delete mqttuser sensor-17 -> live session ended:" $((ms / 1000)) $((ms % 1000 / 100)) "$(tail -1 "$WORK/live.out")"
+printf '    %-58s' "sensor-17 connects again:"
+if out=$(pub -p 8883 -u sensor-17 -P "$PW" -t plant/b/sensors/sensor-17/telemetry -m x); then echo "ACCEPTED (unexpected)"; exit 1; else echo "refused: ${out##*: }"; fi
+info "broker container restarts: $RESTARTS before, $(restarts) after (the agent reloaded the password file)"
 
 step "demo complete"

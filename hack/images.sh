@@ -11,13 +11,15 @@
 #   hack/images.sh load               import the built images into the node's containerd (skips
 #                                     refs already there with the same digest)
 #   hack/images.sh list [-l]          the built refs (-l: ref, digest, OCI tarball)
-#   hack/images.sh ref moat|pause     one built ref (moat.local/moat:<version>-<sha256 of the binary, 12 hex>)
+#   hack/images.sh ref moat|pause     one built ref (moat.local/moat:<version>-<sha256 of the binary, 12 hex>;
+#                                     with MOAT_BINARY: the image of that binary)
 #   hack/images.sh verify             run every image's binaries from its extracted rootfs (no node needed)
 #
 # Environment:
 #   MOAT_CACHE           cache root (default ~/.cache/moat); everything lands in $MOAT_CACHE/images
 #   CTR, CONTAINERD_ADDRESS   ctr binary and socket of the node's containerd (defaults: NODE_* below)
 #   MOAT_BINARY          use this moat binary instead of `cargo build --release --locked --bin moat`
+#                        (e.g. target/debug/moat for tests: the image gets it without debug info)
 #   PAUSE_BIN            use this static pause binary (default: the node's, else compiled here)
 # What was verified, digests, times and sizes: hack/README.md, section "Images".
 set -Eeuo pipefail
@@ -510,7 +512,8 @@ build_moat() {
     workdir
     local root; root=$(mktemp -d "$WORK/root.XXXXXX"); chmod 0755 "$root"
     install -d -m 0755 "$root/usr" "$root/usr/local" "$root/usr/local/bin"
-    install -m 0555 "$bin" "$root/usr/local/bin/moat"
+    # a debug build (MOAT_BINARY=target/debug/moat) carries ~100 MB of debug info: not in the image
+    objcopy --strip-debug "$bin" "$root/usr/local/bin/moat"; chmod 0555 "$root/usr/local/bin/moat"
     local layer=$WORK/moat-layer.tar; layer_tar "$root" "$layer"; rm -rf "$root"
     MUTATE=(--entrypoint /usr/local/bin/moat --cmd run --user 65532:65532 --workdir /
             --env PATH=/usr/local/bin:/usr/bin:/bin
@@ -707,10 +710,15 @@ case ${1:-} in
         if [[ ${2:-} == -l ]]; then cat "$IMG/index.tsv"; else cut -f1 "$IMG/index.tsv"; fi;;
   ref) [[ -s $IMG/index.tsv ]] || die "nothing built: run $0 build"
        case ${2:-} in
-         moat) r=$(cut -f1 "$IMG/index.tsv" | grep "^$MOAT_REPO:" | tail -1)
-               [[ -n $r ]] || die "no moat image in the index: run $0 build"
-               b=${MOAT_BINARY:-${CARGO_TARGET_DIR:-$REPO/target}/release/moat}
-               if [[ -x $b && $(moat_ref_for "$b") != "$r" ]]; then log "warning: $b changed since the last build ($(moat_ref_for "$b")): run $0 build"; fi
+         moat) if [[ -n ${MOAT_BINARY:-} ]]; then   # exactly the image of that binary
+                 r=$(moat_ref_for "$MOAT_BINARY")
+                 cut -f1 "$IMG/index.tsv" | grep -qxF "$r" || die "no image of $MOAT_BINARY ($r): run MOAT_BINARY=$MOAT_BINARY $0 build moat"
+               else
+                 r=$(cut -f1 "$IMG/index.tsv" | grep "^$MOAT_REPO:" | tail -1)
+                 [[ -n $r ]] || die "no moat image in the index: run $0 build"
+                 b=${CARGO_TARGET_DIR:-$REPO/target}/release/moat
+                 if [[ -x $b && $(moat_ref_for "$b") != "$r" ]]; then log "warning: $b changed since the last build ($(moat_ref_for "$b")): run $0 build"; fi
+               fi
                echo "$r";;
          pause) echo "$PAUSE_REF";;
          *) die "usage: $0 ref moat|pause";;

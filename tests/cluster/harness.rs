@@ -145,6 +145,17 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // what the failed test left behind, for its output (Secrets' values are not shown)
+            for args in [
+                &["get", "moat,statefulsets,pods,networkpolicies,secrets", "-o", "wide"][..],
+                &["get", "mqttbrokers", "-o", "jsonpath={range .items[*]}{.metadata.name}: {.status.upgrade}{'\\n'}{.status.conditions}{'\\n'}{end}"],
+                &["get", "events", "--sort-by", ".lastTimestamp"],
+            ] {
+                let out = kubectl(&[&["-n", self.name.as_str()][..], args].concat());
+                eprintln!("--- kubectl -n {} {}\n{}{}", self.name, args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            }
+        }
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
@@ -531,14 +542,27 @@ pub const BROKER_IMAGES: &str = "moat.local/mosquitto";
 /// `spec.pod` that places a broker's pods on the real node (its label and its taint's toleration).
 pub const REAL_NODE_POD: &str = r#"{nodeSelector: {moat.dev/node-type: real}, tolerations: [{key: moat.dev/real-node, operator: Equal, value: "true", effect: NoSchedule}]}"#;
 
-/// The moat image built from this tree (hack/images.sh ref moat): the agent in broker pods.
+/// The moat image of the binary under test (the operator these tests start), built and loaded
+/// into the real node on first use: `hack/images.sh build` with `MOAT_BINARY` (the debug build,
+/// stripped in the image; the broker and pause images are cached after the first run) and
+/// `load`. Its agent runs in every broker pod on the real node.
 pub fn moat_image() -> String {
     static REF: OnceLock<String> = OnceLock::new();
     REF.get_or_init(|| {
-        let out = Command::new("bash").arg(repo().join("hack/images.sh")).args(["ref", "moat"]).output().unwrap();
-        let r = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        assert!(out.status.success() && !r.is_empty(), "no moat image: run hack/images.sh build && hack/images.sh load");
-        r
+        let images = |args: &[&str]| {
+            let out = Command::new("bash")
+                .arg(repo().join("hack/images.sh"))
+                .args(args)
+                .env("MOAT_BINARY", env!("CARGO_BIN_EXE_moat"))
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "hack/images.sh {args:?} failed (is the real node up? hack/local-node.sh status)");
+            String::from_utf8(out.stdout).unwrap().trim().to_string()
+        };
+        images(&["build", "all"]);
+        images(&["load"]);
+        images(&["ref", "moat"])
     })
     .clone()
 }

@@ -29,8 +29,7 @@ pub struct Audit {
 }
 
 /// Runs the audit when due: on schedule, on a spec change, when asked by annotation, or when a
-/// pod became Ready after the last audit (a replica the probe has not seen serving yet; the
-/// condition has whole seconds, so a pod Ready in the audit's second is probed once more).
+/// pod became Ready after the last audit (a replica the probe has not seen serving yet).
 pub async fn run(
     ctx: &Context,
     broker: &MqttBroker,
@@ -45,13 +44,23 @@ pub async fn run(
     let due = previous.is_none_or(|t| now >= crate::plan::after(t, model.durations.audit_interval))
         || previous_status.observed_generation != broker.metadata.generation
         || asked.is_some_and(|a| previous_status.audit_request.as_ref() != Some(a))
-        || previous.is_some_and(|t| seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| r >= t)));
+        || previous.is_some_and(|t| seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| unprobed(r, t, &previous_status))));
     let probes = if due && ctx.config.active_probe && model.spec.security.active_probe {
         Some(probe_pods(model, seen, decided).await)
     } else {
         None
     };
     Audit { due, probes, previous }
+}
+
+/// Whether a pod Ready since `ready` may not have been seen serving by the audit at `audited`.
+/// Both times have whole seconds: Ready in the audit's own second is ambiguous, and counts only
+/// when that audit left a check Unknown (so a passing audit is not repeated).
+fn unprobed(ready: Timestamp, audited: Timestamp, previous: &crate::crd::MqttBrokerStatus) -> bool {
+    let unknown = || {
+        previous.compliance.as_ref().is_some_and(|c| c.checks.iter().any(|x| x.result == CheckResult::Unknown))
+    };
+    ready > audited || (ready == audited && unknown())
 }
 
 /// When `pod` last became Ready (None while it is not Ready).
@@ -126,5 +135,38 @@ pub fn carry_forward(checks: &mut [ComplianceCheck], previous: Option<&Complianc
         if let Some(p) = prev.checks.iter().find(|p| p.id == c.id) {
             *c = p.clone();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MqttBrokerStatus;
+
+    fn status(result: CheckResult) -> MqttBrokerStatus {
+        let check = ComplianceCheck {
+            id: "MOAT-TLS-005".into(),
+            measure: crate::crd::Measure::Encryption,
+            severity: crate::crd::Severity::High,
+            passed: result == CheckResult::Pass,
+            result,
+            message: String::new(),
+            remediation: String::new(),
+        };
+        MqttBrokerStatus {
+            compliance: Some(ComplianceStatus { checks: vec![check], ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_ready_after_the_audit_is_probed_and_one_ready_before_is_not() {
+        let t = Timestamp::from_second(1_000).unwrap();
+        let pass = status(CheckResult::Pass);
+        assert!(unprobed(Timestamp::from_second(1_001).unwrap(), t, &pass));
+        assert!(!unprobed(Timestamp::from_second(999).unwrap(), t, &pass));
+        // the same second: ambiguous, probed again only if the audit could not evaluate a check
+        assert!(!unprobed(t, t, &pass));
+        assert!(unprobed(t, t, &status(CheckResult::Unknown)));
     }
 }
