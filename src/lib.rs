@@ -6,6 +6,8 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+#[cfg(test)]
+mod architecture;
 pub mod compliance;
 pub mod controller;
 pub mod crd;
@@ -31,4 +33,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+/// SHA-256 (hex, 16 chars) of a value's JSON: a short, stable fingerprint (not a secret's hash:
+/// never used on secret values).
+pub(crate) fn digest_of<T: serde::Serialize>(value: &T) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(value).unwrap_or_default();
+    hex(&Sha256::digest(&json)[..8])
 }

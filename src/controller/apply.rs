@@ -222,7 +222,7 @@ where
         return Err(name_conflict(&desired.name_any(), Some(o)));
     }
     desired.meta_mut().owner_references = Some(vec![owner.clone()]);
-    let hash = hash_of(desired);
+    let hash = crate::digest_of(desired);
     desired
         .meta_mut()
         .annotations
@@ -258,13 +258,6 @@ where
         tracing::warn!(drift = %d, "drift detected and repaired");
     }
     Ok(Ensured { applied, drift, resource_version })
-}
-
-/// SHA-256 (hex, 16 chars) of an object's JSON.
-pub fn hash_of<K: Serialize>(obj: &K) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(obj).unwrap_or_default();
-    crate::hex(&Sha256::digest(&json)[..8])
 }
 
 /// Deletes `namespace/name` (counted in the write metrics); already gone is success.

@@ -352,7 +352,7 @@ impl Context {
         K: Resource<DynamicType = ()>,
     {
         let reference: ObjectReference = obj.object_ref(&());
-        let action = format!("{reason}-{}", crate::controller::apply::hash_of(&note));
+        let action = format!("{reason}-{}", crate::digest_of(&note));
         let ev = Event { type_, reason: reason.into(), note: Some(note), action, secondary: None };
         self.metrics.write("Event", "create");
         if let Err(e) = self.recorder.publish(&ev, &reference).await {

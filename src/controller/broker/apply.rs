@@ -171,7 +171,6 @@ pub const MOUNTED_REVISION_ANNOTATION: &str = "mqtt.moat.dev/mounted-secrets";
 /// removed user, a rotated password or a revocation reaches the agent within seconds (measured
 /// 0.2 s), without touching the pod template (no restart). Returns the pods written.
 async fn nudge_pods(ctx: &Context, ns: &str, broker: &str, seen: &Observed) -> Result<usize> {
-    use sha2::{Digest, Sha256};
     let mut revisions: Vec<String> = ctx
         .stores
         .secrets_of(ns, broker)
@@ -180,7 +179,7 @@ async fn nudge_pods(ctx: &Context, ns: &str, broker: &str, seen: &Observed) -> R
         .map(|s| format!("{}@{}", s.name_any(), s.resource_version().unwrap_or_default()))
         .collect();
     revisions.sort();
-    let revision = crate::hex(&Sha256::digest(revisions.join(",").as_bytes())[..8]);
+    let revision = crate::digest_of(&revisions);
     let api: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), ns);
     let mut written = 0;
     for pod in seen.pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
