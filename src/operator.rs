@@ -65,7 +65,9 @@ pub struct RunArgs {
     /// Groups to impersonate with --as.
     #[arg(long = "as-group")]
     pub impersonate_groups: Vec<String>,
-    /// Test hook: move the operator's clock forward (e.g. `720h`). Never use in production.
+    /// Test hook: move the operator's clock forward (e.g. `720h`). Only in builds with the
+    /// `test-hooks` feature (the cluster tests); release builds do not have it.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true, env = "MOAT_UNSAFE_CLOCK_OFFSET", value_parser = parse_duration)]
     pub unsafe_clock_offset: Option<Duration>,
 }
@@ -170,6 +172,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config = controller::Config {
         concurrency: args.concurrency.max(1),
         debounce: args.debounce,
+        #[cfg(feature = "test-hooks")]
         clock_offset: args.unsafe_clock_offset.unwrap_or_default(),
         active_probe: args.active_probe,
         catalog_configmap: args.catalog_configmap.clone(),
@@ -274,3 +277,21 @@ trait SharedBoxed: std::future::Future<Output = ()> + Send + Sync + Sized + 'sta
 }
 
 impl<F: std::future::Future<Output = ()> + Send + Sync + 'static> SharedBoxed for F {}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: super::RunArgs,
+    }
+
+    /// The clock hook exists only in test builds (`--features test-hooks`).
+    #[test]
+    fn the_clock_hook_is_only_in_test_builds() {
+        let parsed = Cli::try_parse_from(["moat", "--unsafe-clock-offset", "1h"]);
+        assert_eq!(parsed.is_ok(), cfg!(feature = "test-hooks"));
+    }
+}
