@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -28,7 +28,7 @@ use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, CertificateInfo, MqttUser
 use crate::model::BrokerModel;
 use crate::names;
 use crate::plan::Password;
-use crate::plan::broker::{Cred, Holder, Verdict};
+use crate::plan::broker::{Cred, Holder, UserOutcome, Verdict};
 use crate::plan::objects::user_secret;
 use crate::plan::user::{
     self as pu, GeneratedCredentials, ROTATED_AT_ANNOTATION, ROTATION_HANDLED_ANNOTATION, StoredCredentials,
@@ -75,26 +75,26 @@ enum BrokerState {
     Invalid(String),
     /// Not reconciled yet since this operator started (its verdicts will wake us).
     NotPublished,
-    Ready(Box<(BrokerModel, Option<crate::plan::broker::UserOutcome>)>),
+    Ready(Box<(BrokerModel, Option<UserOutcome>)>),
 }
 
-async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
-    if user.metadata.deletion_timestamp.is_some() {
-        if user.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
-            remove_legacy_finalizer(ctx, user).await?;
-        }
-        return Ok(Action::await_change());
-    }
-    let now = ctx.clock.now();
+/// What a reconcile reads (from the stores and the broker controller's board only).
+struct Observed {
+    broker: BrokerState,
+    /// The user's credentials Secret, when this user owns it.
+    credentials: Option<Arc<Secret>>,
+    /// The resourceVersion of the brought password's Secret (when it may be used).
+    byo_revision: Option<String>,
+    owner: OwnerReference,
+}
+
+fn observe(ctx: &Context, user: &MqttUser) -> Observed {
     let ns = user.namespace().unwrap_or_default();
     let name = user.name_any();
-    let previous = user.status.clone().unwrap_or_default();
-    let broker_name = user.spec.broker_ref.name.clone();
-
-    // --- observe
-    let state = match Stores::get(&ctx.stores.brokers, &ns, &broker_name) {
+    let broker_name = &user.spec.broker_ref.name;
+    let broker = match Stores::get(&ctx.stores.brokers, &ns, broker_name) {
         None => BrokerState::Missing,
-        Some(b) => match (BrokerModel::new(&b), ctx.board.get(&ns, &broker_name).as_deref()) {
+        Some(b) => match (BrokerModel::new(&b), ctx.board.get(&ns, broker_name).as_deref()) {
             (Err(e), _) => BrokerState::Invalid(e.to_string()),
             (_, Some(Published::BrokerInvalid(e))) => BrokerState::Invalid(e.clone()),
             (Ok(_), None) => BrokerState::NotPublished,
@@ -106,114 +106,148 @@ async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
     let owner = user.controller_owner_ref(&()).expect("stored objects have a uid");
     let credentials =
         Stores::get(&ctx.stores.secrets, &ns, &names::credentials_secret(&name)).filter(|s| owned_by(&**s, &owner));
+    let byo_revision = user
+        .spec
+        .authentication
+        .password
+        .as_ref()
+        .and_then(|p| p.secret_ref.as_ref())
+        .and_then(|r| crate::controller::broker::observe::byo_secret(&ctx.stores, &ns, &name, &r.name))
+        .and_then(|s| s.resource_version());
+    Observed { broker, credentials, byo_revision, owner }
+}
 
-    // --- model
-    let username = match crate::validate::user_spec(&name, &user.spec) {
-        Ok(u) => u,
-        Err(e) => {
-            let conds = vec![
-                Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()),
-                Cond::unknown(CONDITION_COMPLIANT, "InvalidSpec", "the spec is invalid"),
-            ];
-            write_conditions(ctx, user, &previous, conds, now).await?;
-            return Err(Error::InvalidSpec(e));
-        }
-    };
-    let model = match state {
-        BrokerState::Missing => {
-            let conds = vec![
-                Cond::not(
-                    CONDITION_READY,
-                    "BrokerNotFound",
-                    format!("MqttBroker {broker_name} does not exist in namespace {ns}"),
-                ),
-                Cond::unknown(CONDITION_COMPLIANT, "BrokerNotFound", "no broker to evaluate against"),
-            ];
-            write_conditions(ctx, user, &previous, conds, now).await?;
-            return Ok(Action::await_change());
-        }
-        BrokerState::Invalid(e) => {
-            let conds = vec![
-                Cond::not(CONDITION_READY, "BrokerInvalid", format!("MqttBroker {broker_name} is invalid: {e}")),
-                Cond::unknown(CONDITION_COMPLIANT, "BrokerInvalid", "no broker to evaluate against"),
-            ];
-            write_conditions(ctx, user, &previous, conds, now).await?;
-            return Ok(Action::await_change());
-        }
+/// The user's spec, parsed once, and its broker.
+struct UserModel {
+    username: String,
+    rotate_after: Option<Duration>,
+    /// moat generates the password (password authentication without a secretRef).
+    generated_password: bool,
+    /// The broker's model and its verdict on this user (None: the broker has not published yet).
+    broker: Option<(BrokerModel, Option<UserOutcome>)>,
+}
+
+/// Why a user cannot be modelled: each is a status of its own.
+enum Blocked {
+    InvalidSpec(crate::validate::FieldError),
+    BrokerMissing,
+    BrokerInvalid(String),
+}
+
+fn model(user: &MqttUser, seen: Observed) -> std::result::Result<UserModel, Blocked> {
+    let username = crate::validate::user_spec(&user.name_any(), &user.spec).map_err(Blocked::InvalidSpec)?;
+    let broker = match seen.broker {
+        BrokerState::Missing => return Err(Blocked::BrokerMissing),
+        BrokerState::Invalid(e) => return Err(Blocked::BrokerInvalid(e)),
         BrokerState::NotPublished => None,
         BrokerState::Ready(ready) => Some(*ready),
     };
-    let rotate_after =
-        user.spec.authentication.password.as_ref().and_then(|p| p.rotate_after.as_ref()).and_then(|d| d.parse().ok());
+    let password = user.spec.authentication.password.as_ref();
+    Ok(UserModel {
+        username,
+        rotate_after: password.and_then(|p| p.rotate_after.as_ref()).and_then(|d| d.parse().ok()),
+        generated_password: password.is_some_and(|p| p.secret_ref.is_none()),
+        broker,
+    })
+}
 
-    // --- plan + apply: the generated password (needs the broker's password policy)
-    let generated = match (&model, &user.spec.authentication.password) {
-        (Some((m, _)), Some(p)) if p.secret_ref.is_none() => Some(
-            ensure_credentials(ctx, user, m, &owner, credentials.as_deref(), &username, rotate_after, &previous, now)
-                .await?,
+/// Reports a user that cannot be modelled; an invalid spec is an error (not retried until the
+/// spec changes), the others wait for the broker to change.
+async fn report_blocked(
+    ctx: &Context,
+    user: &MqttUser,
+    blocked: Blocked,
+    previous: &MqttUserStatus,
+    now: jiff::Timestamp,
+) -> Result<Action> {
+    let broker = &user.spec.broker_ref.name;
+    let ns = user.namespace().unwrap_or_default();
+    let (reason, message, compliant) = match &blocked {
+        Blocked::InvalidSpec(e) => ("InvalidSpec", e.to_string(), "the spec is invalid"),
+        Blocked::BrokerMissing => (
+            "BrokerNotFound",
+            format!("MqttBroker {broker} does not exist in namespace {ns}"),
+            "no broker to evaluate against",
         ),
-        _ => None,
+        Blocked::BrokerInvalid(e) => {
+            ("BrokerInvalid", format!("MqttBroker {broker} is invalid: {e}"), "no broker to evaluate against")
+        }
     };
-    let Some((m, outcome)) = model else {
+    let conds =
+        vec![Cond::not(CONDITION_READY, reason, message), Cond::unknown(CONDITION_COMPLIANT, reason, compliant)];
+    write_conditions(ctx, user, previous, conds, now).await?;
+    match blocked {
+        Blocked::InvalidSpec(e) => Err(Error::InvalidSpec(e)),
+        _ => Ok(Action::await_change()),
+    }
+}
+
+/// Reconciles one MqttUser: observe → model → plan and apply (the generated password) → status.
+async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
+    if user.metadata.deletion_timestamp.is_some() {
+        if user.finalizers().iter().any(|f| f == LEGACY_FINALIZER) {
+            remove_legacy_finalizer(ctx, user).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    let now = ctx.clock.now();
+    let previous = user.status.clone().unwrap_or_default();
+    let seen = observe(ctx, user);
+    let (owner, credentials, byo_revision) = (seen.owner.clone(), seen.credentials.clone(), seen.byo_revision.clone());
+    let model = match model(user, seen) {
+        Ok(m) => m,
+        Err(blocked) => return report_blocked(ctx, user, blocked, &previous, now).await,
+    };
+    let Some((broker, outcome)) = &model.broker else {
         return Ok(Action::await_change()); // the broker's first verdicts will wake us
     };
-
-    // --- status
-    let outcome = outcome.filter(|o| o.generation == user.metadata.generation);
-    let password_revision = match (&generated, &user.spec.authentication.password) {
-        (Some(g), _) => g.1.clone(),
-        (None, Some(p)) => p
-            .secret_ref
-            .as_ref()
-            .and_then(|r| crate::controller::broker::observe::byo_secret(&ctx.stores, &ns, &name, &r.name))
-            .and_then(|s| s.resource_version()),
-        (None, None) => None,
+    let generated = match model.generated_password {
+        true => {
+            Some(ensure_credentials(ctx, user, broker, &model, &owner, credentials.as_deref(), &previous, now).await?)
+        }
+        false => None,
     };
-    let listeners_ok = (user.spec.authentication.password.is_none() || m.has_password_listener())
-        && (user.spec.authentication.certificate.is_none() || m.has_certificate_listener());
+    let password_revision = generated.as_ref().map_or(byo_revision, |g| g.1.clone());
     let decided = decide_status(
         user,
-        listeners_ok,
-        &username,
-        outcome.as_ref(),
+        &model,
+        broker,
+        outcome.as_ref().filter(|o| o.generation == user.metadata.generation),
         password_revision.as_deref(),
         generated.as_ref().map(|g| &g.0),
-        rotate_after,
         &previous,
         now,
     );
-    let mut next: Vec<jiff::Timestamp> = vec![];
-    if let Some((g, _)) = &generated {
-        next.extend(pu::next_rotation(g.rotated_at, rotate_after));
-    }
-    // A new user whose only wait is the broker's next files gets its first status with the
-    // outcome (the verdict wakes it), not a transient one: half the status writes of a bulk apply.
-    let seconds_old = user.metadata.creation_timestamp.as_ref().map(|t| now.duration_since(t.0).as_secs());
-    if previous.conditions.is_empty()
-        && decided.waiting
-        && seconds_old.is_some_and(|a| (0..FIRST_STATUS_GRACE.as_secs() as i64).contains(&a))
-    {
+    if first_status_can_wait(user, &previous, &decided, now) {
         return Ok(Action::requeue(FIRST_STATUS_GRACE));
     }
     super::write_status(ctx, user, &previous, &decided.status).await?;
-    if let Some(c) = &decided.status.certificate
-        && let Some(t) = &c.not_after
-    {
-        ctx.metrics
-            .cert_expiry
-            .get_or_create(&crate::metrics::CertLabels {
-                namespace: ns.clone(),
-                broker: broker_name.clone(),
-                role: "client".into(),
-                name: name.clone(),
-            })
-            .set(t.0.as_second());
-    }
-    let wake = next.into_iter().filter(|t| *t > now).min();
-    Ok(match wake {
+    certificate_metric(ctx, user, &decided.status);
+    let next_rotation = generated.and_then(|(g, _)| pu::next_rotation(g.rotated_at, model.rotate_after));
+    Ok(match next_rotation.filter(|t| *t > now) {
         Some(t) => Action::requeue(crate::pki::requeue_after(t, now).max(Duration::from_secs(1))),
         None => Action::await_change(),
     })
+}
+
+/// A new user whose only wait is the broker's next files gets its first status with the
+/// outcome (the verdict wakes it), not a transient one: half the status writes of a bulk apply.
+fn first_status_can_wait(user: &MqttUser, previous: &MqttUserStatus, decided: &Decided, now: jiff::Timestamp) -> bool {
+    let seconds_old = user.metadata.creation_timestamp.as_ref().map(|t| now.duration_since(t.0).as_secs());
+    previous.conditions.is_empty()
+        && decided.waiting
+        && seconds_old.is_some_and(|a| (0..FIRST_STATUS_GRACE.as_secs() as i64).contains(&a))
+}
+
+fn certificate_metric(ctx: &Context, user: &MqttUser, status: &MqttUserStatus) {
+    let Some(t) = status.certificate.as_ref().and_then(|c| c.not_after.as_ref()) else { return };
+    let labels = crate::metrics::CertLabels {
+        namespace: user.namespace().unwrap_or_default(),
+        broker: user.spec.broker_ref.name.clone(),
+        role: "client".into(),
+        name: user.name_any(),
+    };
+    ctx.metrics.cert_expiry.get_or_create(&labels).set(t.0.as_second());
 }
 
 /// The generated password: decided from the stored one, written when new or rotated. Returns
@@ -222,26 +256,25 @@ async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
 async fn ensure_credentials(
     ctx: &Context,
     user: &MqttUser,
-    model: &BrokerModel,
-    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    broker: &BrokerModel,
+    model: &UserModel,
+    owner: &OwnerReference,
     observed: Option<&Secret>,
-    username: &str,
-    rotate_after: Option<Duration>,
     previous: &MqttUserStatus,
     now: jiff::Timestamp,
 ) -> Result<(GeneratedCredentials, Option<String>)> {
     let name = user.name_any();
-    let g = pu::generated_password(user, model, &stored_credentials(observed), rotate_after, now);
+    let g = pu::generated_password(user, broker, &stored_credentials(observed), model.rotate_after, now);
     let mut annotations = BTreeMap::from([(ROTATED_AT_ANNOTATION.to_string(), g.rotated_at.to_string())]);
     if let Some(h) = &g.rotation_handled {
         annotations.insert(ROTATION_HANDLED_ANNOTATION.into(), h.clone());
     }
     let mut desired = user_secret(
-        model,
+        broker,
         &name,
         names::credentials_secret(&name),
         "credentials",
-        pu::credentials_data(model, username, &g.password),
+        pu::credentials_data(broker, &model.username, &g.password),
         annotations,
     );
     // (a Secret of ours the cache does not show yet is StaleCache: never a second password)
@@ -267,19 +300,21 @@ struct Decided {
 #[allow(clippy::too_many_arguments)]
 fn decide_status(
     user: &MqttUser,
-    listeners_ok: bool,
-    username: &str,
-    outcome: Option<&crate::plan::broker::UserOutcome>,
+    model: &UserModel,
+    broker: &BrokerModel,
+    outcome: Option<&UserOutcome>,
     password_revision: Option<&str>,
     generated: Option<&GeneratedCredentials>,
-    rotate_after: Option<Duration>,
     previous: &MqttUserStatus,
     now: jiff::Timestamp,
 ) -> Decided {
+    let (username, rotate_after) = (model.username.as_str(), model.rotate_after);
     let broker_name = &user.spec.broker_ref.name;
     let wants_password = user.spec.authentication.password.is_some();
     let wants_cert = user.spec.authentication.certificate.is_some();
     let byo = user.spec.authentication.password.as_ref().and_then(|p| p.secret_ref.as_ref());
+    let listeners_ok =
+        (!wants_password || broker.has_password_listener()) && (!wants_cert || broker.has_certificate_listener());
     let mut waiting = false;
     let holder: Option<&Holder> = match outcome.map(|o| &o.verdict) {
         Some(Verdict::Holder(h)) => Some(h),
@@ -336,7 +371,11 @@ fn decide_status(
                     Cond::not(CONDITION_READY, "CertificatePending", why.clone())
                 }
                 (p, c) if (!wants_password || *p == Cred::InEffect) && (!wants_cert || *c == Cred::InEffect) => {
-                    Cond::ok(CONDITION_READY, "Ready", format!("{username} can connect to {broker_name}"))
+                    Cond::ok(
+                        CONDITION_READY,
+                        "Ready",
+                        format!("{username} is in effect on {broker_name} (its pods load it within seconds)"),
+                    )
                 }
                 _ => {
                     waiting = true;
