@@ -7,11 +7,11 @@
 #[path = "../tests/cluster/harness.rs"]
 mod harness;
 #[allow(dead_code)]
-#[path = "../tests/common/mqtt.rs"]
-mod mqtt;
-#[allow(dead_code)]
 #[path = "../tests/cluster/hygiene.rs"]
 mod hygiene;
+#[allow(dead_code)]
+#[path = "../tests/common/mqtt.rs"]
+mod mqtt;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
@@ -84,6 +84,9 @@ struct Op {
 
 impl Op {
     fn start(ns: &str, log: std::path::PathBuf) -> Op {
+        Op::start_with(ns, log, &[])
+    }
+    fn start_with(ns: &str, log: std::path::PathBuf, extra: &[String]) -> Op {
         let bin = repo().join("target/release/moat");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
@@ -99,6 +102,7 @@ impl Op {
                 OPERATOR_NS,
             ])
             .args(["--lease-name", &format!("moat-{ns}"), "--active-probe=false"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -624,6 +628,82 @@ spec: {brokerRef: {name: speed}}
     );
 }
 
+/// p-th percentile (nearest rank) of sorted `xs`.
+fn percentile(xs: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * xs.len() as f64).ceil().max(1.0) as usize;
+    xs[rank.min(xs.len()) - 1]
+}
+
+/// Creates one user and returns the time until its client logs in to the broker pod with the
+/// credentials from its Secret: everything a user waits for (operator, Secret, kubelet, agent,
+/// reload).
+async fn apply_to_connect(
+    client: &kube::Client,
+    ns: &str,
+    pod: &LivePod,
+    ca: &str,
+    name: &str,
+    cert: bool,
+) -> Duration {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let (secret, port) =
+        if cert { (format!("{name}-mqtt-tls"), 8884) } else { (format!("{name}-mqtt-credentials"), 8883) };
+    let start = Instant::now();
+    Api::<MqttUser>::namespaced(client.clone(), ns).create(&PostParams::default(), &user(name, cert)).await.unwrap();
+    let mut conn = None;
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(120), "{name} never connected");
+        if conn.is_none()
+            && let Some(s) = secrets.get_opt(&secret).await.unwrap()
+        {
+            let data = s.data.unwrap_or_default();
+            let text = |k: &str| data.get(k).map(|v| String::from_utf8(v.0.clone()).unwrap());
+            conn = Some(if cert {
+                mqtt::Conn {
+                    client_cert: Some((text("tls.crt").unwrap(), text("tls.key").unwrap())),
+                    ..pod_conn(pod, port, ca)
+                }
+            } else {
+                mqtt::Conn { credentials: Some((name.into(), text("password").unwrap())), ..pod_conn(pod, port, ca) }
+            });
+        }
+        if let Some(c) = &conn
+            && mqtt::connect(c).await.is_ok()
+        {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Real pods: a broker on the real node (hack/local-node.sh), users created one at a time, each
+/// timed from `create` to its client's first successful CONNECT to the pod IP.
+async fn section_real_node(r: &mut Report, client: &kube::Client) {
+    let ns = TestNs::new(client, "bench-real").await;
+    let log = std::env::temp_dir().join("moat-bench-real.log");
+    let _op = Op::start_with(&ns.name, log, &["--agent-image".into(), moat_image()]);
+    let listeners =
+        "  listeners:\n  - {name: mqtts, port: 8883}\n  - {name: mtls, port: 8884, authentication: Certificate}\n";
+    apply_yaml(client, &ns.name, &real_broker("bench", "2.0.21", None, listeners)).await;
+    wait_condition::<MqttBroker>(client, &ns.name, "bench", "Ready", "True", LONG).await;
+    let pod = live_pods(client, &ns.name, "bench", 1).await.remove(0);
+    let ca = trust_bundle(client, &ns.name, "bench").await;
+    for cert in [false, true] {
+        let mut times = vec![];
+        for i in 0..20 {
+            let name = format!("{}{i:02}", if cert { "c" } else { "p" });
+            times.push(apply_to_connect(client, &ns.name, &pod, &ca, &name, cert).await.as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let kind = if cert { "certificate" } else { "password" };
+        let what =
+            format!("{kind} user: kubectl apply -> first CONNECT to the pod, real node (20 users, one at a time)");
+        let note = "operator, Secret, kubelet volume refresh (nudged), agent (3 s settle), reload";
+        r.add("real node", &format!("{what}, p50"), percentile(&times, 50.0), "s", "", None, note);
+        r.add("real node", &format!("{what}, p95"), percentile(&times, 95.0), "s", "", None, "");
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu
@@ -650,7 +730,7 @@ fn write_results(r: &Report) {
         "# moat benchmark results\n\nGenerated by `make bench` (benches/scale.rs); do not edit by hand.\n\n",
     );
     md += &format!(
-        "- Date: {}\n- Machine: {}\n- Kubernetes v1.36.3 (local control plane, kwok nodes), Mosquitto 2.0.11 (Debian), moat release build\n\n",
+        "- Date: {}\n- Machine: {}\n- Kubernetes v1.36.3 (local control plane, kwok nodes for scale, the real node moat-real-0 for real pods), Mosquitto 2.0.11 (Debian) on the host, 2.0.21 (Debian trixie image) on the real node, moat release build\n\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         machine()
     );
@@ -684,14 +764,31 @@ fn write_results(r: &Report) {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut report = Report { figures: vec![] };
+    // MOAT_BENCH_ONLY=real,broker runs only those sections (while working on one); results.md is
+    // then not written
+    let only = std::env::var("MOAT_BENCH_ONLY").ok();
+    let run = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
     rt.block_on(async {
         setup().await;
         let client = admin().await;
-        section_writes_and_convergence(&mut report, &client).await;
-        section_scale(&mut report, &client).await;
+        if run("convergence") {
+            section_writes_and_convergence(&mut report, &client).await;
+        }
+        if run("scale") {
+            section_scale(&mut report, &client).await;
+        }
+        if run("real") {
+            section_real_node(&mut report, &client).await;
+        }
     });
     drop(rt);
-    section_broker(&mut report);
+    if run("broker") {
+        section_broker(&mut report);
+    }
+    if only.is_some() {
+        println!("[bench] MOAT_BENCH_ONLY={}: bench/results.md not written", only.unwrap_or_default());
+        return;
+    }
     write_results(&report);
     println!("[bench] wrote bench/results.md and bench/results.json");
 }
