@@ -109,7 +109,9 @@ async fn drift_recorded(client: &kube::Client, ns: &str, object: &str, change: &
     let found = tokio::time::timeout(T, async {
         loop {
             let b: Option<MqttBroker> = get(client, ns, "plant-a").await;
-            if let Some(d) = b.and_then(|b| b.status?.drift.into_iter().find(|d| d.object == object && d.change.contains(change) && d.repaired)) {
+            if let Some(d) = b.and_then(|b| {
+                b.status?.drift.into_iter().find(|d| d.object == object && d.change.contains(change) && d.repaired)
+            }) {
                 return d;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -14,7 +14,9 @@ const T: Duration = Duration::from_secs(180);
 /// (2.0.21: the example's 2.0.22 has no local image).
 fn minimal_on_the_real_node() -> String {
     let example = std::fs::read_to_string(repo().join("examples/broker-minimal.yaml")).unwrap();
-    let placed = format!("  version: \"2.0.21\"\n  image: {{repository: {BROKER_IMAGES}, pullPolicy: Never}}\n  pod: {REAL_NODE_POD}");
+    let placed = format!(
+        "  version: \"2.0.21\"\n  image: {{repository: {BROKER_IMAGES}, pullPolicy: Never}}\n  pod: {REAL_NODE_POD}"
+    );
     let out = example.replace("  version: \"2.0.22\"", &placed);
     assert_ne!(out, example, "examples/broker-minimal.yaml no longer pins 2.0.22");
     out
@@ -115,7 +117,8 @@ async fn a_broker_whose_pods_cannot_be_probed_is_not_compliant() {
     .await;
     let (status, reason, message) = condition(&b, "Compliant").unwrap();
     let c = b.status.as_ref().unwrap().compliance.clone().unwrap();
-    let unknown: Vec<&str> = c.checks.iter().filter(|x| x.result == CheckResult::Unknown).map(|x| x.id.as_str()).collect();
+    let unknown: Vec<&str> =
+        c.checks.iter().filter(|x| x.result == CheckResult::Unknown).map(|x| x.id.as_str()).collect();
     assert!(unknown.contains(&"MOAT-TLS-005"), "the live TLS check passed without a live broker: {:?}", c.checks);
     assert_eq!((status.as_str(), reason.as_str()), ("Unknown", "ChecksNotEvaluated"), "{message}");
     for id in &unknown {

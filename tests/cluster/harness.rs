@@ -149,11 +149,22 @@ impl Drop for TestNs {
             // what the failed test left behind, for its output (Secrets' values are not shown)
             for args in [
                 &["get", "moat,statefulsets,pods,networkpolicies,secrets", "-o", "wide"][..],
-                &["get", "mqttbrokers", "-o", "jsonpath={range .items[*]}{.metadata.name}: {.status.upgrade}{'\\n'}{.status.conditions}{'\\n'}{end}"],
+                &[
+                    "get",
+                    "mqttbrokers",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name}: {.status.upgrade}{'\\n'}{.status.conditions}{'\\n'}{end}",
+                ],
                 &["get", "events", "--sort-by", ".lastTimestamp"],
             ] {
                 let out = kubectl(&[&["-n", self.name.as_str()][..], args].concat());
-                eprintln!("--- kubectl -n {} {}\n{}{}", self.name, args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                eprintln!(
+                    "--- kubectl -n {} {}\n{}{}",
+                    self.name,
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
@@ -557,7 +568,10 @@ pub fn moat_image() -> String {
                 .stderr(Stdio::inherit())
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "hack/images.sh {args:?} failed (is the real node up? hack/local-node.sh status)");
+            assert!(
+                out.status.success(),
+                "hack/images.sh {args:?} failed (is the real node up? hack/local-node.sh status)"
+            );
             String::from_utf8(out.stdout).unwrap().trim().to_string()
         };
         images(&["build", "all"]);

@@ -131,9 +131,15 @@ async fn a_deleted_user_is_refused_and_its_live_session_ends_without_a_restart()
     wait_condition::<MqttUser>(&client, &ns.name, "leaver", "Ready", "True", T).await;
     let pod = live_pods(&client, &ns.name, "plant-r", 1).await.remove(0);
     let ca = trust_bundle(&client, &ns.name, "plant-r").await;
-    let leaver = Conn { credentials: Some(("leaver".into(), password_of(&client, &ns.name, "leaver").await)), ..pod_conn(&pod, 8883, &ca) };
+    let leaver = Conn {
+        credentials: Some(("leaver".into(), password_of(&client, &ns.name, "leaver").await)),
+        ..pod_conn(&pod, 8883, &ca)
+    };
     let mut live = until_connects(&leaver, "leaver").await;
-    let stayer = Conn { credentials: Some(("stayer".into(), password_of(&client, &ns.name, "stayer").await)), ..pod_conn(&pod, 8883, &ca) };
+    let stayer = Conn {
+        credentials: Some(("stayer".into(), password_of(&client, &ns.name, "stayer").await)),
+        ..pod_conn(&pod, 8883, &ca)
+    };
     let mut other = until_connects(&stayer, "stayer").await;
 
     let started = Instant::now();
@@ -149,7 +155,11 @@ async fn a_deleted_user_is_refused_and_its_live_session_ends_without_a_restart()
     assert!(!other.is_closed(), "another user's session was dropped");
     let _ = other.publish("devices/stayer/t", b"x").await;
     let after = live_pods(&client, &ns.name, "plant-r", 1).await.remove(0);
-    assert_eq!((after.container_id.as_str(), after.restarts), (pod.container_id.as_str(), 0), "the broker was restarted");
+    assert_eq!(
+        (after.container_id.as_str(), after.restarts),
+        (pod.container_id.as_str(), 0),
+        "the broker was restarted"
+    );
 }
 
 /// Certificate rotation on the running container: a renewed server certificate and a CA rollover
@@ -187,7 +197,17 @@ async fn server_renewal_and_ca_rollover_reach_the_running_container() {
         (s != serial0).then_some(s)
     })
     .await;
-    let status_serial = get::<MqttBroker>(&client, &ns.name, "plant-r").await.unwrap().status.unwrap().certificates.unwrap().server.unwrap().serial.unwrap();
+    let status_serial = get::<MqttBroker>(&client, &ns.name, "plant-r")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .certificates
+        .unwrap()
+        .server
+        .unwrap()
+        .serial
+        .unwrap();
     assert_eq!(serial1, status_serial);
 
     // 2. roll the CA over: introduced (both trusted), activated (new CA signs), old retired
@@ -224,7 +244,11 @@ async fn server_renewal_and_ca_rollover_reach_the_running_container() {
     eventually(T, "gateway-2 refused", || async { connect(&g2).await.is_err().then_some(()) }).await;
 
     let after = live_pods(&client, &ns.name, "plant-r", 1).await.remove(0);
-    assert_eq!((after.container_id.as_str(), after.restarts), (pod.container_id.as_str(), 0), "the broker was restarted");
+    assert_eq!(
+        (after.container_id.as_str(), after.restarts),
+        (pod.container_id.as_str(), 0),
+        "the broker was restarted"
+    );
 }
 
 /// Red team 7: revoking a certificate whose owner lost the identity ends its live session within a
@@ -293,18 +317,25 @@ async fn tags(client: &kube::Client, ns: &str, broker: &str) -> std::collections
 
 /// Keeps logging in to any pod of the broker until stopped; returns the longest time without a
 /// successful login (pod IPs are re-read on every try: pods are replaced during an upgrade).
-fn watch_availability(client: kube::Client, ns: String, broker: &'static str, user: Conn) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<Duration>) {
+fn watch_availability(
+    client: kube::Client,
+    ns: String,
+    broker: &'static str,
+    user: Conn,
+) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<Duration>) {
     let (stop, mut stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client, &ns);
         let mut last_ok = Instant::now();
         let mut worst = Duration::ZERO;
         while !*stopped.borrow() {
-            let list = pods.list(&kube::api::ListParams::default().labels(&format!("mqtt.moat.dev/broker={broker}"))).await;
+            let list =
+                pods.list(&kube::api::ListParams::default().labels(&format!("mqtt.moat.dev/broker={broker}"))).await;
             let mut ok = false;
             for p in list.map(|l| l.items).unwrap_or_default() {
                 let (Some(ip), Some(name)) = (p.status.and_then(|s| s.pod_ip), p.metadata.name) else { continue };
-                let conn = Conn { host: ip, server_name: Some(format!("{name}.{broker}-headless.{ns}.svc")), ..user.clone() };
+                let conn =
+                    Conn { host: ip, server_name: Some(format!("{name}.{broker}-headless.{ns}.svc")), ..user.clone() };
                 if tokio::time::timeout(Duration::from_secs(3), connect(&conn)).await.is_ok_and(|r| r.is_ok()) {
                     ok = true;
                     break;
@@ -419,18 +450,34 @@ async fn the_operator_runs_as_the_charts_deployment_and_reconciles_a_broker() {
     let image = moat_image();
     let (repo_, tag) = image.rsplit_once(':').unwrap();
     let out = helm(&[
-        "install", &format!("moat-{}", &ns.name[ns.name.len() - 6..]), repo().join("charts/moat").to_str().unwrap(),
-        "--namespace", &opns, "--create-namespace", "--skip-crds",
-        "--set", &format!("image.repository={repo_}"),
-        "--set", &format!("image.tag={tag}"),
-        "--set", "image.pullPolicy=Never",
-        "--set", &format!("watchNamespaces={{{}}}", ns.name),
-        "--set", "kubernetesApi.host=10.88.0.1",
-        "--set", "kubernetesApi.port=16443",
-        "--set-string", "nodeSelector.moat\\.dev/node-type=real",
-        "--set", "tolerations[0].key=moat.dev/real-node,tolerations[0].operator=Equal,tolerations[0].effect=NoSchedule",
-        "--set-string", "tolerations[0].value=true",
-        "--wait", "--timeout", "180s",
+        "install",
+        &format!("moat-{}", &ns.name[ns.name.len() - 6..]),
+        repo().join("charts/moat").to_str().unwrap(),
+        "--namespace",
+        &opns,
+        "--create-namespace",
+        "--skip-crds",
+        "--set",
+        &format!("image.repository={repo_}"),
+        "--set",
+        &format!("image.tag={tag}"),
+        "--set",
+        "image.pullPolicy=Never",
+        "--set",
+        &format!("watchNamespaces={{{}}}", ns.name),
+        "--set",
+        "kubernetesApi.host=10.88.0.1",
+        "--set",
+        "kubernetesApi.port=16443",
+        "--set-string",
+        "nodeSelector.moat\\.dev/node-type=real",
+        "--set",
+        "tolerations[0].key=moat.dev/real-node,tolerations[0].operator=Equal,tolerations[0].effect=NoSchedule",
+        "--set-string",
+        "tolerations[0].value=true",
+        "--wait",
+        "--timeout",
+        "180s",
     ]);
     assert!(out.status.success(), "helm install: {}", String::from_utf8_lossy(&out.stderr));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &opns);
@@ -438,7 +485,10 @@ async fn the_operator_runs_as_the_charts_deployment_and_reconciles_a_broker() {
         let list = pods.list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=moat")).await.ok()?;
         list.items.into_iter().find(|p| {
             p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("moat-real-0")
-                && p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
     })
     .await;
@@ -448,10 +498,23 @@ async fn the_operator_runs_as_the_charts_deployment_and_reconciles_a_broker() {
     wait_condition::<MqttUser>(&client, &ns.name, "sensor-1", "Ready", "True", T).await;
     let pod = live_pods(&client, &ns.name, "plant-o", 1).await.remove(0);
     let ca = trust_bundle(&client, &ns.name, "plant-o").await;
-    let conn = Conn { credentials: Some(("sensor-1".into(), password_of(&client, &ns.name, "sensor-1").await)), ..pod_conn(&pod, 8883, &ca) };
+    let conn = Conn {
+        credentials: Some(("sensor-1".into(), password_of(&client, &ns.name, "sensor-1").await)),
+        ..pod_conn(&pod, 8883, &ca)
+    };
     drop(until_connects(&conn, "sensor-1 through the in-cluster operator's broker").await);
     // the agent image is the operator's own image (the chart's default)
-    let agent_image = get::<Pod>(&client, &ns.name, &pod.name).await.unwrap().spec.unwrap().containers.into_iter().find(|c| c.name == "moat-agent").unwrap().image.unwrap();
+    let agent_image = get::<Pod>(&client, &ns.name, &pod.name)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .containers
+        .into_iter()
+        .find(|c| c.name == "moat-agent")
+        .unwrap()
+        .image
+        .unwrap();
     assert_eq!(agent_image, image);
     let logs = kubectl(&["-n", &opns, "logs", op.metadata.name.as_deref().unwrap()]);
     let logs = String::from_utf8_lossy(&logs.stdout);

@@ -85,7 +85,9 @@ fn options(c: &Conn) -> MqttOptions {
     if let Some(ca) = &c.ca {
         let config = match &c.server_name {
             // rumqttc verifies the host string: a pinned name needs its own verifier
-            Some(name) => TlsConfiguration::Rustls(std::sync::Arc::new(pinned_config(ca, name, c.client_cert.as_ref()))),
+            Some(name) => {
+                TlsConfiguration::Rustls(std::sync::Arc::new(pinned_config(ca, name, c.client_cert.as_ref())))
+            }
             // (moat render --bind-address puts 127.0.0.1 into the server certificate)
             None => TlsConfiguration::Simple {
                 ca: ca.clone().into_bytes(),
@@ -145,7 +147,8 @@ fn pinned_config(ca: &str, name: &str, client: Option<&(String, String)>) -> rus
     }
     let inner = rustls::client::WebPkiServerVerifier::builder(std::sync::Arc::new(roots)).build().unwrap();
     let verifier = Pinned { inner, name: ServerName::try_from(name.to_string()).unwrap() };
-    let builder = rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(std::sync::Arc::new(verifier));
+    let builder =
+        rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(std::sync::Arc::new(verifier));
     match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
@@ -358,4 +361,3 @@ pub fn accepted(reason: &str) -> bool {
 pub fn puback_not_authorized() -> String {
     format!("{:?}", PubAckReason::NotAuthorized)
 }
-

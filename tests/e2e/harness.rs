@@ -208,11 +208,7 @@ impl Broker {
         // (no stdbuf: moat renders `log_dest stderr`, which even 2.0.11 writes unbuffered into a
         // pipe, as into a container's log; the tests that wait for log lines prove it)
         let mut cmd = Command::new(mosquitto_bin());
-        cmd.arg("-c")
-            .arg(conf)
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.arg("-c").arg(conf).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -44,7 +44,9 @@ pub async fn run(
     let due = previous.is_none_or(|t| now >= crate::plan::after(t, model.durations.audit_interval))
         || previous_status.observed_generation != broker.metadata.generation
         || asked.is_some_and(|a| previous_status.audit_request.as_ref() != Some(a))
-        || previous.is_some_and(|t| seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| unprobed(r, t, &previous_status))));
+        || previous.is_some_and(|t| {
+            seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| unprobed(r, t, &previous_status)))
+        });
     let probes = if due && ctx.config.active_probe && model.spec.security.active_probe {
         Some(probe_pods(model, seen, decided).await)
     } else {
@@ -57,9 +59,8 @@ pub async fn run(
 /// Both times have whole seconds: Ready in the audit's own second is ambiguous, and counts only
 /// when that audit left a check Unknown (so a passing audit is not repeated).
 fn unprobed(ready: Timestamp, audited: Timestamp, previous: &crate::crd::MqttBrokerStatus) -> bool {
-    let unknown = || {
-        previous.compliance.as_ref().is_some_and(|c| c.checks.iter().any(|x| x.result == CheckResult::Unknown))
-    };
+    let unknown =
+        || previous.compliance.as_ref().is_some_and(|c| c.checks.iter().any(|x| x.result == CheckResult::Unknown));
     ready > audited || (ready == audited && unknown())
 }
 
