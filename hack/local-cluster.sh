@@ -3,10 +3,12 @@
 # on 127.0.0.1 only: etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok fake nodes.
 # No Docker, no downloads outside the registries, nothing built inside the repository.
 #
-#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|node|all]  build/fetch and cache (skips what is cached)
+#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|node|netpol|all]  build/fetch and cache (skips what is cached)
 #   hack/local-cluster.sh up                              start everything (idempotent), create fake nodes,
 #                                                         then the real node (hack/local-node.sh; MOAT_REAL_NODE=0 skips it)
-#   hack/local-cluster.sh down                            stop the real node, then what `up` started (by PID), delete state
+#                                                         and NetworkPolicy enforcement on it (hack/netpol.sh; MOAT_NETPOL=0 skips it)
+#   hack/local-cluster.sh down                            stop NetworkPolicy enforcement and the real node, then what `up`
+#                                                         started (by PID), delete state
 #   hack/local-cluster.sh status | env | bin-dir | policyreport-crd (path of the cached upstream CRD)
 #
 # Environment:
@@ -15,6 +17,8 @@
 #   K8S_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION   component versions (see hack/README.md)
 #   KWOK_NODES   number of fake nodes (default 2)
 #   MOAT_REAL_NODE  1 (default): `up` also starts the real kubelet node moat-real-0; 0: control plane + kwok only
+#   MOAT_NETPOL  1 (default): `build all` builds and `up` starts kube-router's network policy controller for the
+#                real node (NetworkPolicies enforced there); 0: policies are stored but not enforced
 # What really worked and what changed from the reference recipe: hack/README.md.
 set -euo pipefail
 
@@ -389,7 +393,10 @@ up() {
   UP_IN_PROGRESS=false
   log "control plane up: export KUBECONFIG=$RUN_DIR/kubeconfig (kubectl: $BIN_DIR/kubectl)"
   # The real node has its own clean-up on failure; the control plane stays up either way.
-  if [[ ${MOAT_REAL_NODE:-1} != 0 ]]; then bash "$NODE_SCRIPT" up; fi
+  if [[ ${MOAT_REAL_NODE:-1} != 0 ]]; then
+    bash "$NODE_SCRIPT" up
+    if [[ ${MOAT_NETPOL:-1} != 0 ]]; then bash "$NETPOL_SCRIPT" up; fi
+  fi
 }
 
 nodes() {
@@ -446,7 +453,11 @@ stop_all() { # [names...] stops processes (default: all) in reverse start order;
 }
 
 down() {
-  # The node first: it drains its pods through the apiserver and removes its host state.
+  # NetworkPolicy enforcement first (its rules name the node's pods), then the node: it drains its pods
+  # through the apiserver and removes its host state.
+  if [[ -d $RUN_DIR/netpol ]]; then
+    bash "$NETPOL_SCRIPT" down || log "WARNING: NetworkPolicy enforcement's down failed (see above); continuing"
+  fi
   if [[ -d $RUN_DIR/node ]] || ip link show moatbr0 >/dev/null 2>&1; then
     bash "$NODE_SCRIPT" down || log "WARNING: the real node's down failed (see above); stopping the control plane anyway"
   fi
@@ -460,9 +471,11 @@ status() {
     if running "$name"; then echo "$name: running (pid $(cat "$RUN_DIR/$name.pid"))"; else echo "$name: stopped"; fi
   done
   if [[ -d $RUN_DIR/node ]]; then bash "$NODE_SCRIPT" status; fi
+  if [[ -d $RUN_DIR/netpol ]]; then bash "$NETPOL_SCRIPT" status; fi
 }
 
 NODE_SCRIPT=$REPO/hack/local-node.sh
+NETPOL_SCRIPT=$REPO/hack/netpol.sh
 # hack/local-node.sh sources this file for its helpers and settings; only a direct run dispatches.
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
   case ${1:-} in
@@ -470,7 +483,9 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
            case ${1:-all} in
              k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;; policyreport) fetch_policyreport;;
              node) bash "$NODE_SCRIPT" build;;
-             all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport; bash "$NODE_SCRIPT" build;;
+             netpol) bash "$NETPOL_SCRIPT" build;;
+             all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport; bash "$NODE_SCRIPT" build
+                  if [[ ${MOAT_NETPOL:-1} != 0 ]]; then bash "$NETPOL_SCRIPT" build; fi;;
              *) die "unknown build target ${1:-}";;
            esac;;
     up) up;;
