@@ -5,7 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cluster=$here/local-cluster.sh
-if bash "$cluster" status | grep -q 'kube-apiserver: running'; then
+# (the status is read whole first: `status | grep -q` under pipefail fails when grep exits early)
+status=$(bash "$cluster" status 2>/dev/null || true)
+if [[ $status == *'kube-apiserver: running'* ]]; then
   echo "[with-cluster] reusing the running local control plane" >&2
 else
   bash "$cluster" build all
