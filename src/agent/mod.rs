@@ -9,14 +9,11 @@
 //! foreign owners), and sends SIGHUP to Mosquitto (shared process namespace). An invalid set is
 //! never installed: the previous files stay in force and the reason is logged.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use sha2::{Digest, Sha256};
 
 /// Command-line options of `moat agent`.
 #[derive(clap::Args, Clone, Debug)]
@@ -31,9 +28,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub once: bool,
     /// How often to look for Secret updates.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
-    /// An update must stay unchanged this long before it is installed (coalesces Secret updates
+    /// The first update after this long without one is installed at once; an update within this
+    /// long of the last install must stay unchanged this long first (coalesces Secret updates
     /// that arrive one after another into one reload).
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub settle: Duration,
@@ -44,6 +42,50 @@ pub struct AgentArgs {
     /// in a pod the agent and Mosquitto share uid 1883).
     #[arg(long, value_parser = parse_owner)]
     pub owner: Option<(u32, u32)>,
+    /// Serve `GET /status` (what is installed, since when) here, for the operator's attestation.
+    #[arg(long)]
+    pub status_addr: Option<std::net::SocketAddr>,
+}
+
+/// What the agent reports on `GET /status`: the operator compares `installed` with the files it
+/// wrote to attest that the pod runs them, and when.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// [`FileSet::digest`] of the installed files. It covers the server's private key, so
+    /// nobody without the Secrets can test a guess of any file against it; the operator only
+    /// compares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed: Option<String>,
+    /// When they were installed and Mosquitto reloaded (or, at start, found installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_at: Option<jiff::Timestamp>,
+    /// The mounted files are refused (invalid); the installed ones stay in force.
+    #[serde(default)]
+    pub refusing: bool,
+}
+
+async fn serve_status(addr: std::net::SocketAddr, state: std::sync::Arc<std::sync::Mutex<AgentStatus>>) {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/status",
+        get(move || {
+            let state = state.clone();
+            async move {
+                let body = serde_json::to_string(&*state.lock().unwrap()).unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+            }
+        }),
+    );
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            tracing::info!(%addr, "serving /status");
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the status endpoint stopped");
+            }
+        }
+        Err(e) => tracing::error!(%addr, error = %e, "cannot serve /status"),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -55,26 +97,8 @@ fn parse_owner(s: &str) -> Result<(u32, u32), String> {
     Ok((u.parse().map_err(|_| "bad uid")?, g.parse().map_err(|_| "bad gid")?))
 }
 
-/// The files the broker needs, read from the mounted Secrets.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct FileSet {
-    /// Relative target path → content.
-    pub files: BTreeMap<String, Vec<u8>>,
-}
-
-impl FileSet {
-    /// A digest of the whole set (changes when any file changes).
-    pub fn digest(&self) -> String {
-        let mut h = Sha256::new();
-        for (k, v) in &self.files {
-            h.update(k.as_bytes());
-            h.update([0]);
-            h.update((v.len() as u64).to_be_bytes());
-            h.update(v);
-        }
-        crate::hex(&h.finalize())
-    }
-}
+pub use crate::render::bundle::FileSet;
+use crate::render::bundle::{self, BundleError, Mounted, TLS_FILES};
 
 /// Why a set of files was refused.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +123,17 @@ pub enum Refused {
     Io(String, std::io::Error),
 }
 
+impl From<BundleError> for Refused {
+    fn from(e: BundleError) -> Self {
+        match e {
+            BundleError::Missing(p) => Refused::Missing(p),
+            BundleError::NotText(p) => Refused::Missing(format!("{p} (not UTF-8)")),
+            BundleError::Acl(e) => Refused::Acl(e.to_string()),
+            BundleError::Passwd(e) => Refused::Passwd(e.to_string()),
+        }
+    }
+}
+
 fn read(path: &Path) -> Result<Option<Vec<u8>>, Refused> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
@@ -107,41 +142,45 @@ fn read(path: &Path) -> Result<Option<Vec<u8>>, Refused> {
     }
 }
 
-fn text(bytes: &[u8], what: &str) -> Result<String, Refused> {
-    String::from_utf8(bytes.to_vec()).map_err(|_| Refused::Missing(format!("{what} (not UTF-8)")))
+/// The mounted Secrets under `source` (see [`Mounted`]).
+pub fn read_mounted(source: &Path) -> Result<Mounted, Refused> {
+    let mut m = Mounted::new();
+    let mut take = |rel: String| -> Result<(), Refused> {
+        if let Some(b) = read(&source.join(&rel))? {
+            m.insert(rel, b);
+        }
+        Ok(())
+    };
+    take("config/mosquitto.conf".into())?;
+    for f in TLS_FILES {
+        take(format!("tls/{f}"))?;
+    }
+    for dir in ["acl", "passwd"] {
+        let entries = match fs::read_dir(source.join(dir)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Refused::Io(source.join(dir).display().to_string(), e)),
+        };
+        for slot in entries.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str()?.parse::<usize>().ok()) {
+            take(format!("{dir}/{slot}/manifest"))?;
+            take(format!("{dir}/{slot}/{dir}"))?;
+        }
+    }
+    Ok(m)
 }
 
 /// Reads the mounted Secrets and validates them into the set of files to install.
 pub fn collect(source: &Path) -> Result<FileSet, Refused> {
-    let mut files = BTreeMap::new();
-    let need = |rel: &str| -> Result<Vec<u8>, Refused> {
-        read(&source.join(rel))?.ok_or_else(|| Refused::Missing(rel.into()))
-    };
-
-    let conf = text(&need("config/mosquitto.conf")?, "mosquitto.conf")?;
-    validate_config(&conf)?;
-    files.insert("mosquitto.conf".to_string(), conf.into_bytes());
-
-    let acl = assemble_acl(&source.join("acl"))?;
-    crate::render::acl::parse(&acl).map_err(|e| Refused::Acl(e.to_string()))?;
-    files.insert("acl".to_string(), acl.into_bytes());
-
-    let passwd = assemble_passwd(&source.join("passwd"))?;
-    files.insert("passwd".to_string(), passwd.into_bytes());
-
-    let cert = text(&need("tls/tls.crt")?, "tls.crt")?;
-    let key = text(&need("tls/tls.key")?, "tls.key")?;
+    let set = bundle::assemble(&read_mounted(source)?)?;
+    let file = |rel: &str| String::from_utf8_lossy(&set.files[rel]).into_owned();
+    validate_config(&file("mosquitto.conf"))?;
+    crate::render::acl::parse(&file("acl")).map_err(|e| Refused::Acl(e.to_string()))?;
+    let (cert, key) = (file("tls/tls.crt"), file("tls/tls.key"));
     if !crate::pki::key_matches(&cert, &key) {
         return Err(Refused::Tls("tls.crt and tls.key do not belong together".into()));
     }
-    let ca = text(&need("tls/ca.crt")?, "ca.crt")?;
-    let crl = text(&need("tls/crl.pem")?, "crl.pem")?;
-    validate_bundle(&ca, &crl)?;
-    files.insert("tls/tls.crt".to_string(), cert.into_bytes());
-    files.insert("tls/tls.key".to_string(), key.into_bytes());
-    files.insert("tls/ca.crt".to_string(), ca.into_bytes());
-    files.insert("tls/crl.pem".to_string(), crl.into_bytes());
-    Ok(FileSet { files })
+    validate_bundle(&file("tls/ca.crt"), &file("tls/crl.pem"))?;
+    Ok(set)
 }
 
 fn validate_config(conf: &str) -> Result<(), Refused> {
@@ -192,37 +231,6 @@ pub fn pem_blocks(text: &str, label: &str) -> Vec<String> {
         rest = &rest[block_end..];
     }
     out
-}
-
-/// `(manifest, text)` of every present slot `<dir>/<n>/` (a projected volume of optional Secrets),
-/// in slot order.
-fn read_parts(dir: &Path, key: &str) -> Result<Vec<(String, String)>, Refused> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Refused::Missing(format!("{key}/"))),
-        Err(e) => return Err(Refused::Io(dir.display().to_string(), e)),
-    };
-    let mut slots: Vec<(usize, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<usize>().ok()).map(|n| (n, e.path())))
-        .collect();
-    slots.sort();
-    let mut parts = vec![];
-    for (_, path) in slots {
-        if let (Some(m), Some(t)) = (read(&path.join("manifest"))?, read(&path.join(key))?) {
-            parts.push((text(&m, "manifest")?, text(&t, key)?));
-        }
-    }
-    Ok(parts)
-}
-
-fn assemble_passwd(dir: &Path) -> Result<String, Refused> {
-    // (assemble_shards also parses the assembled file as Mosquitto would)
-    crate::render::passwd::assemble_shards(&read_parts(dir, "passwd")?).map_err(|e| Refused::Passwd(e.to_string()))
-}
-
-fn assemble_acl(dir: &Path) -> Result<String, Refused> {
-    crate::render::shard::join(&read_parts(dir, "acl")?).map_err(|e| Refused::Acl(e.to_string()))
 }
 
 /// Writes the files that differ from what `target` holds (write to a temporary file, then rename,
@@ -306,31 +314,52 @@ pub async fn run(args: AgentArgs) -> i32 {
             }
         };
     }
+    let state = std::sync::Arc::new(std::sync::Mutex::new(AgentStatus::default()));
+    if let Some(addr) = args.status_addr {
+        tokio::spawn(serve_status(addr, state.clone()));
+    }
     let mut installed: Option<String> = None;
     let mut refused: Option<String> = None;
     let mut pending: Option<(String, tokio::time::Instant)> = None;
+    let mut last_install: Option<tokio::time::Instant> = None;
     loop {
         match collect(&args.source) {
             Ok(set) => {
+                if refused.take().is_some() {
+                    state.lock().unwrap().refusing = false;
+                }
                 let digest = set.digest();
-                if installed.as_deref() != Some(&digest) {
-                    match &pending {
-                        Some((d, since)) if *d == digest && since.elapsed() >= args.settle => {
-                            match install(&set, &args.target, args.owner) {
-                                Ok(changed) => {
-                                    tracing::info!(?changed, "installed updated broker files");
-                                    if !changed.is_empty() {
-                                        reload(&args);
-                                    }
-                                    installed = Some(digest);
-                                    refused = None;
-                                    pending = None;
-                                }
-                                Err(e) => tracing::error!(error = %e, "could not install broker files"),
-                            }
+                if installed.is_none() && is_installed(&set, &args.target) {
+                    // at start: the init container installed exactly these files before Mosquitto
+                    // started, so they are in force already
+                    installed = Some(digest.clone());
+                    report(&state, &installed, false);
+                } else if installed.as_deref() != Some(&digest) {
+                    // the first change after a quiet spell is installed at once (a revocation
+                    // takes effect within one interval); changes that follow within `settle`
+                    // of an install wait until they stop changing (one reload per burst)
+                    let now = tokio::time::Instant::now();
+                    let due = match &pending {
+                        Some((d, since)) if *d == digest => since.elapsed() >= args.settle,
+                        _ => {
+                            pending = Some((digest.clone(), now));
+                            last_install.is_none_or(|t| t.elapsed() >= args.settle)
                         }
-                        Some((d, _)) if *d == digest => {}
-                        _ => pending = Some((digest, tokio::time::Instant::now())),
+                    };
+                    if due {
+                        match install(&set, &args.target, args.owner) {
+                            Ok(changed) => {
+                                tracing::info!(?changed, "installed updated broker files");
+                                if !changed.is_empty() {
+                                    reload(&args);
+                                }
+                                installed = Some(digest);
+                                pending = None;
+                                last_install = Some(now);
+                                report(&state, &installed, false);
+                            }
+                            Err(e) => tracing::error!(error = %e, "could not install broker files"),
+                        }
                     }
                 }
             }
@@ -339,12 +368,23 @@ pub async fn run(args: AgentArgs) -> i32 {
                 if refused.as_deref() != Some(&reason) {
                     tracing::error!(reason = %reason, "refusing the updated broker files; the previous files stay in force");
                     refused = Some(reason);
+                    state.lock().unwrap().refusing = true;
                 }
                 pending = None;
             }
         }
         tokio::time::sleep(args.interval).await;
     }
+}
+
+/// Whether `target` holds exactly `set` already.
+fn is_installed(set: &FileSet, target: &Path) -> bool {
+    set.files.iter().all(|(rel, content)| fs::read(target.join(rel)).ok().as_deref() == Some(content.as_slice()))
+}
+
+fn report(state: &std::sync::Mutex<AgentStatus>, installed: &Option<String>, refusing: bool) {
+    *state.lock().unwrap() =
+        AgentStatus { installed: installed.clone(), installed_at: Some(jiff::Timestamp::now()), refusing };
 }
 
 #[cfg(test)]
