@@ -96,6 +96,10 @@ pub struct Metrics {
     /// nextUpdate of each broker's CRL (Unix seconds): certificate clients stop working then
     /// unless moat re-signs it.
     pub crl_next_update: Family<BrokerLabels, Gauge>,
+    /// Seconds the broker's last timed revocation took to reach every pod (attested).
+    pub revocation_seconds: Family<BrokerLabels, Gauge>,
+    /// Broker pods running the files moat wrote last (attested), and all pods asked.
+    pub pods_current: Family<BrokerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -113,6 +117,8 @@ impl Default for Metrics {
             writes: Family::default(),
             drift_repaired: Family::default(),
             crl_next_update: Family::default(),
+            revocation_seconds: Family::default(),
+            pods_current: Family::default(),
         }
     }
 }
@@ -152,6 +158,16 @@ impl Metrics {
             "crl_next_update_timestamp_seconds",
             "nextUpdate of the broker's CRL (certificate clients are refused after it unless re-signed)",
             self.crl_next_update.clone(),
+        );
+        r.register(
+            "revocation_seconds",
+            "Seconds the last revocation (user removed, password changed, certificate revoked) took to reach every broker pod, as their agents attest",
+            self.revocation_seconds.clone(),
+        );
+        r.register(
+            "broker_pods_current_files",
+            "Broker pods whose agent attests the files moat wrote last",
+            self.pods_current.clone(),
         );
     }
 

@@ -51,6 +51,8 @@ pub struct Durations {
     pub ready_grace: Duration,
     /// Persistence autosave period.
     pub autosave_interval: Duration,
+    /// How long files (and revocations) may take to reach every pod.
+    pub revocation_deadline: Duration,
 }
 
 fn duration(field: &str, d: &GoDuration) -> Result<Duration, FieldError> {
@@ -85,6 +87,7 @@ impl BrokerModel {
             rollout_timeout: duration("spec.upgrade.rolloutTimeout", &spec.upgrade.rollout_timeout)?,
             ready_grace: duration("spec.upgrade.readyGracePeriod", &spec.upgrade.ready_grace_period)?,
             autosave_interval: duration("spec.persistence.autosaveInterval", &spec.persistence.autosave_interval)?,
+            revocation_deadline: duration("spec.security.revocationDeadline", &spec.security.revocation_deadline)?,
         };
         lifetime::CA.check("spec.tls.ca", durations.ca_validity, durations.ca_renew_before)?;
         lifetime::LEAF.check("spec.tls.server", durations.server_validity, durations.server_renew_before)?;

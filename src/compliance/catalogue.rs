@@ -37,6 +37,8 @@ checks! {
         "The live broker accepted a client without credentials: check that its pods run moat's config and restart them.";
     "MOAT-AUTH-004", Authentication, Medium, "Client ids are bound to usernames",
         "Set spec.security.useUsernameAsClientId: true so one user cannot take over another user's session.";
+    "MOAT-AUTH-005", Authentication, High, "Revocations reach every broker pod within spec.security.revocationDeadline (attested by the pods' agents)",
+        "A removed user, changed password or revoked certificate was still accepted by a broker pod past the deadline: check the pods' agents (kubectl logs <pod> -c moat-agent), that the kubelet refreshes Secret volumes, and that the operator reaches the agents (NetworkPolicy <broker>-moat-probe).";
     // broker: encryption
     "MOAT-TLS-001", Encryption, High, "Every listener uses TLS",
         "Remove insecurePlaintext listeners; use TLS listeners (the default) and moat-issued certificates.";
@@ -100,6 +102,8 @@ checks! {
         "The operator was not running or not leading for more than two audit intervals; check its Deployment and Lease.";
     "MOAT-AUD-002", Audit, Medium, "Managed objects match what moat applied (no drift)",
         "Someone changed objects moat manages; moat repaired them — find the actor in the audit log and stop the change at its source.";
+    "MOAT-AUD-003", Audit, High, "Every broker pod runs the files moat wrote, within spec.security.revocationDeadline (attested by the pods' agents)",
+        "A pod refuses the files (its agent logs why; the previous files stay in force) or still runs older ones: read kubectl logs <pod> -c moat-agent, and check that the operator reaches the agent's status port (NetworkPolicy <broker>-moat-probe).";
     // broker: updates
     "MOAT-UPD-001", Updates, High, "The running Mosquitto version has no known CVEs",
         "Upgrade spec.version to the patched version, or set spec.upgrade.policy: AutoPatch with a maintenance window.";

@@ -64,8 +64,40 @@ pub struct BrokerFacts<'a> {
     pub upgrade_failed: bool,
     /// Message of the last upgrade.
     pub upgrade_message: String,
+    /// What the pods' agents attest about the files (None: not attested, e.g. probing is off).
+    pub files: Option<FilesFacts>,
+    /// The last timed revocation (from status when this operator saw none).
+    pub last_revocation: Option<RevocationFacts>,
     /// Evaluation time.
     pub now: jiff::Timestamp,
+}
+
+/// The files moat wrote and which pods run them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilesFacts {
+    /// When moat wrote them.
+    pub written_at: jiff::Timestamp,
+    /// Since when every pod runs them.
+    pub in_effect_at: Option<jiff::Timestamp>,
+    /// Pods asked.
+    pub pods: usize,
+    /// Pods running older files.
+    pub behind: Vec<String>,
+    /// Pods whose agent refuses the files.
+    pub refusing: Vec<String>,
+    /// Pods that did not answer.
+    pub unreachable: Vec<String>,
+}
+
+/// One revocation and when it reached every pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationFacts {
+    /// What was revoked.
+    pub what: String,
+    /// When moat decided it.
+    pub revoked_at: jiff::Timestamp,
+    /// When every pod ran the files without it.
+    pub in_effect_at: Option<jiff::Timestamp>,
 }
 
 /// One observation of the live broker: what was tried and what it answered.

@@ -49,6 +49,76 @@ impl Finding {
     }
 }
 
+/// Whole seconds from `a` to `b` (never negative).
+fn seconds(a: jiff::Timestamp, b: jiff::Timestamp) -> i64 {
+    b.duration_since(a).as_secs().max(0)
+}
+
+/// MOAT-AUD-003: every pod runs the files moat wrote (a pod still catching up within the
+/// deadline is not a failure; refusing files is, at once).
+fn files_finding(f: &BrokerFacts) -> Finding {
+    const ID: &str = "MOAT-AUD-003";
+    let deadline = f.model.durations.revocation_deadline.as_secs() as i64;
+    let Some(x) = &f.files else {
+        return Finding::unknown(
+            ID,
+            "not attested: the operator does not ask the pods' agents (spec.security.activeProbe is off) or has no answer yet",
+        );
+    };
+    if !x.refusing.is_empty() {
+        return Finding::fail(
+            ID,
+            format!("pods refuse the files moat wrote (their previous files stay in force): {}", x.refusing.join(", ")),
+        );
+    }
+    let written = x.written_at;
+    if let Some(t) = x.in_effect_at {
+        return Finding::pass(ID, format!("every pod ({}) runs the files written at {written}, since {t}", x.pods));
+    }
+    if x.pods == 0 {
+        return Finding::unknown(ID, "no broker pod to ask");
+    }
+    let late = seconds(written, f.now) > deadline;
+    match (late, x.unreachable.is_empty()) {
+        (false, _) => {
+            Finding::pass(ID, format!("the files written at {written} are reaching the pods (deadline {}s)", deadline))
+        }
+        (true, true) => Finding::fail(
+            ID,
+            format!("pods still run older files more than {deadline}s after {written}: {}", x.behind.join(", ")),
+        ),
+        (true, false) => Finding::unknown(ID, format!("pods did not answer: {}", x.unreachable.join(", "))),
+    }
+}
+
+/// MOAT-AUTH-005: the last revocation reached every pod within the deadline.
+fn revocation_deadline_finding(f: &BrokerFacts) -> Finding {
+    const ID: &str = "MOAT-AUTH-005";
+    let deadline = f.model.durations.revocation_deadline.as_secs() as i64;
+    let Some(r) = &f.last_revocation else {
+        return Finding::pass(ID, "no revocation to time since moat started managing this broker's files");
+    };
+    match r.in_effect_at {
+        Some(t) => {
+            let took = seconds(r.revoked_at, t);
+            Finding::check(
+                ID,
+                took <= deadline,
+                format!("the last revocation ({}) reached every pod in {took}s (deadline {deadline}s)", r.what),
+                format!("the last revocation ({}) took {took}s to reach every pod (deadline {deadline}s)", r.what),
+            )
+        }
+        None if seconds(r.revoked_at, f.now) <= deadline => Finding::pass(
+            ID,
+            format!("the revocation of {} at {} is reaching the pods (deadline {deadline}s)", r.what, r.revoked_at),
+        ),
+        None => Finding::fail(
+            ID,
+            format!("the revocation of {} at {} has not reached every pod after {deadline}s", r.what, r.revoked_at),
+        ),
+    }
+}
+
 /// Turns findings into status checks (sorted by id) with measure, severity and remediation.
 pub fn to_checks(findings: Vec<Finding>) -> Vec<ComplianceCheck> {
     let mut checks: Vec<ComplianceCheck> = findings
@@ -349,6 +419,8 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         "managed objects match what moat applied",
         format!("changed outside moat and repaired: {}", f.drift.join("; ")),
     ));
+    out.push(files_finding(f));
+    out.push(revocation_deadline_finding(f));
 
     // --- updates
     out.push(if f.known_cves.is_empty() {

@@ -82,8 +82,68 @@ fn good<'a>(w: &'a World) -> BrokerFacts<'a> {
         known_cves: vec![],
         upgrade_failed: false,
         upgrade_message: String::new(),
+        files: Some(FilesFacts {
+            written_at: now() - jiff::SignedDuration::from_secs(30),
+            in_effect_at: Some(now() - jiff::SignedDuration::from_secs(28)),
+            pods: 1,
+            behind: vec![],
+            refusing: vec![],
+            unreachable: vec![],
+        }),
+        last_revocation: Some(RevocationFacts {
+            what: "password of sensor-1".into(),
+            revoked_at: now() - jiff::SignedDuration::from_secs(30),
+            in_effect_at: Some(now() - jiff::SignedDuration::from_secs(28)),
+        }),
         now: now(),
     }
+}
+
+#[test]
+fn files_and_revocations_are_judged_against_the_deadline() {
+    let w = world();
+    let secs = jiff::SignedDuration::from_secs;
+    let run = |change: &dyn Fn(&mut BrokerFacts)| {
+        let mut f = good(&w);
+        change(&mut f);
+        let checks = evaluate_broker(&f);
+        (result_of(&checks, "MOAT-AUD-003"), result_of(&checks, "MOAT-AUTH-005"))
+    };
+    assert_eq!(run(&|_| {}), (CheckResult::Pass, CheckResult::Pass));
+    // catching up within the 60 s deadline is no failure; past it, a pod behind is
+    let behind = |age: i64| {
+        move |f: &mut BrokerFacts| {
+            let x = f.files.as_mut().unwrap();
+            (x.written_at, x.in_effect_at, x.behind) = (now() - secs(age), None, vec!["plant-a-0".into()]);
+        }
+    };
+    assert_eq!(run(&behind(10)).0, CheckResult::Pass);
+    assert_eq!(run(&behind(61)).0, CheckResult::Fail);
+    // a pod that does not answer past the deadline is not evidence either way
+    assert_eq!(
+        run(&|f| {
+            let x = f.files.as_mut().unwrap();
+            (x.written_at, x.in_effect_at, x.unreachable) = (now() - secs(61), None, vec!["plant-a-0".into()]);
+        })
+        .0,
+        CheckResult::Unknown
+    );
+    // refused files fail at once; no attestation is Unknown
+    assert_eq!(run(&|f| f.files.as_mut().unwrap().refusing = vec!["plant-a-0".into()]).0, CheckResult::Fail);
+    assert_eq!(run(&|f| f.files = None).0, CheckResult::Unknown);
+    // a revocation that took longer than the deadline, or is pending past it, fails
+    let revoked = |took: Option<i64>, age: i64| {
+        move |f: &mut BrokerFacts| {
+            let r = f.last_revocation.as_mut().unwrap();
+            r.revoked_at = now() - secs(age);
+            r.in_effect_at = took.map(|t| r.revoked_at + secs(t));
+        }
+    };
+    assert_eq!(run(&revoked(Some(61), 100)).1, CheckResult::Fail);
+    assert_eq!(run(&revoked(Some(5), 100)).1, CheckResult::Pass);
+    assert_eq!(run(&revoked(None, 30)).1, CheckResult::Pass);
+    assert_eq!(run(&revoked(None, 61)).1, CheckResult::Fail);
+    assert_eq!(run(&|f| f.last_revocation = None).1, CheckResult::Pass);
 }
 
 fn result_of(checks: &[crate::crd::ComplianceCheck], id: &str) -> CheckResult {
@@ -238,6 +298,14 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
         ("MOAT-PWD-003", Box::new(|f| f.overdue_password_users = vec!["u".into()])),
         ("MOAT-AUD-001", Box::new(|f| f.previous_audit = Some(now() - jiff::SignedDuration::from_hours(5)))),
         ("MOAT-AUD-002", Box::new(|f| f.drift = vec!["StatefulSet plant-a changed".into()])),
+        ("MOAT-AUD-003", Box::new(|f| f.files.as_mut().unwrap().refusing = vec!["plant-a-0".into()])),
+        (
+            "MOAT-AUTH-005",
+            Box::new(|f| {
+                let r = f.last_revocation.as_mut().unwrap();
+                r.in_effect_at = Some(r.revoked_at + jiff::SignedDuration::from_secs(90));
+            }),
+        ),
         (
             "MOAT-UPD-001",
             Box::new(|f| {

@@ -289,6 +289,8 @@ pub struct Context {
     /// The drift records each broker reconcile last wrote (merged with the cached status, so a
     /// reconcile that starts from a stale status never drops a record).
     pub drift: Mutex<HashMap<(String, String), Vec<crate::crd::broker::DriftRecord>>>,
+    /// The files each broker's pods should run and what their agents last said (attestation).
+    pub files: Mutex<HashMap<(String, String), crate::plan::files::Memo>>,
     /// Generated Secret names found taken by objects moat did not create, with their holder and
     /// when (namespace, name → holder); retried after [`NAME_CONFLICT_RETRY`].
     pub name_conflicts: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,

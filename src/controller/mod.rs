@@ -256,6 +256,7 @@ pub async fn run(
         ledgers: Default::default(),
         name_conflicts: Default::default(),
         drift: Default::default(),
+        files: Default::default(),
         reports: Default::default(),
         catalog: context::CatalogCell::builtin(),
     });
@@ -384,6 +385,7 @@ pub async fn run(
             let key = (ns.clone(), name.clone());
             ctx.ledgers.lock().unwrap().remove(&key);
             ctx.drift.lock().unwrap().remove(&key);
+            ctx.files.lock().unwrap().remove(&key);
             ctx.reports.lock().unwrap().remove(&key);
             for u in s.users_of(&ns, &name) {
                 let _ = utx.send(ObjectRef::from_obj(&*u));

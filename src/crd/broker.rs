@@ -754,6 +754,16 @@ pub struct SecuritySpec {
     /// the revoked certificate expires.
     #[serde(default)]
     pub revoked_sessions: RevokedSessions,
+    /// How long a revocation (a user deleted or losing its username, a password changed, a
+    /// certificate revoked) and any other change of the broker's files may take to reach every
+    /// broker pod, as attested by each pod's agent (`status.files`, `status.revocation.last`).
+    /// Slower fails MOAT-AUTH-005 and MOAT-AUD-003. Default: 60s.
+    #[serde(default = "default_revocation_deadline")]
+    pub revocation_deadline: GoDuration,
+}
+
+fn default_revocation_deadline() -> GoDuration {
+    GoDuration::new("60s")
 }
 
 /// What ends the live sessions of revoked client certificates.
@@ -778,6 +788,7 @@ impl Default for SecuritySpec {
             sys_interval: default_sys_interval(),
             active_probe: true,
             revoked_sessions: RevokedSessions::default(),
+            revocation_deadline: default_revocation_deadline(),
         }
     }
 }
@@ -842,6 +853,10 @@ pub struct MqttBrokerStatus {
     /// Changes to managed objects made outside moat and repaired, newest first (the last 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<DriftRecord>,
+    /// Whether the broker pods run the files moat wrote (attested by their agents; with
+    /// `spec.security.activeProbe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesStatus>,
     /// Revoked client certificates whose live sessions moat is ending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation: Option<RevocationStatus>,
@@ -878,6 +893,44 @@ pub struct RevocationStatus {
     /// A restart to end such sessions is pending or rolling.
     #[serde(default)]
     pub restart_pending: bool,
+    /// The last revocation moat timed: when it was decided and when every broker pod's agent
+    /// had installed it (a password revocation ends the user's live sessions there and then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<RevocationRecord>,
+}
+
+/// One timed revocation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationRecord {
+    /// What was revoked, e.g. `password of sensor-17`, `certificate 3fa1…` (several: the first
+    /// and how many more).
+    pub what: String,
+    /// When moat decided it (and wrote the broker's files).
+    pub revoked_at: Time,
+    /// When every broker pod ran the files without it (unset while pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_effect_at: Option<Time>,
+    /// Seconds from `revokedAt` to `inEffectAt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<u32>,
+}
+
+/// Whether the broker pods run the files moat wrote, as each pod's agent attests.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesStatus {
+    /// Pods running the files moat wrote last, e.g. `3/3`.
+    pub current: String,
+    /// When moat wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_at: Option<Time>,
+    /// Since when every pod runs them (unset while a pod is behind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_effect_at: Option<Time>,
+    /// Pods not running them, each with why (behind, refusing the files, or unreachable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 /// Version information.

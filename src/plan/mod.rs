@@ -8,8 +8,10 @@
 //! is still valid.
 
 pub mod broker;
+pub mod files;
 pub mod ledger;
 pub mod objects;
+pub mod revocation;
 pub mod user;
 
 use std::fmt;

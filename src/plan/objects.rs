@@ -176,6 +176,32 @@ pub fn broker_objects(
     })
 }
 
+impl BrokerObjects {
+    /// The broker's Secrets as a pod mounts them (the workload's volumes), for
+    /// [`crate::render::bundle::assemble`]: what the pods' agents install when they are current.
+    pub fn mounted(&self, broker: &str) -> crate::render::bundle::Mounted {
+        let mut out = crate::render::bundle::Mounted::new();
+        for s in &self.secrets {
+            let name = s.metadata.name.as_deref().unwrap_or_default();
+            let dir = if name == names::config_secret(broker) {
+                "config".to_string()
+            } else if name == names::tls_secret(broker) {
+                "tls".to_string()
+            } else if let Some(n) = names::passwd_shard_index(broker, name) {
+                format!("passwd/{n}")
+            } else if let Some(n) = names::part_index(broker, "acl", name) {
+                format!("acl/{n}")
+            } else {
+                continue;
+            };
+            for (k, v) in s.data.iter().flatten() {
+                out.insert(format!("{dir}/{k}"), v.0.clone());
+            }
+        }
+        out
+    }
+}
+
 /// The public trust bundle for clients (`ca.crt`: every CA of a rollover).
 pub fn ca_bundle(model: &BrokerModel, plan: &BrokerPlan) -> ConfigMap {
     ConfigMap {

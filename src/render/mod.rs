@@ -1,6 +1,7 @@
 //! Pure renderers: every file and Kubernetes object moat produces, deterministic and testable.
 
 pub mod acl;
+pub mod bundle;
 pub mod config;
 pub mod network;
 pub mod passwd;

@@ -110,7 +110,8 @@ pub fn probe_policy_name(broker: &str) -> String {
 }
 
 /// Allows only the operator's pods (by namespace name and pod labels) to reach the listeners,
-/// for the active compliance probe. Never opens the broker to anything else.
+/// for the active compliance probe, and the agent's status port, for the attestation of the
+/// installed files. Never opens the broker to anything else.
 pub fn probe_policy(model: &BrokerModel, operator: &OperatorIdentity) -> NetworkPolicy {
     let peer = NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
@@ -125,9 +126,20 @@ pub fn probe_policy(model: &BrokerModel, operator: &OperatorIdentity) -> Network
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(model.pod_selector()),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule { from: Some(vec![peer]), ports: Some(ports(model, &[])) }]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![peer]),
+                ports: Some([ports(model, &[]), vec![agent_status_port()]].concat()),
+            }]),
             egress: None,
         }),
+    }
+}
+
+fn agent_status_port() -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(super::workload::AGENT_STATUS_PORT.into())),
+        protocol: Some("TCP".into()),
+        end_port: None,
     }
 }
 

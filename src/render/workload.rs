@@ -28,6 +28,10 @@ pub const RESTART_HASH_ANNOTATION: &str = "mqtt.moat.dev/restart-hash";
 pub const BROKER_CONTAINER: &str = "mosquitto";
 /// Name of the agent sidecar.
 pub const AGENT_CONTAINER: &str = "moat-agent";
+/// Name of the agent's status port (the operator's attestation reads it; no Service exposes it).
+pub const AGENT_STATUS_PORT_NAME: &str = "agent-status";
+/// The agent's status port in broker pods.
+pub const AGENT_STATUS_PORT: u16 = 9883;
 
 /// What the workload needs beyond the broker model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +150,9 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
             args.push("--once".into());
         }
         args.extend([format!("--source={SECRETS_DIR}"), format!("--target={RUN_DIR}")]);
+        if !once {
+            args.push(format!("--status-addr=0.0.0.0:{}", AGENT_STATUS_PORT));
+        }
         args
     };
     let mut agent_mounts = secret_mounts.clone();
@@ -194,6 +201,14 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
         image: Some(params.agent_image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(agent_args(once)),
+        ports: (!once).then(|| {
+            vec![ContainerPort {
+                name: Some(AGENT_STATUS_PORT_NAME.into()),
+                container_port: AGENT_STATUS_PORT.into(),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
+        }),
         resources: Some(agent_resources()),
         security_context: Some(container_security_context()),
         volume_mounts: Some(agent_mounts.clone()),

@@ -124,7 +124,7 @@ async fn a_deleted_user_is_refused_and_its_live_session_ends_without_a_restart()
     setup().await;
     let client = admin().await;
     let ns = TestNs::new(&client, "realdel").await;
-    let _op = Operator::start(&ns.name, real_node_operator());
+    let op = Operator::start(&ns.name, real_node_operator());
     apply_yaml(&client, &ns.name, &real_broker("plant-r", "2.0.11", None, "")).await;
     apply_yaml(&client, &ns.name, &users_yaml("plant-r", &["leaver", "stayer"], &[])).await;
     wait_condition::<MqttBroker>(&client, &ns.name, "plant-r", "Ready", "True", T).await;
@@ -160,6 +160,27 @@ async fn a_deleted_user_is_refused_and_its_live_session_ends_without_a_restart()
         (pod.container_id.as_str(), 0),
         "the broker was restarted"
     );
+
+    // the operator times the revocation from its pods' agents (attestation), and it is within
+    // what the client saw
+    let b: MqttBroker = eventually(T, "the revocation timed in status", || async {
+        let b: MqttBroker = get(&client, &ns.name, "plant-r").await?;
+        let last = b.status.as_ref()?.revocation.as_ref()?.last.as_ref()?;
+        (last.what == "password of leaver" && last.seconds.is_some()).then_some(b)
+    })
+    .await;
+    let st = b.status.unwrap();
+    let last = st.revocation.unwrap().last.unwrap();
+    println!("status.revocation.last: {last:?}");
+    assert!(u64::from(last.seconds.unwrap()) <= took.as_secs() + 1, "{last:?} vs {took:?}");
+    let files = st.files.unwrap();
+    assert_eq!(files.current, "1/1", "{files:?}");
+    let checks = st.compliance.unwrap().checks;
+    for id in ["MOAT-AUD-003", "MOAT-AUTH-005"] {
+        let c = checks.iter().find(|c| c.id == id).unwrap();
+        assert_eq!(c.result, CheckResult::Pass, "{c:?}");
+    }
+    assert!(op.metrics().contains("moat_revocation_seconds{"), "no revocation metric");
 }
 
 /// Certificate rotation on the running container: a renewed server certificate and a CA rollover

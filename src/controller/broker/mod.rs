@@ -8,6 +8,7 @@
 //! status (pure) → write status, events, metrics.
 
 mod apply;
+pub mod attest;
 mod audit;
 pub mod observe;
 pub mod status;
@@ -57,11 +58,13 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let previous_upgrade = broker.status.as_ref().and_then(|s| s.upgrade.clone());
     let decided = decide(ctx, &model, &windows, &seen, last_ledger.as_ref(), previous_upgrade.as_ref(), catalog, now)?;
     let applied = apply::apply(ctx, broker, &owner, &seen, &decided).await?;
+    let revocations = revocations(ctx, &key, last_ledger.as_ref(), &decided.plan);
     ctx.ledgers.lock().unwrap().insert(key.clone(), decided.plan.ledger.clone());
     publish(ctx, broker, &decided.plan);
     events(ctx, broker, &seen, &decided, &applied).await;
     let audit = audit::run(ctx, broker, &model, &seen, &decided, now).await;
     let previous = broker.status.clone().unwrap_or_default();
+    let files = files(ctx, &key, &model, &seen, &decided, revocations, audit.due, &previous, now).await;
     let last_drift = ctx.drift.lock().unwrap().get(&key).cloned().unwrap_or_default();
     let status = status::broker(&status::Inputs {
         broker,
@@ -72,6 +75,7 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         audit: &audit,
         previous: &previous,
         last_drift: &last_drift,
+        files: files.as_ref(),
         now,
     });
     audit::compliance_events(ctx, broker, previous.compliance.as_ref(), &status.compliance).await;
@@ -80,12 +84,71 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     if audit.due {
         super::report::write(ctx, broker, &status.compliance).await;
     }
-    status::metrics(ctx, &model, &decided, &status.compliance);
+    status::metrics(ctx, &model, &decided, &status.status);
     if applied.changed > 0 {
         tracing::info!(broker = %model.name, namespace = %model.namespace, changed = applied.changed, "applied broker objects");
     }
     tracing::debug!(broker = %model.name, namespace = %model.namespace, "reconciled broker");
-    Ok(requeue(&model, &windows, &decided, &status, now))
+    let requeue = requeue(&model, &windows, &decided, &status, now);
+    Ok(match files.as_ref().is_some_and(|f| f.following(now)) {
+        true => Action::requeue(attest::RECHECK),
+        false => requeue,
+    })
+}
+
+/// The credentials this plan takes away, compared with what this operator last published and
+/// recorded for the broker (none right after a start: nothing to compare with).
+fn revocations(
+    ctx: &Context,
+    key: &(String, String),
+    last_ledger: Option<&crate::plan::ledger::Ledger>,
+    plan: &BrokerPlan,
+) -> Vec<crate::plan::revocation::Revocation> {
+    let published = ctx.board.get(&key.0, &key.1);
+    let before = match (published.as_deref(), last_ledger) {
+        (Some(Published::Applied { users, .. }), Some(ledger)) => Some((users, ledger)),
+        _ => None,
+    };
+    crate::plan::revocation::revocations(before, (&plan.verdicts, &plan.ledger))
+}
+
+/// The attestation step: which pods run the files this plan wrote (asked while they catch up and
+/// at audits; only when the operator may reach the pods).
+#[allow(clippy::too_many_arguments)]
+async fn files(
+    ctx: &Context,
+    key: &(String, String),
+    model: &BrokerModel,
+    seen: &Observed,
+    decided: &Decided,
+    revocations: Vec<crate::plan::revocation::Revocation>,
+    audit_due: bool,
+    previous: &crate::crd::broker::MqttBrokerStatus,
+    now: Timestamp,
+) -> Option<attest::Memo> {
+    if !(ctx.config.active_probe && model.spec.security.active_probe) {
+        return None;
+    }
+    let expected = match crate::render::bundle::assemble(&decided.objects.mounted(&model.name)) {
+        Ok(set) => set.digest(),
+        Err(e) => {
+            tracing::error!(broker = %model.name, error = %e, "cannot compute the broker's files");
+            return None;
+        }
+    };
+    let last = ctx.files.lock().unwrap().get(key).cloned();
+    // after a start, the files the pods run keep the time they were written
+    let since = match &last {
+        None => previous.files.as_ref().and_then(|f| f.written_at.as_ref()).map_or(now, |t| t.0),
+        Some(_) => now,
+    };
+    let mut memo = attest::Memo::next(last.as_ref(), expected, revocations, since);
+    if memo.should_attest(audit_due, now) {
+        let pods = attest::attest(seen, &memo.expected).await;
+        memo.record(pods);
+    }
+    ctx.files.lock().unwrap().insert(key.clone(), memo.clone());
+    Some(memo)
 }
 
 /// The model step: the validated broker and its parsed maintenance windows.

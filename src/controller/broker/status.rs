@@ -7,6 +7,7 @@ use kube::ResourceExt;
 
 use super::Decided;
 use super::apply::Applied;
+use super::attest::{Memo, PodFiles};
 use super::audit::{self, AUDIT_NOW_ANNOTATION, Audit};
 use super::observe::Observed;
 use crate::compliance::{self, BrokerFacts};
@@ -14,8 +15,8 @@ use crate::controller::conditions::{self, Cond};
 use crate::controller::context::Context;
 use crate::controller::secrets::secret_text;
 use crate::crd::broker::{
-    CertificatesStatus, DriftRecord, Endpoint, ListenerAuthentication, ListenerProtocol, MqttBrokerStatus,
-    RevocationStatus, ServiceType, VersionStatus,
+    CertificatesStatus, DriftRecord, Endpoint, FilesStatus, ListenerAuthentication, ListenerProtocol, MqttBrokerStatus,
+    RevocationRecord, RevocationStatus, ServiceType, VersionStatus,
 };
 use crate::crd::{CONDITION_READY, CertificateInfo, ComplianceStatus, MemberCounts, MqttBroker};
 use crate::metrics::{BrokerLabels, CertLabels, MeasureLabels};
@@ -45,6 +46,8 @@ pub struct Inputs<'a> {
     pub previous: &'a MqttBrokerStatus,
     /// The drift records this operator last wrote for the broker (the cached status may lag).
     pub last_drift: &'a [DriftRecord],
+    /// What the pods' agents attest about the files (None: not asked).
+    pub files: Option<&'a Memo>,
     /// Now.
     pub now: Timestamp,
 }
@@ -84,7 +87,8 @@ pub fn broker(i: &Inputs) -> Output {
     drift.sort_by_key(|d| std::cmp::Reverse(d.detected_at.0));
     drift.truncate(DRIFT_KEPT);
 
-    let facts = facts(i, &drift, audit_time);
+    let last_revocation = last_revocation(i.files, previous);
+    let facts = facts(i, &drift, audit_time, last_revocation.as_ref());
     let mut checks = compliance::evaluate_broker(&facts);
     if !i.audit.due {
         audit::carry_forward(&mut checks, previous.compliance.as_ref(), &["MOAT-AUTH-003", "MOAT-TLS-005"]);
@@ -126,11 +130,14 @@ pub fn broker(i: &Inputs) -> Output {
         firewalls: Some(MemberCounts { total: i.seen.firewalls.len() as u32, ready: i.seen.firewalls.len() as u32 }),
         upgrade: step.state.as_ref().map(RolloutState::to_status),
         drift,
-        revocation: (!plan.blocked_identities.is_empty() || plan.sessions_epoch.is_some()).then(|| RevocationStatus {
-            blocked_identities: plan.blocked_identities.len() as u32,
-            sessions_ended_at: plan.sessions_epoch.filter(|_| !restart_pending).map(Time),
-            restart_pending,
-        }),
+        files: i.files.map(files_status),
+        revocation: (!plan.blocked_identities.is_empty() || plan.sessions_epoch.is_some() || last_revocation.is_some())
+            .then(|| RevocationStatus {
+                blocked_identities: plan.blocked_identities.len() as u32,
+                sessions_ended_at: plan.sessions_epoch.filter(|_| !restart_pending).map(Time),
+                restart_pending,
+                last: last_revocation.clone(),
+            }),
         audit_request: i.broker.annotations().get(AUDIT_NOW_ANNOTATION).cloned(),
     };
     Output { status, compliance: compliance_status, audit_time }
@@ -172,7 +179,64 @@ pub fn known_cves(catalog: &Catalog, version: &str) -> Vec<crate::crd::broker::K
 
 /// The facts of the compliance checks: what is applied and live (observed objects where they
 /// exist; what was just applied otherwise).
-fn facts<'a>(i: &Inputs<'a>, drift: &[DriftRecord], audit_time: Option<Timestamp>) -> BrokerFacts<'a> {
+/// The last timed revocation: the one the files in `memo` carry, else the one in status.
+fn last_revocation(memo: Option<&Memo>, previous: &MqttBrokerStatus) -> Option<RevocationRecord> {
+    let from_status = || previous.revocation.as_ref().and_then(|r| r.last.clone());
+    let Some(m) = memo.filter(|m| !m.revocations.is_empty()) else { return from_status() };
+    let what = match m.revocations.len() {
+        1 => m.revocations[0].to_string(),
+        n => format!("{} and {} more", m.revocations[0], n - 1),
+    };
+    Some(RevocationRecord {
+        what,
+        revoked_at: Time(m.since),
+        in_effect_at: m.in_effect_at.map(Time),
+        seconds: m.in_effect_at.map(|t| t.duration_since(m.since).as_secs().max(0) as u32),
+    })
+}
+
+fn files_status(m: &Memo) -> FilesStatus {
+    let current = m.pods.iter().filter(|(_, f)| matches!(f, PodFiles::Current(_))).count();
+    let pending = m
+        .pods
+        .iter()
+        .filter_map(|(pod, f)| match f {
+            PodFiles::Current(_) => None,
+            PodFiles::Behind => Some(format!("{pod}: runs older files")),
+            PodFiles::Refusing => {
+                Some(format!("{pod}: its agent refuses the files (kubectl logs {pod} -c moat-agent)"))
+            }
+            PodFiles::Unreachable(why) => Some(format!("{pod}: no answer ({why})")),
+        })
+        .collect();
+    FilesStatus {
+        current: format!("{current}/{}", m.pods.len()),
+        written_at: Some(Time(m.since)),
+        in_effect_at: m.in_effect_at.map(Time),
+        pending,
+    }
+}
+
+fn files_facts(m: &Memo) -> compliance::FilesFacts {
+    let pods_in = |want: fn(&PodFiles) -> bool| -> Vec<String> {
+        m.pods.iter().filter(|(_, f)| want(f)).map(|(p, _)| p.clone()).collect()
+    };
+    compliance::FilesFacts {
+        written_at: m.since,
+        in_effect_at: m.in_effect_at,
+        pods: m.pods.len(),
+        behind: pods_in(|f| *f == PodFiles::Behind),
+        refusing: pods_in(|f| *f == PodFiles::Refusing),
+        unreachable: pods_in(|f| matches!(f, PodFiles::Unreachable(_))),
+    }
+}
+
+fn facts<'a>(
+    i: &Inputs<'a>,
+    drift: &[DriftRecord],
+    audit_time: Option<Timestamp>,
+    last_revocation: Option<&RevocationRecord>,
+) -> BrokerFacts<'a> {
     let (model, plan, seen) = (i.model, &i.decided.plan, i.seen);
     let observed = |secret: String, key: &str| seen.secrets.get(&secret).and_then(|s| secret_text(s, key));
     let config =
@@ -262,6 +326,12 @@ fn facts<'a>(i: &Inputs<'a>, drift: &[DriftRecord], audit_time: Option<Timestamp
         known_cves: known_cves_of(i),
         upgrade_failed: step.state.as_ref().is_some_and(|s| s.phase == upgrade::Phase::Failed),
         upgrade_message: step.state.as_ref().map(|s| s.message.clone()).unwrap_or_default(),
+        files: i.files.map(files_facts),
+        last_revocation: last_revocation.map(|r| compliance::RevocationFacts {
+            what: r.what.clone(),
+            revoked_at: r.revoked_at.0,
+            in_effect_at: r.in_effect_at.as_ref().map(|t| t.0),
+        }),
         now: i.now,
     }
 }
@@ -353,7 +423,8 @@ fn endpoints(model: &BrokerModel) -> Vec<Endpoint> {
 }
 
 /// The broker's metrics after a reconcile.
-pub fn metrics(ctx: &Context, model: &BrokerModel, decided: &Decided, compliance: &ComplianceStatus) {
+pub fn metrics(ctx: &Context, model: &BrokerModel, decided: &Decided, status: &MqttBrokerStatus) {
+    let compliance = status.compliance.as_ref().expect("a computed status has compliance");
     let (ns, name) = (&model.namespace, &model.name);
     let plan = &decided.plan;
     let bl = BrokerLabels { namespace: ns.clone(), broker: name.clone() };
@@ -382,6 +453,13 @@ pub fn metrics(ctx: &Context, model: &BrokerModel, decided: &Decided, compliance
     }
     if let Some(t) = plan.crl_next_update {
         ctx.metrics.crl_next_update.get_or_create(&bl).set(t.as_second());
+    }
+    if let Some(s) = status.revocation.as_ref().and_then(|r| r.last.as_ref()).and_then(|l| l.seconds) {
+        ctx.metrics.revocation_seconds.get_or_create(&bl).set(s.into());
+    }
+    if let Some(f) = &status.files {
+        let current = f.current.split('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        ctx.metrics.pods_current.get_or_create(&bl).set(current);
     }
     if plan.hashes_computed > 0 {
         ctx.metrics.password_hashes.inc_by(plan.hashes_computed as u64);

@@ -528,3 +528,86 @@ fn risky_grants_are_named() {
     assert_eq!(risky_grants(&[r("$SYS/#", AclAccess::Read)]).len(), 1);
     assert!(risky_grants(&[r("$SYS/broker/uptime", AclAccess::Read)]).is_empty());
 }
+
+/// What the kubelet mounts into the agent container from the StatefulSet's Secret volumes (as
+/// paths under the Secrets directory), given the Secrets that exist.
+fn kubelet_view(
+    sts: &k8s_openapi::api::apps::v1::StatefulSet,
+    secrets: &[k8s_openapi::api::core::v1::Secret],
+) -> crate::render::bundle::Mounted {
+    let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let agent = pod.containers.iter().find(|c| c.name == crate::render::workload::AGENT_CONTAINER).unwrap();
+    let data = |name: &str, key: &str| {
+        let s = secrets.iter().find(|s| s.metadata.name.as_deref() == Some(name))?;
+        s.data.as_ref()?.get(key).map(|v| v.0.clone())
+    };
+    let mut out = crate::render::bundle::Mounted::new();
+    for v in pod.volumes.iter().flatten() {
+        let Some(m) = agent.volume_mounts.iter().flatten().find(|m| m.name == v.name) else { continue };
+        let Some(dir) = m.mount_path.strip_prefix(&format!("{}/", crate::render::SECRETS_DIR)) else { continue };
+        let mut sources = vec![];
+        if let Some(s) = &v.secret {
+            sources.push((s.secret_name.clone().unwrap(), s.items.clone().unwrap_or_default()));
+        }
+        for p in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(s) = &p.secret {
+                sources.push((s.name.clone(), s.items.clone().unwrap_or_default()));
+            }
+        }
+        for (name, items) in sources {
+            for item in items {
+                if let Some(bytes) = data(&name, &item.key) {
+                    out.insert(format!("{dir}/{}", item.path), bytes);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The operator's expected files are exactly what the agent installs from what the kubelet
+/// mounts: the attestation compares like with like (several password shards).
+#[test]
+fn the_expected_files_are_what_the_agent_installs_from_the_pods_volumes() {
+    let users: Vec<MqttUser> = (0..2000)
+        .map(|i| {
+            user(&format!("u{i:04}"), serde_json::json!({"brokerRef": {"name": "plant-a"}}), "2026-01-01T00:00:00Z")
+        })
+        .collect();
+    let views: Vec<UserView> = users
+        .iter()
+        .map(|u| {
+            view(u, found(&format!("generated-password-{}-0123456789", kube::ResourceExt::name_any(u)), true), None)
+        })
+        .collect();
+    let own = acl(
+        "own",
+        serde_json::json!({"brokerRef": {"name": "plant-a"}, "allUsers": true, "rules": [{"topic": "devices/%u/#", "access": "ReadWrite"}]}),
+    );
+    let p = run(&views, &[&own], Existing::default(), now());
+    assert!(p.shards.len() > 1, "several password shards");
+    let operator = crate::controller::Config::default().operator;
+    let objects = crate::plan::objects::broker_objects(
+        &model(),
+        &p,
+        &crate::plan::objects::ObjectInputs {
+            agent_image: "moat",
+            version: "2.0.22",
+            partition: 0,
+            firewalls: &[],
+            operator: &operator,
+        },
+    )
+    .unwrap();
+    let mounted = kubelet_view(&objects.statefulset, &objects.secrets);
+    let expected = crate::render::bundle::assemble(&objects.mounted("plant-a")).unwrap();
+    assert_eq!(crate::render::bundle::assemble(&mounted).unwrap().digest(), expected.digest());
+    // and the agent reads that layout from disk the same way
+    let dir = tempfile::tempdir().unwrap();
+    for (path, bytes) in &mounted {
+        let file = dir.path().join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
+    assert_eq!(crate::agent::collect(dir.path()).unwrap().digest(), expected.digest());
+}
