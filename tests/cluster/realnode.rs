@@ -180,7 +180,11 @@ async fn a_deleted_user_is_refused_and_its_live_session_ends_without_a_restart()
         let c = checks.iter().find(|c| c.id == id).unwrap();
         assert_eq!(c.result, CheckResult::Pass, "{c:?}");
     }
-    assert!(op.metrics().contains("moat_revocation_seconds{"), "no revocation metric");
+    // (the metric is set right after the status write)
+    eventually(Duration::from_secs(10), "the revocation metric", || async {
+        op.metrics().contains("moat_revocation_seconds{").then_some(())
+    })
+    .await;
 }
 
 /// Certificate rotation on the running container: a renewed server certificate and a CA rollover
