@@ -227,6 +227,7 @@ async fn run_returns_exit_codes() {
         server_name: Some("localhost".into()),
         ca,
         timeout: TIMEOUT,
+        wait: None,
     };
     assert_eq!(run(args(Some(ca))).await, 0, "{}", broker.log());
     assert_eq!(run(args(None)).await, 2, "no CA: chain trust unknown");

@@ -466,6 +466,10 @@ pub struct ProbeArgs {
     /// Limit for each network step, e.g. `5s`, `500ms` or plain seconds.
     #[arg(long, default_value = "5s", value_parser = parse_timeout)]
     pub timeout: Duration,
+    /// Wait this long before probing (e.g. in a pod just started: NetworkPolicy controllers
+    /// admit a new pod's address shortly after it runs).
+    #[arg(long, value_parser = parse_timeout)]
+    pub wait: Option<Duration>,
 }
 
 fn parse_timeout(value: &str) -> Result<Duration, String> {
@@ -503,6 +507,9 @@ pub async fn run(args: ProbeArgs) -> i32 {
         ca_pem,
         timeout: args.timeout,
     };
+    if let Some(wait) = args.wait {
+        tokio::time::sleep(wait).await;
+    }
     let report = probe(&target).await;
     println!("probe {}:{} (server name {})", target.host, target.port, target.server_name);
     print!("{}", format_report(&report));

@@ -547,3 +547,66 @@ async fn the_operator_runs_as_the_charts_deployment_and_reconciles_a_broker() {
     let _ = helm(&["uninstall", &format!("moat-{}", &ns.name[ns.name.len() - 6..]), "--namespace", &opns, "--wait"]);
     let _ = kubectl(&["delete", "namespace", &opns, "--wait=false"]);
 }
+
+/// Runs `moat probe` (the moat image) against `ip:port` from a pod in `ns` on the real node and
+/// returns whether it reached the listener (a refusal by the network policy is "no").
+async fn reachable_from_pod(client: &kube::Client, ns: &str, name: &str, ip: &str, port: u16) -> bool {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "mqtt-client"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {"moat.dev/node-type": "real"},
+            "tolerations": [{"key": "moat.dev/real-node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "probe", "image": moat_image(), "imagePullPolicy": "Never",
+                // wait until the policy controller knows the new pod's address
+                "args": ["probe", "--host", ip, "--port", port.to_string(), "--timeout", "3s", "--wait", "3s"],
+                "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+            }],
+        },
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&Default::default(), &pod).await.unwrap();
+    eventually(T, &format!("client pod {name} finished"), || async {
+        let p = pods.get(name).await.ok()?;
+        matches!(p.status?.phase.as_deref(), Some("Succeeded") | Some("Failed")).then_some(())
+    })
+    .await;
+    let logs = pods.logs(name, &Default::default()).await.unwrap();
+    let line = logs.lines().find(|l| l.starts_with("reachable")).unwrap_or_else(|| panic!("no report: {logs}"));
+    line.ends_with("yes")
+}
+
+/// NetworkPolicies enforced for real (kube-router on the real node): a client pod in a namespace
+/// that no MqttFirewall admits is refused by the network at the broker's listener; an
+/// MqttFirewall admitting that namespace lets the next client pod in. (Traffic from the node
+/// itself is always admitted by kube-router, so the test's own clients cannot show this.)
+#[tokio::test]
+async fn only_namespaces_an_mqtt_firewall_admits_reach_the_broker() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "realnp").await;
+    let clients = TestNs::new(&client, "realnpc").await;
+    kubectl(&["label", "namespace", &clients.name, "team=edge"]);
+    let _op = Operator::start(&ns.name, real_node_operator());
+    apply_yaml(&client, &ns.name, &real_broker("plant-n", "2.0.21", None, "")).await;
+    wait_condition::<MqttBroker>(&client, &ns.name, "plant-n", "Ready", "True", T).await;
+    let pod = live_pods(&client, &ns.name, "plant-n", 1).await.remove(0);
+    assert!(!reachable_from_pod(&client, &clients.name, "before", &pod.ip, 8883).await, "default deny let a pod in");
+
+    apply_yaml(
+        &client,
+        &ns.name,
+        "apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttFirewall\nmetadata: {name: edge}\nspec:\n  brokerRef: {name: plant-n}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: edge}}}]\n    listeners: [mqtts]\n",
+    )
+    .await;
+    let nps: Api<k8s_openapi::api::networking::v1::NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    eventually(T, "the firewall's policy", || async { nps.get_opt("plant-n-fw-edge").await.ok().flatten() }).await;
+    assert!(
+        reachable_from_pod(&client, &clients.name, "after", &pod.ip, 8883).await,
+        "the admitted namespace was refused"
+    );
+}
