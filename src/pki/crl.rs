@@ -223,7 +223,8 @@ pub fn prune_revoked(list: &[RevokedCert], now: Timestamp) -> Vec<RevokedCert> {
 
 const LEDGER_HEADER: &str = "# moat revoked certificates v1: serial<TAB>revokedAt<TAB>notAfter<TAB>issuerDN";
 
-fn escape(text: &str) -> String {
+/// Escapes `\\`, tab, newline and carriage return, for one field of a tab-separated line.
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -237,7 +238,8 @@ fn escape(text: &str) -> String {
     out
 }
 
-fn unescape(text: &str) -> Option<String> {
+/// Reverses [`escape`] (None for an unknown escape).
+pub(crate) fn unescape(text: &str) -> Option<String> {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {

@@ -21,7 +21,7 @@
 //! Times in certificates have one-second precision; every computation here truncates `now` to the
 //! second first, so comparisons between a certificate and the clock are exact.
 
-mod crl;
+pub(crate) mod crl;
 mod inspect;
 mod issue;
 mod rollover;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::pki::crl::{escape, unescape};
 use crate::pki::{CLOCK_SKEW, RevokedCert};
 
 /// Where a record stands.
@@ -226,29 +227,6 @@ impl Ledger {
     }
 }
 
-fn esc(t: &str) -> String {
-    t.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
-}
-
-fn unesc(t: &str) -> Option<String> {
-    let mut out = String::with_capacity(t.len());
-    let mut chars = t.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        out.push(match chars.next()? {
-            '\\' => '\\',
-            't' => '\t',
-            'n' => '\n',
-            'r' => '\r',
-            _ => return None,
-        });
-    }
-    Some(out)
-}
-
 /// `v1 state serial issuer notBefore notAfter username owner ownerUid fingerprint stateTime lost`,
 /// tab-separated, escaped.
 fn encode(r: &CertRecord) -> String {
@@ -263,12 +241,12 @@ fn encode(r: &CertRecord) -> String {
         "v1",
         state,
         &r.serial_hex,
-        &esc(&r.issuer_dn),
+        &escape(&r.issuer_dn),
         &r.not_before.to_string(),
         &r.not_after.to_string(),
-        &esc(&r.username),
-        &esc(&r.owner),
-        &esc(&r.owner_uid),
+        &escape(&r.username),
+        &escape(&r.owner),
+        &escape(&r.owner_uid),
         &r.fingerprint,
         &time,
         lost,
@@ -297,12 +275,12 @@ fn decode(line: &str) -> Option<CertRecord> {
     };
     Some(CertRecord {
         serial_hex: serial.to_ascii_lowercase(),
-        issuer_dn: unesc(issuer)?,
+        issuer_dn: unescape(issuer)?,
         not_before: nb.parse().ok()?,
         not_after: na.parse().ok()?,
-        username: unesc(user)?,
-        owner: unesc(owner)?,
-        owner_uid: unesc(uid)?,
+        username: unescape(user)?,
+        owner: unescape(owner)?,
+        owner_uid: unescape(uid)?,
         fingerprint: fp.to_string(),
         state,
     })

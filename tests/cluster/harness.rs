@@ -678,3 +678,18 @@ pub async fn served_serial(pod: &LivePod, port: u16, ca: &str) -> Option<String>
     let report = moat::probe::probe(&target).await;
     report.cert_serial
 }
+
+/// Pod name → image of its `mosquitto` container, for the broker's pods not being deleted.
+pub async fn broker_images(pods: &Api<k8s_openapi::api::core::v1::Pod>, broker: &str) -> BTreeMap<String, String> {
+    pods.list(&ListParams::default().labels(&format!("mqtt.moat.dev/broker={broker}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let image = p.spec.as_ref()?.containers.iter().find(|c| c.name == "mosquitto")?.image.clone()?;
+            Some((p.metadata.name?, image))
+        })
+        .collect()
+}

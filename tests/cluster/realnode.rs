@@ -327,17 +327,8 @@ async fn a_revoked_certificates_live_session_ends_before_its_username_is_reused(
 /// Pod name → the tag of its broker container's image (only pods not being deleted).
 async fn tags(client: &kube::Client, ns: &str, broker: &str) -> std::collections::BTreeMap<String, String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.list(&kube::api::ListParams::default().labels(&format!("mqtt.moat.dev/broker={broker}")))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let image = p.spec.as_ref()?.containers.iter().find(|c| c.name == "mosquitto")?.image.clone()?;
-            Some((p.metadata.name?, image.rsplit_once(':')?.1.to_string()))
-        })
-        .collect()
+    let images = broker_images(&pods, broker).await;
+    images.into_iter().filter_map(|(pod, image)| Some((pod, image.rsplit_once(':')?.1.to_string()))).collect()
 }
 
 /// Keeps logging in to any pod of the broker until stopped; returns the longest time without a

@@ -1,7 +1,6 @@
 //! Health-gated rolling upgrades with kwok pods: AutoPatch inside a window rolls pod by pod; a
 //! version whose pods never become Ready is rolled back.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -28,21 +27,6 @@ spec:
     readyGracePeriod: 2s
 "#
     )
-}
-
-/// Pod name → image of its broker container.
-async fn images(pods: &Api<Pod>) -> BTreeMap<String, String> {
-    pods.list(&ListParams::default().labels("mqtt.moat.dev/broker=fleet"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let image = p.spec.as_ref()?.containers.iter().find(|c| c.name == "mosquitto")?.image.clone()?;
-            Some((p.metadata.name?, image))
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -79,7 +63,7 @@ async fn auto_patch_rolls_a_vulnerable_broker_pod_by_pod_to_the_patched_version(
             let mut order: Vec<String> = vec![];
             let deadline = tokio::time::Instant::now() + T;
             while tokio::time::Instant::now() < deadline {
-                for (pod, image) in images(&pods).await {
+                for (pod, image) in broker_images(&pods, "fleet").await {
                     if image.ends_with(":2.0.22") && !order.contains(&pod) {
                         order.push(pod);
                     }
@@ -116,7 +100,7 @@ async fn auto_patch_rolls_a_vulnerable_broker_pod_by_pod_to_the_patched_version(
     let v = done.status.as_ref().unwrap().version.clone().unwrap();
     assert_eq!(v.target.as_deref(), Some("2.0.22"));
     assert!(v.known_cves.is_empty(), "{:?}", v.known_cves);
-    assert!(images(&pods).await.values().all(|i| i == "eclipse-mosquitto:2.0.22"));
+    assert!(broker_images(&pods, "fleet").await.values().all(|i| i == "eclipse-mosquitto:2.0.22"));
     let events = events_for(&client, &ns.name, "fleet").await;
     for reason in ["UpgradeStarted", "PodUpdated", "UpgradeCompleted"] {
         assert!(events.iter().any(|(r, _)| r == reason), "no {reason} Event: {events:?}");

@@ -148,21 +148,22 @@ pub async fn apply(
 
     let (drift, mut changed) = (ap.drift, ap.changed);
     read_own_writes(&ctx.stores, &ns, seen, &written).await;
-    if written.iter().any(|n| mounted(&name, n)) {
+    if written.iter().any(|n| is_mounted(&name, n)) {
         changed += nudge_pods(ctx, &ns, &name, seen).await?;
     }
     Ok(Applied { changed, drift })
 }
 
 /// Whether `secret` is mounted into the broker's pods (the agent installs it).
-fn mounted(broker: &str, secret: &str) -> bool {
+fn is_mounted(broker: &str, secret: &str) -> bool {
     secret == names::config_secret(broker)
         || secret == names::tls_secret(broker)
         || names::part_index(broker, "acl", secret).is_some()
         || names::passwd_shard_index(broker, secret).is_some()
 }
 
-/// Annotation on broker pods: the resourceVersions of the mounted Secrets they should have.
+/// Annotation on broker pods: a digest of the resourceVersions of the Secrets they should have
+/// mounted (a new value makes the kubelet sync the pod).
 pub const MOUNTED_REVISION_ANNOTATION: &str = "mqtt.moat.dev/mounted-secrets";
 
 /// Tells the kubelet to refresh the broker pods' Secret volumes now. A kubelet re-reads mounted
@@ -175,7 +176,7 @@ async fn nudge_pods(ctx: &Context, ns: &str, broker: &str, seen: &Observed) -> R
         .stores
         .secrets_of(ns, broker)
         .iter()
-        .filter(|s| mounted(broker, &s.name_any()))
+        .filter(|s| is_mounted(broker, &s.name_any()))
         .map(|s| format!("{}@{}", s.name_any(), s.resource_version().unwrap_or_default()))
         .collect();
     revisions.sort();

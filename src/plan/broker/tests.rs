@@ -586,7 +586,8 @@ fn the_expected_files_are_what_the_agent_installs_from_the_pods_volumes() {
     );
     let p = run(&views, &[&own], Existing::default(), now());
     assert!(p.shards.len() > 1, "several password shards");
-    let operator = crate::controller::Config::default().operator;
+    let operator =
+        crate::render::network::OperatorIdentity { namespace: "moat-system".into(), pod_labels: Default::default() };
     let objects = crate::plan::objects::broker_objects(
         &model(),
         &p,
