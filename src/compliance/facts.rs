@@ -124,6 +124,8 @@ pub struct LiveProbe {
     pub chain_trusted: Observation,
     /// An MQTT CONNECT without credentials is refused.
     pub anonymous_refused: Observation,
+    /// A plaintext MQTT CONNECT gets no CONNACK, one observation per TLS listener port.
+    pub plaintext_refused: Vec<Observation>,
 }
 
 /// Everything the user checks look at.

@@ -252,7 +252,11 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
             cert_finding("MOAT-TLS-004", "CA certificate", ca.as_ref(), f.model.durations.ca_renew_before, f.now, None)
         }
     });
-    out.push(live_finding("MOAT-TLS-005", f.probes.as_deref(), |p| vec![&p.legacy_tls_refused, &p.chain_trusted]));
+    out.push(live_finding("MOAT-TLS-005", f.probes.as_deref(), |p| {
+        let mut o = vec![&p.legacy_tls_refused, &p.chain_trusted];
+        o.extend(&p.plaintext_refused);
+        o
+    }));
     out.push(revocation_finding(conf, f.model));
     out.push(crl_finding(f.crl_next_update, f.model.has_certificate_listener(), f.now));
 

@@ -33,6 +33,7 @@ fn good_probe(pod: &str) -> LiveProbe {
         legacy_tls_refused: Observation::Pass("refused".into()),
         chain_trusted: Observation::Pass("trusted".into()),
         anonymous_refused: Observation::Pass("rc 5".into()),
+        plaintext_refused: vec![Observation::Pass("hung up".into()), Observation::Pass("hung up".into())],
     }
 }
 
@@ -260,6 +261,12 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
             "MOAT-TLS-005",
             Box::new(|f| {
                 f.probes.as_mut().unwrap()[0].legacy_tls_refused = Observation::Fail("TLS 1.1 accepted".into())
+            }),
+        ),
+        (
+            "MOAT-TLS-005",
+            Box::new(|f| {
+                f.probes.as_mut().unwrap()[0].plaintext_refused[1] = Observation::Fail("CONNACK rc 5 on 8883".into())
             }),
         ),
         (

@@ -43,9 +43,14 @@ async fn a_hardened_broker_passes_every_check() {
     assert!(report.chain_trusted.is_pass(), "{ctx}");
     assert!(report.anonymous_refused.is_pass(), "{ctx}");
     assert!(report.anonymous_refused.message().contains("CONNACK rc 5"), "{ctx}");
+    assert!(report.plaintext_refused.is_pass(), "{ctx}");
     assert_eq!(report.cert_serial.as_deref(), Some(pki.serial_hex.as_str()), "{ctx}");
     assert_eq!(report.cert_not_after, Some(pki.not_after), "{ctx}");
     assert_eq!(exit_code(&report), 0, "{ctx}");
+
+    // the same broker's plaintext listener answers a plaintext CONNECT: that is what is caught
+    let plain = plaintext_refused("127.0.0.1", broker.plain_port, TIMEOUT).await;
+    assert!(matches!(&plain, Outcome::Fail(m) if m.contains("without TLS")), "{plain:?}");
 
     // Without a CA bundle the chain is Unknown, and so is the overall result.
     let report = probe(&target(broker.port, None)).await;

@@ -5,7 +5,8 @@
 //!   refused;
 //! - `modern_tls`: a TLS 1.2/1.3 handshake with rustls (ring provider) succeeds ([`modern`]);
 //! - `chain_trusted`: a *verifying* handshake against the given CA bundle for the server name;
-//! - `anonymous_refused`: an MQTT 3.1.1 CONNECT without username is refused ([`mqtt`]).
+//! - `anonymous_refused`: an MQTT 3.1.1 CONNECT without username is refused ([`mqtt`]);
+//! - `plaintext_refused`: an MQTT CONNECT sent without TLS to the TLS port gets no CONNACK.
 //!
 //! Anything ambiguous is [`Outcome::Unknown`], never a pass.
 
@@ -94,21 +95,24 @@ pub struct ProbeReport {
     /// An MQTT 3.1.1 CONNECT without username is refused (CONNACK "bad user name or password" /
     /// "not authorised", or the TLS layer demands a client certificate).
     pub anonymous_refused: Outcome,
+    /// An MQTT CONNECT in plaintext to the TLS port gets no CONNACK.
+    pub plaintext_refused: Outcome,
 }
 
 impl ProbeReport {
-    /// The four checks, in report order.
-    pub fn outcomes(&self) -> [(&'static str, &Outcome); 4] {
+    /// The checks, in report order.
+    pub fn outcomes(&self) -> [(&'static str, &Outcome); 5] {
         [
             ("legacy TLS refused", &self.legacy_tls_refused),
             ("modern TLS", &self.modern_tls),
             ("chain trusted", &self.chain_trusted),
             ("anonymous refused", &self.anonymous_refused),
+            ("plaintext refused", &self.plaintext_refused),
         ]
     }
 }
 
-/// Process exit code for a report: 0 when all four checks pass, 1 when any fails, otherwise 2
+/// Process exit code for a report: 0 when all checks pass, 1 when any fails, otherwise 2
 /// (some check is Unknown). A failure outranks an unknown.
 pub fn exit_code(report: &ProbeReport) -> i32 {
     let outcomes = report.outcomes();
@@ -168,8 +172,9 @@ pub async fn probe(target: &ProbeTarget) -> ProbeReport {
     };
     let legacy_10 = legacy::attempt(host, target.port, name, legacy::TLS1_0, timeout);
     let legacy_11 = legacy::attempt(host, target.port, name, legacy::TLS1_1, timeout);
-    let ((capture_err, seen, anonymous_refused), (verify_reached, chain_trusted), l10, l11) =
-        tokio::join!(capture, verify, legacy_10, legacy_11);
+    let plaintext = plaintext_refused(host, target.port, timeout);
+    let ((capture_err, seen, anonymous_refused), (verify_reached, chain_trusted), l10, l11, plaintext_refused) =
+        tokio::join!(capture, verify, legacy_10, legacy_11, plaintext);
 
     let (modern_tls, negotiated_version) = modern_outcome(capture_err.as_ref(), &seen);
     let legacy_tls_refused = legacy_outcome(&l10, &l11, modern_tls.is_pass());
@@ -191,6 +196,7 @@ pub async fn probe(target: &ProbeTarget) -> ProbeReport {
         cert_serial,
         cert_not_after,
         anonymous_refused,
+        plaintext_refused,
     }
 }
 
@@ -341,6 +347,31 @@ fn classify_io(err: std::io::Error) -> Exchange {
         Exchange::Closed
     } else {
         Exchange::Io(err.to_string())
+    }
+}
+
+/// Sends an MQTT CONNECT without TLS to `host:port` (a TLS port): any CONNACK means the port
+/// speaks plaintext MQTT (Fail); the TLS server hanging up or answering with a TLS alert is a
+/// refusal (Pass); no connection or no answer at all is Unknown.
+pub async fn plaintext_refused(host: &str, port: u16, timeout: Duration) -> Outcome {
+    let mut stream = match connect(host, port, timeout).await {
+        Ok(s) => s,
+        Err(reason) => return Outcome::Unknown(reason),
+    };
+    match mqtt_exchange(&mut stream, timeout).await {
+        Exchange::Connack(rc) => Outcome::Fail(format!(
+            "port {port} answered a plaintext CONNECT with CONNACK rc {rc} ({}): it speaks MQTT without TLS",
+            mqtt::return_code_name(rc)
+        )),
+        // a hang-up, a reset and a TLS alert are the same refusal: one message, so an audit's
+        // evidence does not change with how the server's TLS stack happened to close
+        Exchange::Closed | Exchange::NotConnack(_) | Exchange::Io(_) => {
+            Outcome::Pass(format!("port {port} gave no CONNACK to a plaintext CONNECT"))
+        }
+        Exchange::TlsError(err) => Outcome::Unknown(format!("unexpected TLS error on a plain socket: {err}")),
+        Exchange::TimedOut(t) => {
+            Outcome::Unknown(format!("port {port} did not answer a plaintext CONNECT within {t:?}"))
+        }
     }
 }
 
@@ -553,6 +584,7 @@ mod tests {
 
     fn report(outcomes: [Outcome; 4]) -> ProbeReport {
         let [legacy_tls_refused, modern_tls, chain_trusted, anonymous_refused] = outcomes;
+        let plaintext_refused = Outcome::Pass("hung up".into());
         ProbeReport {
             reachable: true,
             legacy_tls_refused,
@@ -562,6 +594,7 @@ mod tests {
             cert_serial: Some("0a".into()),
             cert_not_after: Some(jiff::Timestamp::UNIX_EPOCH),
             anonymous_refused,
+            plaintext_refused,
         }
     }
 

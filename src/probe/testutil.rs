@@ -194,6 +194,8 @@ impl BrokerSpec {
 /// A real Mosquitto (`/usr/sbin/mosquitto`) on a loopback port; killed on drop.
 pub struct Broker {
     pub port: u16,
+    /// A plaintext listener beside the TLS one (what the plaintext attack must tell apart).
+    pub plain_port: u16,
     child: Child,
     work: Workdir,
 }
@@ -213,6 +215,7 @@ impl Broker {
     pub fn start(pki: &Pki, spec: BrokerSpec) -> Self {
         let work = Workdir::new();
         let port = free_port();
+        let plain_port = free_port();
         let cert = work.write("server.crt", &pki.server_cert_pem);
         let key = work.write("server.key", &pki.server_key_pem);
         let ca = work.write("ca.crt", &pki.ca_pem);
@@ -227,6 +230,7 @@ impl Broker {
              set_tcp_nodelay true\n\
              log_dest stderr\n\
              log_type all\n\
+             listener {plain_port} 127.0.0.1\n\
              listener {port} 127.0.0.1\n\
              certfile {}\n\
              keyfile {}\n\
@@ -245,7 +249,7 @@ impl Broker {
         let mut command = Command::new("/usr/sbin/mosquitto");
         command.arg("-c").arg(&conf_path).stdin(Stdio::null());
         let child = spawn_and_wait(&work, command, port, spec.permissive_openssl);
-        Self { port, child, work }
+        Self { port, plain_port, child, work }
     }
 
     /// The broker's log so far (for assertion messages).

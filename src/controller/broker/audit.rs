@@ -78,6 +78,8 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided) -> 
         return vec![];
     };
     let bundle = decided.plan.ca.trust_bundle();
+    let tls_ports: Vec<u16> = model.spec.listeners.iter().filter(|l| l.tls.enabled).map(|l| l.port as u16).collect();
+    let timeout = Duration::from_secs(3);
     let probes = seen.pods.iter().filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let pod = p.name_any();
@@ -88,14 +90,20 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided) -> 
             port: l.port as u16,
             server_name,
             ca_pem: Some(bundle.clone()),
-            timeout: Duration::from_secs(3),
+            timeout,
         };
-        Some(async move { live(pod, crate::probe::probe(&target).await) })
+        // the main probe sends plaintext to its own port; every other TLS port gets the same attempt
+        let others: Vec<u16> = tls_ports.iter().copied().filter(|&port| port != target.port).collect();
+        Some(async move {
+            let plaintext = others.iter().map(|&port| crate::probe::plaintext_refused(&target.host, port, timeout));
+            let (report, others) = tokio::join!(crate::probe::probe(&target), futures::future::join_all(plaintext));
+            live(pod, report, others)
+        })
     });
     futures::future::join_all(probes).await
 }
 
-fn live(pod: String, r: crate::probe::ProbeReport) -> LiveProbe {
+fn live(pod: String, r: crate::probe::ProbeReport, plaintext_elsewhere: Vec<crate::probe::Outcome>) -> LiveProbe {
     let obs = |o: &crate::probe::Outcome| match o {
         crate::probe::Outcome::Pass(m) => Observation::Pass(m.clone()),
         crate::probe::Outcome::Fail(m) => Observation::Fail(m.clone()),
@@ -107,6 +115,7 @@ fn live(pod: String, r: crate::probe::ProbeReport) -> LiveProbe {
         legacy_tls_refused: obs(&r.legacy_tls_refused),
         chain_trusted: obs(&r.chain_trusted),
         anonymous_refused: obs(&r.anonymous_refused),
+        plaintext_refused: std::iter::once(&r.plaintext_refused).chain(&plaintext_elsewhere).map(obs).collect(),
     }
 }
 
