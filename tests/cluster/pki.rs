@@ -132,11 +132,11 @@ async fn certificates_are_owned_renewed_when_due_and_revoked_on_deletion() {
         moat::pki::parse_crls(&crl).ok()?.iter().any(|c| c.revoked_serials.contains(&serial)).then_some(())
     })
     .await;
-    assert!(
-        events_for(&client, &ns.name, "plant-b")
-            .await
-            .iter()
-            .any(|(r, n)| r == "CertificateRevoked" && n.contains("gateway-1"))
-    );
+    // the Event is recorded after the CRL is written: wait for it as for any other state
+    eventually(T, "a CertificateRevoked Event naming the user", || async {
+        let b = events_for(&client, &ns.name, "plant-b").await;
+        b.iter().any(|(r, n)| r == "CertificateRevoked" && n.contains("gateway-1")).then_some(())
+    })
+    .await;
     drop(op);
 }
