@@ -39,6 +39,8 @@ checks! {
         "Set spec.security.useUsernameAsClientId: true so one user cannot take over another user's session.";
     "MOAT-AUTH-005", Authentication, High, "Revocations reach every broker pod within spec.security.revocationDeadline (attested by the pods' agents)",
         "A removed user, changed password or revoked certificate was still accepted by a broker pod past the deadline: check the pods' agents (kubectl logs <pod> -c moat-agent), that the kubelet refreshes Secret volumes, and that the operator reaches the agents (NetworkPolicy <broker>-moat-probe).";
+    "MOAT-AUTH-006", Authentication, Critical, "A client certificate from a foreign CA claiming a user's name is refused on every certificate listener (active probe)",
+        "The live broker accepted a certificate moat did not issue: its cafile trusts another CA. Let moat repair the config and TLS Secrets, check that the pods run them (status.files), and revoke whatever that CA issued.";
     // broker: encryption
     "MOAT-TLS-001", Encryption, High, "Every listener uses TLS",
         "Remove insecurePlaintext listeners; use TLS listeners (the default) and moat-issued certificates.";

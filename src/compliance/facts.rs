@@ -126,6 +126,9 @@ pub struct LiveProbe {
     pub anonymous_refused: Observation,
     /// A plaintext MQTT CONNECT gets no CONNACK, one observation per TLS listener port.
     pub plaintext_refused: Vec<Observation>,
+    /// A client certificate from a foreign CA claiming a certificate user's name is refused, one
+    /// observation per certificate listener port (none when the broker has no such listener).
+    pub foreign_cert_refused: Vec<Observation>,
 }
 
 /// Everything the user checks look at.

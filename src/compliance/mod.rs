@@ -216,6 +216,11 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         "client ids are bound to usernames (no session takeover across users)",
         "use_username_as_clientid is off: one user can take over another user's session by reusing its client id",
     ));
+    out.push(if f.model.has_certificate_listener() {
+        live_finding("MOAT-AUTH-006", f.probes.as_deref(), |p| p.foreign_cert_refused.iter().collect())
+    } else {
+        Finding::pass("MOAT-AUTH-006", "no certificate listener")
+    });
 
     // --- encryption
     let plaintext: Vec<&str> =
@@ -476,6 +481,9 @@ fn split_grants<'a>(grants: impl Iterator<Item = (Option<&'a str>, &'a RiskyGran
 
 /// A live check over every broker pod: failing on any pod fails (naming it), passing needs every
 /// pod to pass; no pod probed, an unreachable pod or an ambiguous answer is Unknown, never a pass.
+/// The checks only an audit's active probe evaluates (between audits they keep their result).
+pub const PROBED_CHECKS: &[&str] = &["MOAT-AUTH-003", "MOAT-AUTH-006", "MOAT-TLS-005"];
+
 fn live_finding(
     id: &'static str,
     probes: Option<&[LiveProbe]>,

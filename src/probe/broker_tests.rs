@@ -240,3 +240,22 @@ async fn run_returns_exit_codes() {
     let weak = Broker::start(&pki, BrokerSpec::WEAKENED);
     assert_eq!(run(ProbeArgs { port: weak.port, ..args(None) }).await, 1, "fail outranks unknown");
 }
+
+/// The foreign-CA attack tells a broker that refuses an untrusted CA's certificate (Pass) from
+/// one that trusts it (Fail): the same broker trusts `trusted` and not `foreign`.
+#[tokio::test]
+async fn a_certificate_from_a_ca_the_broker_does_not_trust_is_refused() {
+    let now = jiff::Timestamp::now();
+    let trusted = crate::pki::new_ca("trusted client CA", Duration::from_secs(3600), now).unwrap();
+    let foreign = crate::pki::new_ca("foreign CA", Duration::from_secs(3600), now).unwrap();
+    let mut pki = Pki::new();
+    pki.ca_pem = format!("{}{}", pki.ca_pem, trusted.cert_pem);
+    let broker = Broker::start(&pki, BrokerSpec::MTLS);
+    let attempt = |ca| foreign_certificate_refused("127.0.0.1", broker.port, "localhost", ca, "alice", TIMEOUT);
+    let refused = attempt(&foreign).await;
+    assert!(matches!(&refused, Outcome::Pass(m) if m.contains("refused")), "{refused:?}\n{}", broker.log());
+    let accepted = attempt(&trusted).await;
+    assert!(matches!(&accepted, Outcome::Fail(m) if m.contains("\"alice\"")), "{accepted:?}\n{}", broker.log());
+    let closed = foreign_certificate_refused("127.0.0.1", free_port(), "localhost", &foreign, "alice", TIMEOUT).await;
+    assert!(matches!(closed, Outcome::Unknown(_)), "{closed:?}");
+}

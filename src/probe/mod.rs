@@ -375,6 +375,53 @@ pub async fn plaintext_refused(host: &str, port: u16, timeout: Duration) -> Outc
     }
 }
 
+/// Presents a client certificate for `claimed_user` signed by `foreign_ca` (a CA the broker must
+/// not trust, made up by the caller the way an attacker would) on a certificate listener, then
+/// sends CONNECT: a CONNACK "accepted" is a Fail; a TLS alert, a hang-up or a refusing CONNACK is
+/// a Pass; no connection or no answer is Unknown.
+pub async fn foreign_certificate_refused(
+    host: &str,
+    port: u16,
+    server_name: &str,
+    foreign_ca: &crate::pki::Issued,
+    claimed_user: &str,
+    timeout: Duration,
+) -> Outcome {
+    let now = jiff::Timestamp::now();
+    let made = crate::pki::issue_client(foreign_ca, claimed_user, Duration::from_secs(3600), now);
+    let (chain, key) = match made.as_ref().map(|c| (pem_certs(&c.cert_pem), pem_key(&c.key_pem))) {
+        Ok((Some(chain), Some(key))) => (chain, key),
+        Ok(_) => return Outcome::Unknown("the foreign certificate does not parse".into()),
+        Err(err) => return Outcome::Unknown(format!("could not make the foreign certificate: {err}")),
+    };
+    let refused = Outcome::Pass(format!("port {port} refused a client certificate from a foreign CA"));
+    let (session, _) = modern::handshake(host, port, server_name, Mode::Present(chain, key), timeout).await;
+    let mut stream = match session {
+        Ok(stream) => stream,
+        Err(HandshakeError::Failed(_)) => return refused,
+        Err(err) => return Outcome::Unknown(format!("port {port}: {err}")),
+    };
+    // TLS 1.3: the server judges the client certificate after the client's Finished, so its
+    // verdict arrives with the first read
+    match mqtt_exchange(&mut stream, timeout).await {
+        Exchange::Connack(0) => Outcome::Fail(format!(
+            "port {port} accepted a certificate from a foreign CA as {claimed_user:?}: the broker trusts a CA it must not"
+        )),
+        Exchange::TimedOut(t) => Outcome::Unknown(format!("port {port} did not answer within {t:?}")),
+        _ => refused,
+    }
+}
+
+fn pem_certs(pem: &str) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().ok()
+}
+
+fn pem_key(pem: &str) -> Option<rustls_pki_types::PrivateKeyDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes()).ok()
+}
+
 /// Is this TLS failure the server insisting on a client certificate?
 fn client_cert_demanded(err: &std::io::Error, seen: &Observed) -> Option<String> {
     match modern::rustls_error(err)? {

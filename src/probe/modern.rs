@@ -157,6 +157,8 @@ pub enum Mode {
     Capture,
     /// Verify against these roots.
     Verify(RootCertStore),
+    /// Like `Capture`, and present this client certificate chain with its key (an attack).
+    Present(Vec<CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>),
 }
 
 /// Parse a PEM CA bundle into a root store; an error says why it is unusable.
@@ -232,21 +234,30 @@ async fn handshake_inner(
     let provider = provider();
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|err| HandshakeError::Setup(format!("invalid server name {server_name:?}: {err}")))?;
-    let inner = match mode {
-        Mode::Capture => Inner::AcceptAny,
-        Mode::Verify(roots) => Inner::Verify(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|err| HandshakeError::Setup(format!("cannot build a verifier: {err}")))?,
+    let (inner, client) = match mode {
+        Mode::Capture => (Inner::AcceptAny, None),
+        Mode::Present(chain, key) => (Inner::AcceptAny, Some((chain, key))),
+        Mode::Verify(roots) => (
+            Inner::Verify(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|err| HandshakeError::Setup(format!("cannot build a verifier: {err}")))?,
+            ),
+            None,
         ),
     };
     let verifier = Recorder { inner, algorithms: provider.signature_verification_algorithms, seen: seen.clone() };
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|err| HandshakeError::Setup(format!("TLS configuration: {err}")))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_cert_resolver(Arc::new(NoClientCert { seen: seen.clone() }));
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match client {
+        Some((chain, key)) => builder
+            .with_client_auth_cert(chain, key)
+            .map_err(|err| HandshakeError::Setup(format!("client certificate: {err}")))?,
+        None => builder.with_client_cert_resolver(Arc::new(NoClientCert { seen: seen.clone() })),
+    };
     let tcp = super::connect(host, port, timeout).await.map_err(HandshakeError::Unreachable)?;
     let connector = TlsConnector::from(Arc::new(config));
     match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {

@@ -14,6 +14,7 @@ use crate::controller::context::Context;
 use crate::crd::broker::{ListenerAuthentication, ListenerProtocol};
 use crate::crd::{CheckResult, ComplianceCheck, ComplianceStatus, MqttBroker};
 use crate::model::BrokerModel;
+use crate::plan::broker::{Cred, Verdict};
 
 /// Annotation on an MqttBroker that asks for an audit now (any new value).
 pub const AUDIT_NOW_ANNOTATION: &str = "mqtt.moat.dev/audit";
@@ -48,7 +49,7 @@ pub async fn run(
             seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| unprobed(r, t, &previous_status)))
         });
     let probes = if due && ctx.config.active_probe && model.spec.security.active_probe {
-        Some(probe_pods(model, seen, decided).await)
+        Some(probe_pods(model, seen, decided, now).await)
     } else {
         None
     };
@@ -71,7 +72,7 @@ fn ready_since(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Timestamp> {
 }
 
 /// Probes every pod that has an IP, in parallel.
-async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided) -> Vec<LiveProbe> {
+async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now: Timestamp) -> Vec<LiveProbe> {
     let Some(l) = model.spec.listeners.iter().find(|l| {
         l.tls.enabled && l.protocol == ListenerProtocol::Mqtt && l.authentication == ListenerAuthentication::Password
     }) else {
@@ -79,6 +80,29 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided) -> 
     };
     let bundle = decided.plan.ca.trust_bundle();
     let tls_ports: Vec<u16> = model.spec.listeners.iter().filter(|l| l.tls.enabled).map(|l| l.port as u16).collect();
+    let cert_ports: Vec<u16> = model
+        .spec
+        .listeners
+        .iter()
+        .filter(|l| l.tls.enabled && l.authentication == ListenerAuthentication::Certificate)
+        .map(|l| l.port as u16)
+        .collect();
+    // the foreign certificate claims a real certificate user's name when there is one (the
+    // strongest impersonation); the throwaway CA lives only for this audit
+    let claimed = decided
+        .plan
+        .verdicts
+        .values()
+        .find_map(|o| match &o.verdict {
+            Verdict::Holder(h) if h.certificate == Cred::InEffect => Some(h.username.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "moat-attestation".into());
+    let foreign = if cert_ports.is_empty() {
+        None
+    } else {
+        crate::pki::new_ca("moat attestation foreign CA", Duration::from_secs(3600), now).ok()
+    };
     let timeout = Duration::from_secs(3);
     let probes = seen.pods.iter().filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
@@ -94,16 +118,45 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided) -> 
         };
         // the main probe sends plaintext to its own port; every other TLS port gets the same attempt
         let others: Vec<u16> = tls_ports.iter().copied().filter(|&port| port != target.port).collect();
+        let (cert_ports, foreign, claimed) = (&cert_ports, foreign.as_ref(), claimed.as_str());
         Some(async move {
             let plaintext = others.iter().map(|&port| crate::probe::plaintext_refused(&target.host, port, timeout));
-            let (report, others) = tokio::join!(crate::probe::probe(&target), futures::future::join_all(plaintext));
-            live(pod, report, others)
+            let impersonation = cert_ports.iter().map(|&port| {
+                let target = &target;
+                async move {
+                    match foreign {
+                        Some(ca) => {
+                            crate::probe::foreign_certificate_refused(
+                                &target.host,
+                                port,
+                                &target.server_name,
+                                ca,
+                                claimed,
+                                timeout,
+                            )
+                            .await
+                        }
+                        None => crate::probe::Outcome::Unknown("could not make a foreign CA".into()),
+                    }
+                }
+            });
+            let (report, others, foreign) = tokio::join!(
+                crate::probe::probe(&target),
+                futures::future::join_all(plaintext),
+                futures::future::join_all(impersonation)
+            );
+            live(pod, report, others, foreign)
         })
     });
     futures::future::join_all(probes).await
 }
 
-fn live(pod: String, r: crate::probe::ProbeReport, plaintext_elsewhere: Vec<crate::probe::Outcome>) -> LiveProbe {
+fn live(
+    pod: String,
+    r: crate::probe::ProbeReport,
+    plaintext_elsewhere: Vec<crate::probe::Outcome>,
+    foreign_cert: Vec<crate::probe::Outcome>,
+) -> LiveProbe {
     let obs = |o: &crate::probe::Outcome| match o {
         crate::probe::Outcome::Pass(m) => Observation::Pass(m.clone()),
         crate::probe::Outcome::Fail(m) => Observation::Fail(m.clone()),
@@ -116,6 +169,7 @@ fn live(pod: String, r: crate::probe::ProbeReport, plaintext_elsewhere: Vec<crat
         chain_trusted: obs(&r.chain_trusted),
         anonymous_refused: obs(&r.anonymous_refused),
         plaintext_refused: std::iter::once(&r.plaintext_refused).chain(&plaintext_elsewhere).map(obs).collect(),
+        foreign_cert_refused: foreign_cert.iter().map(obs).collect(),
     }
 }
 

@@ -91,7 +91,7 @@ pub fn broker(i: &Inputs) -> Output {
     let facts = facts(i, &drift, audit_time, last_revocation.as_ref());
     let mut checks = compliance::evaluate_broker(&facts);
     if !i.audit.due {
-        audit::carry_forward(&mut checks, previous.compliance.as_ref(), &["MOAT-AUTH-003", "MOAT-TLS-005"]);
+        audit::carry_forward(&mut checks, previous.compliance.as_ref(), compliance::PROBED_CHECKS);
     }
     let compliance_status = compliance::summarize(checks, audit_time);
 
