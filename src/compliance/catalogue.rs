@@ -54,6 +54,8 @@ checks! {
         "The running broker does not serve what moat rendered: check that the agent installed the files (its logs) and that the pods are up to date.";
     "MOAT-TLS-006", Encryption, Medium, "Certificate listeners check revocations (CRL)",
         "Certificate listeners must be MQTT listeners with a crlfile so deleted users' certificates are refused (Mosquitto loads no CRL on WebSockets listeners); let moat render the listener.";
+    "MOAT-TLS-008", Encryption, Critical, "A revoked certificate (moat's canary) is refused on every certificate listener (active probe)",
+        "The live broker accepted a certificate moat revoked: revocation is not enforced there. Check that the listener is an MQTT listener with a crlfile (MOAT-TLS-006), that the pods run the files moat wrote (MOAT-AUD-003, status.files), and that the CRL is current (MOAT-TLS-007).";
     "MOAT-TLS-007", Encryption, High, "The CRL is current (not within a day of its nextUpdate)",
         "moat re-signs the CRL two days before it expires; if this fails the operator is not running or cannot write the broker's TLS Secret: restore it before the CRL expires, or every client certificate is refused.";
     // broker: acl

@@ -129,6 +129,8 @@ pub struct LiveProbe {
     /// A client certificate from a foreign CA claiming a certificate user's name is refused, one
     /// observation per certificate listener port (none when the broker has no such listener).
     pub foreign_cert_refused: Vec<Observation>,
+    /// moat's revoked canary certificate is refused, one observation per certificate listener port.
+    pub revoked_cert_refused: Vec<Observation>,
 }
 
 /// Everything the user checks look at.

@@ -263,6 +263,11 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         o
     }));
     out.push(revocation_finding(conf, f.model));
+    out.push(if f.model.has_certificate_listener() {
+        live_finding("MOAT-TLS-008", f.probes.as_deref(), |p| p.revoked_cert_refused.iter().collect())
+    } else {
+        Finding::pass("MOAT-TLS-008", "no certificate listener")
+    });
     out.push(crl_finding(f.crl_next_update, f.model.has_certificate_listener(), f.now));
 
     // --- acl
@@ -482,7 +487,7 @@ fn split_grants<'a>(grants: impl Iterator<Item = (Option<&'a str>, &'a RiskyGran
 /// A live check over every broker pod: failing on any pod fails (naming it), passing needs every
 /// pod to pass; no pod probed, an unreachable pod or an ambiguous answer is Unknown, never a pass.
 /// The checks only an audit's active probe evaluates (between audits they keep their result).
-pub const PROBED_CHECKS: &[&str] = &["MOAT-AUTH-003", "MOAT-AUTH-006", "MOAT-TLS-005"];
+pub const PROBED_CHECKS: &[&str] = &["MOAT-AUTH-003", "MOAT-AUTH-006", "MOAT-TLS-005", "MOAT-TLS-008"];
 
 fn live_finding(
     id: &'static str,

@@ -35,6 +35,7 @@ fn good_probe(pod: &str) -> LiveProbe {
         anonymous_refused: Observation::Pass("rc 5".into()),
         plaintext_refused: vec![Observation::Pass("hung up".into()), Observation::Pass("hung up".into())],
         foreign_cert_refused: vec![Observation::Pass("refused".into())],
+        revoked_cert_refused: vec![Observation::Pass("refused".into())],
     }
 }
 
@@ -278,6 +279,16 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
             "MOAT-TLS-005",
             Box::new(|f| {
                 f.probes.as_mut().unwrap()[0].plaintext_refused[1] = Observation::Fail("CONNACK rc 5 on 8883".into())
+            }),
+        ),
+        (
+            "MOAT-TLS-008",
+            Box::new(|f| {
+                let mut m = f.model.clone();
+                m.spec.listeners[0].authentication = crate::crd::broker::ListenerAuthentication::Certificate;
+                f.model = Box::leak(Box::new(m));
+                f.probes.as_mut().unwrap()[0].revoked_cert_refused =
+                    vec![Observation::Fail("accepted moat's revoked canary certificate".into())];
             }),
         ),
         (

@@ -739,9 +739,10 @@ pub struct SecuritySpec {
     #[serde(default = "default_sys_interval")]
     #[schemars(range(min = 0, max = 86400))]
     pub sys_interval: u32,
-    /// Let moat's operator connect to the listeners to verify TLS versions, the served
-    /// certificate and that anonymous access is refused (allowed by a dedicated NetworkPolicy
-    /// from the operator's namespace only). Default: true.
+    /// Let moat's operator attack each broker pod's listeners at every audit (TLS 1.0/1.1,
+    /// anonymous and plaintext CONNECTs, a foreign CA's certificate, moat's revoked canary) and
+    /// verify the served certificate (allowed by a dedicated NetworkPolicy from the operator's
+    /// namespace only). Default: true.
     #[serde(default = "default_true")]
     pub active_probe: bool,
     /// How moat ends the live sessions of a client certificate it revokes because its owner lost

@@ -32,6 +32,14 @@ pub const FINGERPRINT_KEY_LEN: usize = 32;
 pub const KEY_FINGERPRINT_KEY: &str = "fingerprint.key";
 /// Key in the CA Secret: the last `mqtt.moat.dev/rotate-ca` request handled.
 pub const KEY_ROTATION_HANDLED: &str = "rotation-handled";
+/// Keys of the revoked canary's certificate and key in the CA Secret.
+pub const KEY_CANARY_CERT: &str = "canary.crt";
+/// See [`KEY_CANARY_CERT`].
+pub const KEY_CANARY_KEY: &str = "canary.key";
+/// CN of the revoked canary certificate (no MqttUser owns it; it is revoked when issued).
+pub const CANARY_USERNAME: &str = "moat-revoked-canary";
+const CANARY_VALIDITY: Duration = Duration::from_secs(90 * 86_400);
+const CANARY_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 /// Key in the TLS Secret: the last `mqtt.moat.dev/renew-server-certificate` request handled.
 pub const KEY_RENEWAL_HANDLED: &str = "renewal-handled";
 /// Key of the (pre-ledger) revocation list in the CA Secret: read once to carry its serials over.
@@ -116,6 +124,8 @@ pub struct Existing {
     pub ca_rotation_handled: Option<String>,
     /// The last server certificate renewal request handled.
     pub server_renewal_handled: Option<String>,
+    /// The revoked canary (`<broker>-ca`, keys `canary.crt`/`canary.key`).
+    pub canary: Option<Issued>,
 }
 
 /// What an administrator asked for by annotation (any new value is a new request).
@@ -316,6 +326,9 @@ pub struct BrokerPlan {
     pub ledger: Ledger,
     /// Certificates revoked now (for Events): (MqttUser name, serial, why).
     pub newly_revoked: Vec<(String, String, &'static str)>,
+    /// The revoked canary (brokers with a certificate listener): a certificate of the active CA,
+    /// in the CRL from the plan that issued it; an audit presents it and every pod must refuse it.
+    pub canary: Option<Issued>,
     /// Usernames denied every topic because a revoked certificate of theirs may have a live session.
     pub blocked_identities: Vec<String>,
     /// The restart epoch the pod template must carry.
@@ -376,6 +389,7 @@ impl BrokerPlan {
             sessions: Sessions { epoch: self.sessions_epoch, rolled_out: true },
             ca_rotation_handled: self.ca_rotation_handled.clone(),
             server_renewal_handled: self.server_renewal_handled.clone(),
+            canary: self.canary.clone(),
         })
     }
 }
@@ -718,6 +732,36 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         cert_cred.insert(c.name.clone(), Cred::InEffect);
         client_certs.insert(c.name.clone(), ClientCert { issued, renewal: reason });
     }
+    // --- the revoked canary: issued and revoked in the same plan, renewed before it expires (an
+    // expired certificate is refused for its age and would prove nothing about the CRL)
+    let canary = match (&ca_info, model.has_certificate_listener()) {
+        (Some(_), true) => {
+            let kept = existing.canary.filter(|c| {
+                pki::signed_by(&c.cert_pem, &ca.active.cert_pem)
+                    && pki::inspect(&c.cert_pem).is_ok_and(|i| pki::renewal_time(&i, CANARY_RENEW_BEFORE) > now)
+            });
+            let canary = match kept {
+                Some(c) => c,
+                None => pki::issue_client(&ca.active, CANARY_USERNAME, CANARY_VALIDITY, now)?,
+            };
+            let info = pki::inspect(&canary.cert_pem)?;
+            events.push(pki::renewal_time(&info, CANARY_RENEW_BEFORE));
+            // kept records stay as they are (a record only moves forward)
+            ledger.upsert(CertRecord {
+                serial_hex: info.serial_hex,
+                issuer_dn: info.issuer_dn,
+                not_before: info.not_before,
+                not_after: info.not_after,
+                username: CANARY_USERNAME.into(),
+                owner: String::new(),
+                owner_uid: String::new(),
+                fingerprint: "-".into(),
+                state: CertState::Revoked { revoked_at: now, identity_lost: false },
+            });
+            Some(canary)
+        }
+        _ => None,
+    };
     // Superseded records are revoked once their overlap ends.
     let retiring: Vec<CertRecord> =
         ledger.records().filter(|r| matches!(r.state, CertState::Retiring { .. })).cloned().collect();
@@ -884,6 +928,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         server_info,
         ledger,
         newly_revoked,
+        canary,
         blocked_identities,
         sessions_epoch,
         crl_pem,
@@ -969,16 +1014,34 @@ pub fn deny_all_rules() -> Vec<AclRule> {
     ]
 }
 
-/// Parses the fingerprint key and the pre-ledger revocation list stored next to the CA set.
-pub fn ca_secret_extras(data: &BTreeMap<String, String>) -> Result<(Option<Vec<u8>>, Vec<RevokedCert>), PlanError> {
+/// What the CA Secret holds beside the CA set.
+#[derive(Debug, Default)]
+pub struct CaExtras {
+    /// The fingerprint key.
+    pub fingerprint_key: Option<Vec<u8>>,
+    /// The pre-ledger revocation list.
+    pub legacy_revoked: Vec<RevokedCert>,
+    /// The revoked canary.
+    pub canary: Option<Issued>,
+}
+
+/// Parses what the CA Secret holds beside the CA set.
+pub fn ca_secret_extras(data: &BTreeMap<String, String>) -> Result<CaExtras, PlanError> {
     use base64::Engine;
-    let key = data
+    let fingerprint_key = data
         .get(KEY_FINGERPRINT_KEY)
         .map(|k| base64::engine::general_purpose::STANDARD.decode(k.trim()))
         .transpose()
         .map_err(|e| PlanError::Corrupt(format!("{KEY_FINGERPRINT_KEY}: {e}")))?;
-    let revoked = data.get(KEY_REVOKED).map(|t| pki::decode_revoked(t)).transpose()?.unwrap_or_default();
-    Ok((key, revoked))
+    let legacy_revoked = data.get(KEY_REVOKED).map(|t| pki::decode_revoked(t)).transpose()?.unwrap_or_default();
+    // an unreadable canary is replaced, never an error: it is moat's own test material
+    let canary = match (data.get(KEY_CANARY_CERT), data.get(KEY_CANARY_KEY)) {
+        (Some(cert), Some(key)) if pki::key_matches(cert, key) => {
+            Some(Issued { cert_pem: cert.clone(), key_pem: key.clone() })
+        }
+        _ => None,
+    };
+    Ok(CaExtras { fingerprint_key, legacy_revoked, canary })
 }
 
 /// The CA Secret's data: the CA set and the fingerprint key (revocations live in the ledger).
@@ -988,6 +1051,10 @@ pub fn ca_secret_data(plan: &BrokerPlan) -> BTreeMap<String, String> {
     data.insert(KEY_FINGERPRINT_KEY.into(), base64::engine::general_purpose::STANDARD.encode(&plan.fingerprint_key));
     if let Some(r) = &plan.ca_rotation_handled {
         data.insert(KEY_ROTATION_HANDLED.into(), r.clone());
+    }
+    if let Some(c) = &plan.canary {
+        data.insert(KEY_CANARY_CERT.into(), c.cert_pem.clone());
+        data.insert(KEY_CANARY_KEY.into(), c.key_pem.clone());
     }
     data
 }

@@ -376,9 +376,8 @@ pub async fn plaintext_refused(host: &str, port: u16, timeout: Duration) -> Outc
 }
 
 /// Presents a client certificate for `claimed_user` signed by `foreign_ca` (a CA the broker must
-/// not trust, made up by the caller the way an attacker would) on a certificate listener, then
-/// sends CONNECT: a CONNACK "accepted" is a Fail; a TLS alert, a hang-up or a refusing CONNACK is
-/// a Pass; no connection or no answer is Unknown.
+/// not trust, made up by the caller the way an attacker would) on a certificate listener; see
+/// [`certificate_refused`].
 pub async fn foreign_certificate_refused(
     host: &str,
     port: u16,
@@ -387,14 +386,30 @@ pub async fn foreign_certificate_refused(
     claimed_user: &str,
     timeout: Duration,
 ) -> Outcome {
-    let now = jiff::Timestamp::now();
-    let made = crate::pki::issue_client(foreign_ca, claimed_user, Duration::from_secs(3600), now);
-    let (chain, key) = match made.as_ref().map(|c| (pem_certs(&c.cert_pem), pem_key(&c.key_pem))) {
-        Ok((Some(chain), Some(key))) => (chain, key),
-        Ok(_) => return Outcome::Unknown("the foreign certificate does not parse".into()),
-        Err(err) => return Outcome::Unknown(format!("could not make the foreign certificate: {err}")),
+    match crate::pki::issue_client(foreign_ca, claimed_user, Duration::from_secs(3600), jiff::Timestamp::now()) {
+        Ok(cert) => {
+            certificate_refused(host, port, server_name, &cert, "a client certificate from a foreign CA", timeout).await
+        }
+        Err(err) => Outcome::Unknown(format!("could not make the foreign certificate: {err}")),
+    }
+}
+
+/// Presents `cert` as the client certificate on a certificate listener, then sends CONNECT: a
+/// CONNACK "accepted" is a Fail; a TLS alert, a hang-up or a refusing CONNACK is a Pass; no
+/// connection or no answer is Unknown. `what` names the certificate in the evidence (one message
+/// per result, so audits do not churn the status).
+pub async fn certificate_refused(
+    host: &str,
+    port: u16,
+    server_name: &str,
+    cert: &crate::pki::Issued,
+    what: &str,
+    timeout: Duration,
+) -> Outcome {
+    let (Some(chain), Some(key)) = (pem_certs(&cert.cert_pem), pem_key(&cert.key_pem)) else {
+        return Outcome::Unknown(format!("{what} does not parse"));
     };
-    let refused = Outcome::Pass(format!("port {port} refused a client certificate from a foreign CA"));
+    let refused = Outcome::Pass(format!("port {port} refused {what}"));
     let (session, _) = modern::handshake(host, port, server_name, Mode::Present(chain, key), timeout).await;
     let mut stream = match session {
         Ok(stream) => stream,
@@ -404,9 +419,7 @@ pub async fn foreign_certificate_refused(
     // TLS 1.3: the server judges the client certificate after the client's Finished, so its
     // verdict arrives with the first read
     match mqtt_exchange(&mut stream, timeout).await {
-        Exchange::Connack(0) => Outcome::Fail(format!(
-            "port {port} accepted a certificate from a foreign CA as {claimed_user:?}: the broker trusts a CA it must not"
-        )),
+        Exchange::Connack(0) => Outcome::Fail(format!("port {port} accepted {what}")),
         Exchange::TimedOut(t) => Outcome::Unknown(format!("port {port} did not answer within {t:?}")),
         _ => refused,
     }

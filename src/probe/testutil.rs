@@ -39,6 +39,8 @@ pub struct Pki {
     /// Serial as upper-case hex, as the probe reports it.
     pub serial_hex: String,
     pub not_after: jiff::Timestamp,
+    /// A CRL for the broker's `crlfile` (mTLS brokers only).
+    pub crl_pem: Option<String>,
 }
 
 impl Pki {
@@ -78,6 +80,7 @@ impl Pki {
                 s
             }),
             not_after: jiff::Timestamp::from_second(not_after_secs).expect("timestamp"),
+            crl_pem: None,
         }
     }
 }
@@ -244,6 +247,9 @@ impl Broker {
         );
         if spec.require_certificate {
             let _ = write!(conf, "cafile {}\nrequire_certificate true\nuse_identity_as_username true\n", ca.display());
+            if let Some(crl) = &pki.crl_pem {
+                let _ = writeln!(conf, "crlfile {}", work.write("crl.pem", crl).display());
+            }
         }
         let conf_path = work.write("mosquitto.conf", &conf);
         let mut command = Command::new("/usr/sbin/mosquitto");

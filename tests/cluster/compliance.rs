@@ -71,6 +71,13 @@ async fn the_audit_advances_last_audit_time_and_nothing_else() {
     let _op = Operator::start(&ns.name, real_node_operator());
     apply_yaml(&client, &ns.name, &real_broker("audited", "2.0.21", None, "  audit: {interval: 10s}\n")).await;
     wait_condition::<MqttBroker>(&client, &ns.name, "audited", "Compliant", "True", T).await;
+    // settled: every pod runs the files (the kubelet may refresh a pod's Secret volume late, and
+    // the status records when they all do)
+    eventually(T, "the files in effect on every pod", || async {
+        let b: MqttBroker = get(&client, &ns.name, "audited").await?;
+        b.status?.files?.in_effect_at.map(|_| ())
+    })
+    .await;
     wait_quiet(&ns.name, Duration::from_secs(2), T).await;
     let first: MqttBroker = get(&client, &ns.name, "audited").await.unwrap();
     let t1 = first.status.as_ref().unwrap().compliance.as_ref().unwrap().last_audit_time.clone().unwrap();

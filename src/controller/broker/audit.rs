@@ -15,6 +15,10 @@ use crate::crd::broker::{ListenerAuthentication, ListenerProtocol};
 use crate::crd::{CheckResult, ComplianceCheck, ComplianceStatus, MqttBroker};
 use crate::model::BrokerModel;
 use crate::plan::broker::{Cred, Verdict};
+use crate::probe::Outcome;
+
+/// How the revoked canary is named in the evidence.
+const CANARY: &str = "moat's revoked canary certificate";
 
 /// Annotation on an MqttBroker that asks for an audit now (any new value).
 pub const AUDIT_NOW_ANNOTATION: &str = "mqtt.moat.dev/audit";
@@ -118,34 +122,30 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
         };
         // the main probe sends plaintext to its own port; every other TLS port gets the same attempt
         let others: Vec<u16> = tls_ports.iter().copied().filter(|&port| port != target.port).collect();
-        let (cert_ports, foreign, claimed) = (&cert_ports, foreign.as_ref(), claimed.as_str());
+        let (cert_ports, foreign, claimed, canary) =
+            (&cert_ports, foreign.as_ref(), claimed.as_str(), decided.plan.canary.as_ref());
         Some(async move {
             let plaintext = others.iter().map(|&port| crate::probe::plaintext_refused(&target.host, port, timeout));
-            let impersonation = cert_ports.iter().map(|&port| {
-                let target = &target;
-                async move {
-                    match foreign {
-                        Some(ca) => {
-                            crate::probe::foreign_certificate_refused(
-                                &target.host,
-                                port,
-                                &target.server_name,
-                                ca,
-                                claimed,
-                                timeout,
-                            )
-                            .await
-                        }
-                        None => crate::probe::Outcome::Unknown("could not make a foreign CA".into()),
-                    }
+            let (host, name) = (&target.host, &target.server_name);
+            let impersonation = cert_ports.iter().map(|&port| async move {
+                match foreign {
+                    Some(ca) => crate::probe::foreign_certificate_refused(host, port, name, ca, claimed, timeout).await,
+                    None => Outcome::Unknown("could not make a foreign CA".into()),
                 }
             });
-            let (report, others, foreign) = tokio::join!(
+            let revoked = cert_ports.iter().map(|&port| async move {
+                match canary {
+                    Some(c) => crate::probe::certificate_refused(host, port, name, c, CANARY, timeout).await,
+                    None => Outcome::Unknown("no revoked canary (the broker's CA cannot be read)".into()),
+                }
+            });
+            let (report, others, foreign, revoked) = tokio::join!(
                 crate::probe::probe(&target),
                 futures::future::join_all(plaintext),
-                futures::future::join_all(impersonation)
+                futures::future::join_all(impersonation),
+                futures::future::join_all(revoked)
             );
-            live(pod, report, others, foreign)
+            live(pod, report, others, foreign, revoked)
         })
     });
     futures::future::join_all(probes).await
@@ -155,7 +155,8 @@ fn live(
     pod: String,
     r: crate::probe::ProbeReport,
     plaintext_elsewhere: Vec<crate::probe::Outcome>,
-    foreign_cert: Vec<crate::probe::Outcome>,
+    foreign_cert: Vec<Outcome>,
+    revoked_cert: Vec<Outcome>,
 ) -> LiveProbe {
     let obs = |o: &crate::probe::Outcome| match o {
         crate::probe::Outcome::Pass(m) => Observation::Pass(m.clone()),
@@ -170,6 +171,7 @@ fn live(
         anonymous_refused: obs(&r.anonymous_refused),
         plaintext_refused: std::iter::once(&r.plaintext_refused).chain(&plaintext_elsewhere).map(obs).collect(),
         foreign_cert_refused: foreign_cert.iter().map(obs).collect(),
+        revoked_cert_refused: revoked_cert.iter().map(obs).collect(),
     }
 }
 

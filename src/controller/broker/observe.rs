@@ -95,10 +95,11 @@ impl Observed {
                 crate::pki::CaSet::from_secret_data(&data)
                     .map_err(|e| ObserveError::Corrupt { secret: names::ca_secret(broker), why: e.to_string() })?,
             );
-            let (key, legacy) = bp::ca_secret_extras(&data)
+            let extras = bp::ca_secret_extras(&data)
                 .map_err(|e| ObserveError::Corrupt { secret: names::ca_secret(broker), why: e.to_string() })?;
-            ex.fingerprint_key = key;
-            ex.legacy_revoked = legacy;
+            ex.fingerprint_key = extras.fingerprint_key;
+            ex.legacy_revoked = extras.legacy_revoked;
+            ex.canary = extras.canary;
             ex.ca_rotation_handled = data.get(bp::KEY_ROTATION_HANDLED).cloned();
         }
         if let Some(s) = self.secrets.get(&names::tls_secret(broker)) {

@@ -188,9 +188,36 @@ fn a_second_plan_with_the_stored_material_changes_nothing_and_hashes_nothing() {
         assert_eq!(later.config, first.config);
         assert_eq!(later.client_certs["gw"], ClientCert { issued: issued.clone(), renewal: None });
         assert_eq!(later.ledger, first.ledger);
+        assert_eq!(later.canary, first.canary);
         assert!(later.newly_revoked.is_empty());
         previous = later;
     }
+}
+
+/// The revoked canary: in the CRL from the plan that issued it, kept while valid, renewed 30 days
+/// before it expires (the old one stays revoked), and absent without a certificate listener.
+#[test]
+fn the_canary_is_revoked_when_issued_and_renewed_before_it_expires() {
+    let first = run(&[], &[], Existing::default(), now());
+    let canary = first.canary.clone().expect("a canary for the certificate listener");
+    let info = crate::pki::inspect(&canary.cert_pem).unwrap();
+    assert_eq!(info.subject_cn.as_deref(), Some(CANARY_USERNAME));
+    assert!(crate::pki::signed_by(&canary.cert_pem, &first.ca.active.cert_pem));
+    assert!(crl_serials(&first).contains(&serial(&canary)), "revoked in the plan that issued it");
+    assert!(first.newly_revoked.is_empty(), "no MqttUser lost anything");
+    assert!(first.next_event.is_some_and(|e| e <= plus(now(), 60 * 86_400)), "woken for its renewal");
+    let data = ca_secret_data(&first);
+    assert_eq!(ca_secret_extras(&data).unwrap().canary, Some(canary.clone()));
+
+    let kept = run(&[], &[], first.to_existing().unwrap(), plus(now(), 59 * 86_400));
+    assert_eq!(kept.canary, Some(canary.clone()));
+    let renewed = run(&[], &[], kept.to_existing().unwrap(), plus(now(), 61 * 86_400));
+    let next = renewed.canary.clone().unwrap();
+    assert_ne!(serial(&next), serial(&canary));
+    assert!(crl_serials(&renewed).contains(&serial(&next)) && crl_serials(&renewed).contains(&serial(&canary)));
+
+    let no_mtls = model_with(|s| s.listeners.truncate(1));
+    assert!(run_with(&no_mtls, &[], &[], Existing::default(), now()).canary.is_none());
 }
 
 /// Red team 2: the loser of a username conflict gets no certificate for it, and a certificate it
