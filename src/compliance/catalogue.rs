@@ -80,6 +80,8 @@ checks! {
         "Keep spec.limits (max packet size, message size, connections, queues, keepalive) set; moat renders them.";
     "MOAT-CFG-006", Configuration, Low, "Resource requests and a memory limit are set",
         "Set spec.resources requests and a memory limit so one broker cannot starve its node.";
+    "MOAT-CFG-008", Configuration, Medium, "The live broker drops a client whose packet exceeds spec.limits.maxPacketSize (active probe)",
+        "The running broker does not enforce the packet limit moat rendered: check that the pods run the files moat wrote (MOAT-AUD-003, status.files) and restart a pod that does not.";
     "MOAT-CFG-007", Configuration, Medium, "The Service exposes only the broker's listeners",
         "Do not add ports to the broker Service; add listeners to spec.listeners instead.";
     // broker: firewall

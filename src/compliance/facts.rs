@@ -131,6 +131,8 @@ pub struct LiveProbe {
     pub foreign_cert_refused: Vec<Observation>,
     /// moat's revoked canary certificate is refused, one observation per certificate listener port.
     pub revoked_cert_refused: Vec<Observation>,
+    /// A CONNECT declaring maxPacketSize + 1 bytes gets the client dropped.
+    pub oversize_refused: Observation,
 }
 
 /// Everything the user checks look at.

@@ -740,7 +740,7 @@ pub struct SecuritySpec {
     #[schemars(range(min = 0, max = 86400))]
     pub sys_interval: u32,
     /// Let moat's operator attack each broker pod's listeners at every audit (TLS 1.0/1.1,
-    /// anonymous and plaintext CONNECTs, a foreign CA's certificate, moat's revoked canary) and
+    /// anonymous, plaintext and oversize CONNECTs, a foreign CA's certificate, moat's revoked canary) and
     /// verify the served certificate (allowed by a dedicated NetworkPolicy from the operator's
     /// namespace only). Default: true.
     #[serde(default = "default_true")]

@@ -285,3 +285,18 @@ async fn a_revoked_certificate_is_refused_only_where_the_crl_is_enforced() {
     let r = attempt(unenforced.port, &canary).await;
     assert!(matches!(&r, Outcome::Fail(m) if m.contains("accepted the canary")), "{r:?}\n{}", unenforced.log());
 }
+
+/// The oversize attack: a broker with `max_packet_size 4096` drops a client whose CONNECT
+/// declares 4097 bytes at once; one without the limit keeps waiting for the rest (Fail).
+#[tokio::test]
+async fn a_packet_over_max_packet_size_is_dropped_only_where_the_limit_is_set() {
+    let pki = Pki::new();
+    let limited = Broker::start(&pki, BrokerSpec::HARDENED);
+    let unlimited = Broker::start(&pki, BrokerSpec { max_packet_size: None, ..BrokerSpec::HARDENED });
+    let short = Duration::from_secs(1);
+    let r = oversize_refused("127.0.0.1", limited.port, "localhost", 4096, TIMEOUT).await;
+    assert!(matches!(&r, Outcome::Pass(m) if m.contains("4097")), "{r:?}\n{}", limited.log());
+    assert!(limited.log().contains("oversize packet"), "{}", limited.log());
+    let r = oversize_refused("127.0.0.1", unlimited.port, "localhost", 4096, short).await;
+    assert!(matches!(&r, Outcome::Fail(m) if m.contains("not enforced")), "{r:?}\n{}", unlimited.log());
+}

@@ -375,6 +375,43 @@ pub async fn plaintext_refused(host: &str, port: u16, timeout: Duration) -> Outc
     }
 }
 
+/// Opens a TLS session on `port` and sends the start of a CONNECT whose fixed header declares
+/// `max_packet_size + 1` bytes: a broker that enforces the limit drops the client at once (Pass);
+/// one that keeps waiting for the rest, or answers, does not (Fail). No session is Unknown.
+pub async fn oversize_refused(
+    host: &str,
+    port: u16,
+    server_name: &str,
+    max_packet_size: u32,
+    timeout: Duration,
+) -> Outcome {
+    let declared = max_packet_size as usize + 1;
+    let (session, _) = modern::handshake(host, port, server_name, Mode::Capture, timeout).await;
+    let mut stream = match session {
+        Ok(stream) => stream,
+        Err(err) => return Outcome::Unknown(format!("port {port}: {err}")),
+    };
+    let mut start = vec![0x10];
+    start.extend(mqtt::remaining_length(declared));
+    start.extend_from_slice(&[0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c]);
+    let dropped =
+        Outcome::Pass(format!("port {port} dropped a CONNECT declaring {declared} bytes (maxPacketSize + 1)"));
+    if stream.write_all(&start).await.and(stream.flush().await).is_err() {
+        return dropped;
+    }
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => dropped,
+        Ok(Ok(n)) => Outcome::Fail(format!(
+            "port {port} answered a CONNECT declaring {declared} bytes with {}: maxPacketSize is not enforced",
+            hex_prefix(&buf[..n])
+        )),
+        Err(_) => Outcome::Fail(format!(
+            "port {port} kept a client that declared a {declared}-byte CONNECT for {timeout:?}: maxPacketSize is not enforced"
+        )),
+    }
+}
+
 /// Presents a client certificate for `claimed_user` signed by `foreign_ca` (a CA the broker must
 /// not trust, made up by the caller the way an attacker would) on a certificate listener; see
 /// [`certificate_refused`].

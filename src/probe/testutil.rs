@@ -183,15 +183,26 @@ pub struct BrokerSpec {
     /// Run under [`PERMISSIVE_OPENSSL_CONF`] (normally yes); `false` leaves the system OpenSSL
     /// defaults in force.
     pub permissive_openssl: bool,
+    /// `max_packet_size`, when set.
+    pub max_packet_size: Option<u32>,
 }
 
 impl BrokerSpec {
-    pub const HARDENED: Self =
-        Self { tls_version: "tlsv1.2", allow_anonymous: false, require_certificate: false, permissive_openssl: true };
-    pub const WEAKENED: Self =
-        Self { tls_version: "tlsv1.1", allow_anonymous: true, require_certificate: false, permissive_openssl: true };
-    pub const MTLS: Self =
-        Self { tls_version: "tlsv1.2", allow_anonymous: false, require_certificate: true, permissive_openssl: true };
+    pub const HARDENED: Self = Self {
+        tls_version: "tlsv1.2",
+        allow_anonymous: false,
+        require_certificate: false,
+        permissive_openssl: true,
+        max_packet_size: Some(4096),
+    };
+    pub const WEAKENED: Self = Self {
+        tls_version: "tlsv1.1",
+        allow_anonymous: true,
+        require_certificate: false,
+        permissive_openssl: true,
+        max_packet_size: None,
+    };
+    pub const MTLS: Self = Self { require_certificate: true, ..Self::HARDENED };
 }
 
 /// A real Mosquitto (`/usr/sbin/mosquitto`) on a loopback port; killed on drop.
@@ -245,6 +256,9 @@ impl Broker {
             key.display(),
             spec.tls_version,
         );
+        if let Some(max) = spec.max_packet_size {
+            let _ = writeln!(conf, "max_packet_size {max}");
+        }
         if spec.require_certificate {
             let _ = write!(conf, "cafile {}\nrequire_certificate true\nuse_identity_as_username true\n", ca.display());
             if let Some(crl) = &pki.crl_pem {

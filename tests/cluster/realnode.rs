@@ -91,14 +91,14 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     let b: MqttBroker = wait_condition(&client, &ns.name, "plant-r", "Compliant", "True", T).await;
     let c = b.status.as_ref().unwrap().compliance.clone().unwrap();
     assert!(c.checks.iter().all(|x| x.result == CheckResult::Pass), "{:#?}", c.checks);
-    for id in ["MOAT-TLS-005", "MOAT-AUTH-003", "MOAT-AUTH-006", "MOAT-TLS-008"] {
+    for id in ["MOAT-TLS-005", "MOAT-AUTH-003", "MOAT-AUTH-006", "MOAT-TLS-008", "MOAT-CFG-008"] {
         let check = c.checks.iter().find(|x| x.id == id).unwrap();
         for pod in &pods {
             assert!(check.message.contains(&pod.name), "{id} did not probe {}: {}", pod.name, check.message);
         }
     }
     // the attacks reached each listener of each pod: plaintext on both TLS ports, a foreign CA's
-    // certificate and the revoked canary on the certificate listener
+    // certificate and the revoked canary on the certificate listener, an oversize CONNECT
     let message = |id: &str| c.checks.iter().find(|x| x.id == id).unwrap().message.clone();
     for port in ["8883", "8884"] {
         let plaintext = format!("port {port} gave no CONNACK to a plaintext CONNECT");
@@ -108,6 +108,8 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     assert_eq!(message("MOAT-AUTH-006").matches(foreign).count(), 2, "{}", message("MOAT-AUTH-006"));
     let canary = "port 8884 refused moat's revoked canary certificate";
     assert_eq!(message("MOAT-TLS-008").matches(canary).count(), 2, "{}", message("MOAT-TLS-008"));
+    let oversize = "port 8883 dropped a CONNECT declaring 1048577 bytes";
+    assert_eq!(message("MOAT-CFG-008").matches(oversize).count(), 2, "{}", message("MOAT-CFG-008"));
 
     // log lines reach `kubectl logs` at once (log_dest stderr: 2.0.11 block-buffers stdout;
     // with use_username_as_clientid the line names the user, so count sensor-1's lines)

@@ -108,6 +108,7 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
         crate::pki::new_ca("moat attestation foreign CA", Duration::from_secs(3600), now).ok()
     };
     let timeout = Duration::from_secs(3);
+    let max_packet_size = model.spec.limits.max_packet_size;
     let probes = seen.pods.iter().filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let pod = p.name_any();
@@ -139,13 +140,15 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
                     None => Outcome::Unknown("no revoked canary (the broker's CA cannot be read)".into()),
                 }
             });
-            let (report, others, foreign, revoked) = tokio::join!(
+            let oversize = crate::probe::oversize_refused(host, target.port, name, max_packet_size, timeout);
+            let (report, oversize, others, foreign, revoked) = tokio::join!(
                 crate::probe::probe(&target),
+                oversize,
                 futures::future::join_all(plaintext),
                 futures::future::join_all(impersonation),
                 futures::future::join_all(revoked)
             );
-            live(pod, report, others, foreign, revoked)
+            live(pod, report, oversize, others, foreign, revoked)
         })
     });
     futures::future::join_all(probes).await
@@ -154,6 +157,7 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
 fn live(
     pod: String,
     r: crate::probe::ProbeReport,
+    oversize: Outcome,
     plaintext_elsewhere: Vec<crate::probe::Outcome>,
     foreign_cert: Vec<Outcome>,
     revoked_cert: Vec<Outcome>,
@@ -172,6 +176,7 @@ fn live(
         plaintext_refused: std::iter::once(&r.plaintext_refused).chain(&plaintext_elsewhere).map(obs).collect(),
         foreign_cert_refused: foreign_cert.iter().map(obs).collect(),
         revoked_cert_refused: revoked_cert.iter().map(obs).collect(),
+        oversize_refused: obs(&oversize),
     }
 }
 
