@@ -245,7 +245,7 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("in.yaml");
         std::fs::write(&f, doc).unwrap();
-        let args = crate::offline::RenderArgs {
+        let args = crate::cmd::render::RenderArgs {
             files: vec![f],
             out: dir.path().join("out"),
             namespace: "default".into(),
@@ -255,6 +255,6 @@ proptest! {
             agent_image: "moat".into(),
         };
         // an error is fine; a panic fails the property
-        let _ = crate::offline::run(args);
+        let _ = crate::cmd::render::run(args);
     }
 }

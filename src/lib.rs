@@ -8,6 +8,7 @@
 pub mod agent;
 #[cfg(test)]
 mod architecture;
+pub mod cmd;
 pub mod compliance;
 pub mod controller;
 pub mod crd;
@@ -16,8 +17,6 @@ mod fuzz;
 pub mod metrics;
 pub mod model;
 pub mod names;
-pub mod offline;
-pub mod operator;
 pub mod pki;
 pub mod plan;
 pub mod probe;

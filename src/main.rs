@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator.
-    Run(Box<moat::operator::RunArgs>),
+    Run(Box<moat::cmd::run::RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD with --out-dir).
     Crds {
         /// Write `<plural>.<group>.yaml` files into this directory instead of printing.
@@ -25,7 +25,7 @@ enum Command {
     },
     /// Render everything a first reconcile would produce, offline: Kubernetes objects and a
     /// runnable Mosquitto bundle.
-    Render(moat::offline::RenderArgs),
+    Render(moat::cmd::render::RenderArgs),
     /// The in-pod helper: validate and install broker files from mounted Secrets, then SIGHUP Mosquitto.
     Agent(moat::agent::AgentArgs),
     /// Probe a broker endpoint: TLS versions, served certificate, anonymous refusal.
@@ -37,8 +37,8 @@ fn main() {
     telemetry::init(cli.log_format);
     let code = match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
-        Command::Render(args) => report(moat::offline::run(args)),
-        Command::Run(args) => report(runtime().block_on(moat::operator::run(*args))),
+        Command::Render(args) => report(moat::cmd::render::run(args)),
+        Command::Run(args) => report(runtime().block_on(moat::cmd::run::run(*args))),
         Command::Agent(args) => runtime().block_on(moat::agent::run(args)),
         Command::Probe(args) => runtime().block_on(moat::probe::run(args)),
     };

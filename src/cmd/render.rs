@@ -1,7 +1,7 @@
 //! `moat render`: what a first reconcile would produce, offline.
 //!
 //! Reads MqttBroker/MqttUser/MqttAcl/MqttFirewall (and bring-your-own password Secret) YAML,
-//! runs the same pure pipeline as the controllers (validate → build), and writes
+//! runs the same pure pipeline as the controllers (validate → model → plan), and writes
 //! `objects.yaml` (every Kubernetes object moat would apply) and `bundle/` (a runnable Mosquitto
 //! directory: `mosquitto.conf` with paths relative to it, `passwd`, `acl`, `tls/`, and the
 //! generated client credentials under `clients/<username>/`).
