@@ -286,6 +286,9 @@ pub struct Context {
     /// The certificate ledger each broker reconcile last wrote (merged into what the cache
     /// shows, so a stale cache can never un-revoke a certificate).
     pub ledgers: Mutex<HashMap<(String, String), crate::plan::ledger::Ledger>>,
+    /// The rollout state each broker reconcile last applied, and when (preferred over an older
+    /// cached status, so a stale status can never bypass the upgrade's health gate).
+    pub rollouts: Mutex<HashMap<(String, String), crate::upgrade::Applied>>,
     /// The drift records each broker reconcile last wrote (merged with the cached status, so a
     /// reconcile that starts from a stale status never drops a record).
     pub drift: Mutex<HashMap<(String, String), Vec<crate::crd::broker::DriftRecord>>>,

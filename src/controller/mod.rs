@@ -254,6 +254,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         board,
         ledgers: Default::default(),
+        rollouts: Default::default(),
         name_conflicts: Default::default(),
         drift: Default::default(),
         files: Default::default(),
@@ -384,6 +385,7 @@ pub async fn run(
             ctx.board.forget(&ns, &name);
             let key = (ns.clone(), name.clone());
             ctx.ledgers.lock().unwrap().remove(&key);
+            ctx.rollouts.lock().unwrap().remove(&key);
             ctx.drift.lock().unwrap().remove(&key);
             ctx.files.lock().unwrap().remove(&key);
             ctx.reports.lock().unwrap().remove(&key);

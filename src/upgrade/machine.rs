@@ -241,6 +241,23 @@ pub struct RolloutStep {
     pub transition: Option<Transition>,
 }
 
+/// A rollout state as a reconcile applied it, and when (`None`: no rollout).
+pub type Applied = (Timestamp, Option<RolloutState>);
+
+/// The rollout state to continue from: the one in the broker's status, or the one this operator
+/// last applied (at `applied_at`; `None` = no rollout) when that is at least as new. A reconcile can
+/// start from a broker object that predates the operator's own last status write (it was woken by
+/// the StatefulSet change that reconcile made): continuing from that stale state (e.g. the previous
+/// upgrade's `Completed` while the template already carries the next version) would set the
+/// partition to 0 and let the StatefulSet replace every pod without the health gate.
+pub fn latest_state(stored: Option<RolloutState>, applied: Option<Applied>) -> Option<RolloutState> {
+    let stored_at = stored.as_ref().map(|s| s.started_at.max(s.phase_since).max(s.pod_started_at));
+    match applied {
+        Some((applied_at, state)) if stored_at.is_none_or(|t| applied_at >= t) => state,
+        _ => stored,
+    }
+}
+
 /// Computes the next rollout step. Pure and deterministic; see the module documentation.
 pub fn step(input: &RolloutInput) -> RolloutStep {
     match input.state {
@@ -682,6 +699,28 @@ mod tests {
             assert_eq!(out.transition, None, "no transition expected at {now}: {:?}", out.state);
             assert_eq!(out.state, before, "state must be unchanged");
         }
+    }
+
+    /// A stale status (the previous upgrade's Completed) must not win over the rollout this
+    /// operator applied since: continuing from it would set the partition to 0 (no health gate).
+    #[test]
+    fn the_applied_rollout_wins_over_a_stale_status() {
+        let mut w = World::new(2);
+        w.reconcile(at(0));
+        let rolling = w.state.clone().unwrap();
+        assert_eq!(rolling.phase, Phase::RollingOut);
+        let stale = RolloutState { phase: Phase::Completed, phase_since: at(-60), ..rolling.clone() };
+        assert_eq!(latest_state(Some(stale.clone()), Some((at(0), Some(rolling.clone())))), Some(rolling.clone()));
+        // what the stale state alone would do: the template already carries TO, so partition 0
+        w.state = Some(stale.clone());
+        assert_eq!(step(&w.input(at(1))).partition, 0);
+        // a newer status (another leader went on) wins over an older memory, and so does the
+        // status when this operator has applied nothing yet
+        let newer = RolloutState { phase: Phase::Verifying, phase_since: at(5), ..rolling.clone() };
+        assert_eq!(latest_state(Some(newer.clone()), Some((at(0), Some(rolling.clone())))), Some(newer.clone()));
+        assert_eq!(latest_state(Some(stale.clone()), None), Some(stale));
+        // a rollout this operator ended (None) is not revived by a stale status
+        assert_eq!(latest_state(Some(rolling), Some((at(10), None))), None);
     }
 
     #[test]

@@ -16,6 +16,6 @@ pub mod version;
 pub mod window;
 
 pub use catalog::{Catalog, CatalogError, Cve, CveSeverity};
-pub use machine::{Phase, PodView, RolloutInput, RolloutState, RolloutStep, Transition, step};
+pub use machine::{Applied, Phase, PodView, RolloutInput, RolloutState, RolloutStep, Transition, latest_state, step};
 pub use version::{MosquittoVersion, VersionError};
 pub use window::{Window, current_close, is_open, next_open, parse_windows};

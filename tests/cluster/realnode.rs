@@ -412,8 +412,12 @@ async fn rolling_upgrades_across_real_images_and_a_broken_image_rolls_back() {
         eventually(Duration::from_secs(300), &format!("every pod on {version}"), || async {
             let b: MqttBroker = get(&client, &ns.name, "plant-u").await?;
             let st = b.status?;
+            // the upgrade to this version completed (not the previous one: a stale Completed once
+            // let the StatefulSet replace the pods without the health gate)
+            let up = st.upgrade.as_ref()?;
             let done = st.version?.current.as_deref() == Some(version)
-                && st.upgrade.as_ref()?.phase == "Completed"
+                && up.phase == "Completed"
+                && up.to_version.as_deref() == Some(version)
                 && condition(&get::<MqttBroker>(&client, &ns.name, "plant-u").await?, "Ready")?.0 == "True";
             let t = tags(&client, &ns.name, "plant-u").await;
             (done && t.len() == 2 && t.values().all(|v| v == version)).then_some(())

@@ -55,9 +55,11 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let catalog = ctx.catalog();
     let key = (model.namespace.clone(), model.name.clone());
     let last_ledger = ctx.ledgers.lock().unwrap().get(&key).cloned();
-    let previous_upgrade = broker.status.as_ref().and_then(|s| s.upgrade.clone());
-    let decided = decide(ctx, &model, &windows, &seen, last_ledger.as_ref(), previous_upgrade.as_ref(), catalog, now)?;
+    let stored_rollout = broker.status.as_ref().and_then(|s| s.upgrade.as_ref()).and_then(RolloutState::from_status);
+    let rollout = upgrade::latest_state(stored_rollout, ctx.rollouts.lock().unwrap().get(&key).cloned());
+    let decided = decide(ctx, &model, &windows, &seen, last_ledger.as_ref(), rollout, catalog, now)?;
     let applied = apply::apply(ctx, broker, &owner, &seen, &decided).await?;
+    ctx.rollouts.lock().unwrap().insert(key.clone(), (now, decided.step.state.clone()));
     let revocations = revocations(ctx, &key, last_ledger.as_ref(), &decided.plan);
     ctx.ledgers.lock().unwrap().insert(key.clone(), decided.plan.ledger.clone());
     publish(ctx, broker, &decided.plan);
@@ -208,7 +210,7 @@ fn decide(
     windows: &[upgrade::Window],
     seen: &Observed,
     last_ledger: Option<&crate::plan::ledger::Ledger>,
-    previous_upgrade: Option<&crate::crd::broker::UpgradeStatus>,
+    rollout: Option<RolloutState>,
     catalog: Arc<Catalog>,
     now: Timestamp,
 ) -> Result<Decided> {
@@ -239,14 +241,13 @@ fn decide(
     let running = seen.template_version().unwrap_or_else(|| model.spec.version.clone());
     let (desired, explicit) = desired_version(model, &catalog);
     let pods = seen.pod_views();
-    let state = previous_upgrade.and_then(RolloutState::from_status);
     let step = upgrade::step(&RolloutInput {
         name: &model.name,
         replicas: model.spec.replicas,
         pods: &pods,
         desired: &desired,
         running: if seen.statefulset.is_some() { &running } else { &desired },
-        state: state.as_ref(),
+        state: rollout.as_ref(),
         may_start: explicit || upgrade::is_open(windows, now),
         rollout_timeout: model.durations.rollout_timeout,
         ready_grace: model.durations.ready_grace,
