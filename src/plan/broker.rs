@@ -329,6 +329,8 @@ pub struct BrokerPlan {
     /// The revoked canary (brokers with a certificate listener): a certificate of the active CA,
     /// in the CRL from the plan that issued it; an audit presents it and every pod must refuse it.
     pub canary: Option<Issued>,
+    /// The canary was issued by this plan: the pods do not run the CRL that revokes it yet.
+    pub canary_issued_now: bool,
     /// Usernames denied every topic because a revoked certificate of theirs may have a live session.
     pub blocked_identities: Vec<String>,
     /// The restart epoch the pod template must carry.
@@ -734,12 +736,14 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
     }
     // --- the revoked canary: issued and revoked in the same plan, renewed before it expires (an
     // expired certificate is refused for its age and would prove nothing about the CRL)
+    let mut canary_issued_now = false;
     let canary = match (&ca_info, model.has_certificate_listener()) {
         (Some(_), true) => {
             let kept = existing.canary.filter(|c| {
                 pki::signed_by(&c.cert_pem, &ca.active.cert_pem)
                     && pki::inspect(&c.cert_pem).is_ok_and(|i| pki::renewal_time(&i, CANARY_RENEW_BEFORE) > now)
             });
+            canary_issued_now = kept.is_none();
             let canary = match kept {
                 Some(c) => c,
                 None => pki::issue_client(&ca.active, CANARY_USERNAME, CANARY_VALIDITY, now)?,
@@ -929,6 +933,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         ledger,
         newly_revoked,
         canary,
+        canary_issued_now,
         blocked_identities,
         sessions_epoch,
         crl_pem,

@@ -123,8 +123,17 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
         };
         // the main probe sends plaintext to its own port; every other TLS port gets the same attempt
         let others: Vec<u16> = tls_ports.iter().copied().filter(|&port| port != target.port).collect();
-        let (cert_ports, foreign, claimed, canary) =
-            (&cert_ports, foreign.as_ref(), claimed.as_str(), decided.plan.canary.as_ref());
+        // a canary issued by this reconcile is not in the CRL the pods run yet: presenting it now
+        // would report an unenforced CRL that is only not reloaded yet
+        let canary = decided.plan.canary.as_ref().ok_or("no revoked canary (the broker's CA cannot be read)");
+        let canary = canary.and_then(|c| {
+            if decided.plan.canary_issued_now {
+                Err("the revoked canary was issued just now; the pods load its CRL next")
+            } else {
+                Ok(c)
+            }
+        });
+        let (cert_ports, foreign, claimed) = (&cert_ports, foreign.as_ref(), claimed.as_str());
         Some(async move {
             let plaintext = others.iter().map(|&port| crate::probe::plaintext_refused(&target.host, port, timeout));
             let (host, name) = (&target.host, &target.server_name);
@@ -136,8 +145,8 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
             });
             let revoked = cert_ports.iter().map(|&port| async move {
                 match canary {
-                    Some(c) => crate::probe::certificate_refused(host, port, name, c, CANARY, timeout).await,
-                    None => Outcome::Unknown("no revoked canary (the broker's CA cannot be read)".into()),
+                    Ok(c) => crate::probe::certificate_refused(host, port, name, c, CANARY, timeout).await,
+                    Err(why) => Outcome::Unknown(why.into()),
                 }
             });
             let oversize = crate::probe::oversize_refused(host, target.port, name, max_packet_size, timeout);

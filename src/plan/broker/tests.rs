@@ -204,6 +204,7 @@ fn the_canary_is_revoked_when_issued_and_renewed_before_it_expires() {
     assert_eq!(info.subject_cn.as_deref(), Some(CANARY_USERNAME));
     assert!(crate::pki::signed_by(&canary.cert_pem, &first.ca.active.cert_pem));
     assert!(crl_serials(&first).contains(&serial(&canary)), "revoked in the plan that issued it");
+    assert!(first.canary_issued_now);
     assert!(first.newly_revoked.is_empty(), "no MqttUser lost anything");
     assert!(first.next_event.is_some_and(|e| e <= plus(now(), 60 * 86_400)), "woken for its renewal");
     let data = ca_secret_data(&first);
@@ -211,8 +212,10 @@ fn the_canary_is_revoked_when_issued_and_renewed_before_it_expires() {
 
     let kept = run(&[], &[], first.to_existing().unwrap(), plus(now(), 59 * 86_400));
     assert_eq!(kept.canary, Some(canary.clone()));
+    assert!(!kept.canary_issued_now);
     let renewed = run(&[], &[], kept.to_existing().unwrap(), plus(now(), 61 * 86_400));
     let next = renewed.canary.clone().unwrap();
+    assert!(renewed.canary_issued_now);
     assert_ne!(serial(&next), serial(&canary));
     assert!(crl_serials(&renewed).contains(&serial(&next)) && crl_serials(&renewed).contains(&serial(&canary)));
 
