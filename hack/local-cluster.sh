@@ -235,6 +235,24 @@ pki_sign() { # path-prefix subject ext: key + certificate signed by the cluster 
   rm -f "$1.csr" "$1.ext"; chmod 600 "$1.key"
 }
 
+client_kubeconfig() { # file user cert-prefix: a kubeconfig (mode 600) for a client certificate of the cluster CA
+  (umask 077; cat > "$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: moat-local
+  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: $2
+  user: {client-certificate: "$3.crt", client-key: "$3.key"}
+contexts:
+- name: $2
+  context: {cluster: moat-local, user: $2}
+current-context: $2
+EOF
+  )
+}
+
 sign_apiserver() {
   local svc_ip
   svc_ip=$(python3 -c "import ipaddress,sys;print(next(ipaddress.ip_network(sys.argv[1]).hosts()))" "$SERVICE_CIDR")

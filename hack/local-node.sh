@@ -173,21 +173,7 @@ node_pki() {
     "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
   pki_sign "$d/kubelet-serving" "/CN=system:node:$NODE_NAME" \
     "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE_NAME\n"
-  (umask 077; cat > "$NODE_DIR/kubelet.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: moat-local
-  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$PKI/ca.crt"}
-users:
-- name: $NODE_NAME
-  user: {client-certificate: "$d/kubelet-client.crt", client-key: "$d/kubelet-client.key"}
-contexts:
-- name: $NODE_NAME
-  context: {cluster: moat-local, user: $NODE_NAME}
-current-context: $NODE_NAME
-EOF
-  )
+  client_kubeconfig "$NODE_DIR/kubelet.kubeconfig" "$NODE_NAME" "$d/kubelet-client"
 }
 
 write_configs() {

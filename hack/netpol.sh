@@ -96,21 +96,7 @@ write_identity() { # client certificate + kubeconfig + RBAC (read-only: what its
   [[ -f $NETPOL_DIR/pki/kube-router.crt ]] ||
     pki_sign "$NETPOL_DIR/pki/kube-router" "/CN=$NETPOL_USER" \
       "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n"
-  (umask 077; cat > "$NETPOL_DIR/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: moat-local
-  cluster: {server: "https://127.0.0.1:$API_PORT", certificate-authority: "$PKI/ca.crt"}
-users:
-- name: kube-router
-  user: {client-certificate: "$NETPOL_DIR/pki/kube-router.crt", client-key: "$NETPOL_DIR/pki/kube-router.key"}
-contexts:
-- name: kube-router
-  context: {cluster: moat-local, user: kube-router}
-current-context: kube-router
-EOF
-  )
+  client_kubeconfig "$NETPOL_DIR/kubeconfig" kube-router "$NETPOL_DIR/pki/kube-router"
   kubectl_local apply -f - >/dev/null <<EOF
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
