@@ -167,14 +167,14 @@ fn live(
     pod: String,
     r: crate::probe::ProbeReport,
     oversize: Outcome,
-    plaintext_elsewhere: Vec<crate::probe::Outcome>,
+    plaintext_elsewhere: Vec<Outcome>,
     foreign_cert: Vec<Outcome>,
     revoked_cert: Vec<Outcome>,
 ) -> LiveProbe {
-    let obs = |o: &crate::probe::Outcome| match o {
-        crate::probe::Outcome::Pass(m) => Observation::Pass(m.clone()),
-        crate::probe::Outcome::Fail(m) => Observation::Fail(m.clone()),
-        crate::probe::Outcome::Unknown(m) => Observation::Unknown(m.clone()),
+    let obs = |o: &Outcome| match o {
+        Outcome::Pass(m) => Observation::Pass(m.clone()),
+        Outcome::Fail(m) => Observation::Fail(m.clone()),
+        Outcome::Unknown(m) => Observation::Unknown(m.clone()),
     };
     LiveProbe {
         pod,
