@@ -235,18 +235,13 @@ async fn server_renewal_and_ca_rollover_reach_the_running_container() {
         (s != serial0).then_some(s)
     })
     .await;
-    let status_serial = get::<MqttBroker>(&client, &ns.name, "plant-r")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .certificates
-        .unwrap()
-        .server
-        .unwrap()
-        .serial
-        .unwrap();
-    assert_eq!(serial1, status_serial);
+    // the pod can serve the new certificate before the reconcile that wrote it has written its
+    // status (the audit and the attestation come first): wait for the status to say the same
+    eventually(T, "the served serial in status", || async {
+        let b: MqttBroker = get(&client, &ns.name, "plant-r").await?;
+        (b.status?.certificates?.server?.serial? == serial1).then_some(())
+    })
+    .await;
 
     // 2. roll the CA over: introduced (both trusted), activated (new CA signs), old retired
     let (old_cert, old_key) = cert_of(&client, &ns.name, "gateway-1").await;
