@@ -207,9 +207,12 @@ proptest! {
         }).collect();
         let passwd: String = p.shards.iter().map(|s| s.passwd.as_str()).collect();
         let parsed = crate::render::passwd::parse_passwd(&passwd).unwrap();
-        let in_file: BTreeSet<String> = parsed.iter().map(|(u, _)| u.clone()).collect();
-        prop_assert_eq!(&in_file, &in_effect, "password file users differ from the users in effect");
+        let mut in_file: BTreeSet<String> = parsed.iter().map(|(u, _)| u.clone()).collect();
         prop_assert_eq!(parsed.len(), in_file.len(), "duplicate lines");
+        for reserved in crate::validate::RESERVED_USERNAMES {
+            prop_assert!(in_file.remove(reserved), "the canary login {} is in the file", reserved);
+        }
+        prop_assert_eq!(&in_file, &in_effect, "password file users differ from the users in effect");
         // every user in effect passed validation and (brought passwords) the policy
         for (name, pw, generated) in &users {
             if in_effect.contains(name) {

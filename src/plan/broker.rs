@@ -11,6 +11,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use rand::RngCore;
 
+use super::canary;
 use super::ledger::{self, CertRecord, CertState, Ledger, RENEWAL_OVERLAP};
 use super::{Password, PlanError, after};
 use crate::crd::broker::RevokedSessions;
@@ -126,6 +127,8 @@ pub struct Existing {
     pub server_renewal_handled: Option<String>,
     /// The revoked canary (`<broker>-ca`, keys `canary.crt`/`canary.key`).
     pub canary: Option<Issued>,
+    /// The canary logins (`<broker>-ca`, key `canary.logins`).
+    pub canary_logins: Option<canary::Logins>,
 }
 
 /// What an administrator asked for by annotation (any new value is a new request).
@@ -331,6 +334,10 @@ pub struct BrokerPlan {
     pub canary: Option<Issued>,
     /// The canary was issued by this plan: the pods do not run the CRL that revokes it yet.
     pub canary_issued_now: bool,
+    /// The canary logins in the password file (None when attestation is off).
+    pub canary_logins: Option<canary::Logins>,
+    /// The canary logins this plan replaced (the pods run them until they load the new file).
+    pub canary_logins_replaced: Option<canary::Logins>,
     /// Usernames denied every topic because a revoked certificate of theirs may have a live session.
     pub blocked_identities: Vec<String>,
     /// The restart epoch the pod template must carry.
@@ -392,6 +399,7 @@ impl BrokerPlan {
             ca_rotation_handled: self.ca_rotation_handled.clone(),
             server_renewal_handled: self.server_renewal_handled.clone(),
             canary: self.canary.clone(),
+            canary_logins: self.canary_logins.clone(),
         })
     }
 }
@@ -631,6 +639,9 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         };
         password_cred.insert(c.name.clone(), cred);
     }
+    let logins = canary::plan(existing.canary_logins, model.spec.security.active_probe, d.audit_interval, now);
+    events.extend(logins.next_event);
+    password_users.extend(logins.current.iter().flat_map(canary::Logins::password_entries));
     let assembly =
         passwd::assemble(&password_users, &existing.passwd, model.spec.passwords.hash_iterations, &fingerprint_key)?;
     let shards = passwd::shard(&assembly.entries)?;
@@ -934,6 +945,8 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         newly_revoked,
         canary,
         canary_issued_now,
+        canary_logins: logins.current,
+        canary_logins_replaced: logins.replaced,
         blocked_identities,
         sessions_epoch,
         crl_pem,
@@ -1028,6 +1041,8 @@ pub struct CaExtras {
     pub legacy_revoked: Vec<RevokedCert>,
     /// The revoked canary.
     pub canary: Option<Issued>,
+    /// The canary logins.
+    pub canary_logins: Option<canary::Logins>,
 }
 
 /// Parses what the CA Secret holds beside the CA set.
@@ -1046,7 +1061,8 @@ pub fn ca_secret_extras(data: &BTreeMap<String, String>) -> Result<CaExtras, Pla
         }
         _ => None,
     };
-    Ok(CaExtras { fingerprint_key, legacy_revoked, canary })
+    let canary_logins = data.get(canary::KEY_LOGINS).and_then(|t| canary::Logins::decode(t).ok());
+    Ok(CaExtras { fingerprint_key, legacy_revoked, canary, canary_logins })
 }
 
 /// The CA Secret's data: the CA set and the fingerprint key (revocations live in the ledger).
@@ -1060,6 +1076,9 @@ pub fn ca_secret_data(plan: &BrokerPlan) -> BTreeMap<String, String> {
     if let Some(c) = &plan.canary {
         data.insert(KEY_CANARY_CERT.into(), c.cert_pem.clone());
         data.insert(KEY_CANARY_KEY.into(), c.key_pem.clone());
+    }
+    if let Some(l) = &plan.canary_logins {
+        data.insert(canary::KEY_LOGINS.into(), l.encode());
     }
     data
 }

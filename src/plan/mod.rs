@@ -8,6 +8,7 @@
 //! is still valid.
 
 pub mod broker;
+pub mod canary;
 pub mod files;
 pub mod ledger;
 pub mod objects;

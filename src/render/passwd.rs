@@ -45,7 +45,7 @@ const MOSQUITTO_FIELD_MAX: usize = 65535;
 /// Why a password line cannot be written. Never contains a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PasswdError {
-    /// The username fails [`validate::username`] (quoted and escaped here).
+    /// The username fails [`validate::file_username`] (quoted and escaped here).
     #[error("invalid username {username}: {reason}")]
     InvalidUsername {
         /// The offending username, quoted and escaped.
@@ -545,7 +545,7 @@ pub fn parse_fingerprints(text: &str) -> Result<BTreeMap<String, String>, ParseE
         let Some((user, fp)) = line.split_once(':') else {
             return Err(err("expected username:fingerprint".into()));
         };
-        validate::username(user).map_err(|m| err(format!("invalid username {}: {m}", quote(user))))?;
+        validate::file_username(user).map_err(|m| err(format!("invalid username {}: {m}", quote(user))))?;
         if !valid_fingerprint(fp) {
             return Err(err(format!("the fingerprint of user {user} is not base64 of 32 bytes")));
         }
@@ -659,7 +659,7 @@ fn canonical_line(line: &str) -> Option<ParsedLine> {
         return None;
     };
     let rebuilt = format!("{}:$7${iterations}${}${}", parsed.username, STANDARD.encode(salt), STANDARD.encode(hash));
-    (rebuilt == line && validate::username(&parsed.username).is_ok()).then_some(parsed)
+    (rebuilt == line && validate::file_username(&parsed.username).is_ok()).then_some(parsed)
 }
 
 fn valid_fingerprint(fp: &str) -> bool {
@@ -700,7 +700,8 @@ pub(super) fn is_c_space(c: char) -> bool {
 }
 
 fn check_username(username: &str) -> Result<(), PasswdError> {
-    validate::username(username).map_err(|reason| PasswdError::InvalidUsername { username: quote(username), reason })
+    validate::file_username(username)
+        .map_err(|reason| PasswdError::InvalidUsername { username: quote(username), reason })
 }
 
 fn check_password(username: &str, password: &str) -> Result<(), PasswdError> {

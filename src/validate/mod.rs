@@ -25,7 +25,7 @@ pub use password::{
     password_strength,
 };
 pub use topic::{MAX_TOPIC_CHARS, topic_filter};
-pub use user::{MAX_USERNAME_CHARS, user_spec, username};
+pub use user::{MAX_USERNAME_CHARS, RESERVED_USERNAMES, file_username, user_spec, username};
 
 /// A validation failure that names the offending field, e.g. `spec.rules[2].topic: ...`.
 ///

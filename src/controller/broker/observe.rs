@@ -100,6 +100,7 @@ impl Observed {
             ex.fingerprint_key = extras.fingerprint_key;
             ex.legacy_revoked = extras.legacy_revoked;
             ex.canary = extras.canary;
+            ex.canary_logins = extras.canary_logins;
             ex.ca_rotation_handled = data.get(bp::KEY_ROTATION_HANDLED).cloned();
         }
         if let Some(s) = self.secrets.get(&names::tls_secret(broker)) {

@@ -150,9 +150,13 @@ fn verdicts_cover_generated_weak_conflicting_and_invalid_users() {
     assert!(matches!(&p.verdicts["bad"].verdict, Verdict::Invalid(e) if e.field == "spec.username"));
     let passwd: String = p.shards.iter().map(|s| s.passwd.as_str()).collect();
     let users: Vec<&str> = passwd.lines().map(|l| l.split(':').next().unwrap()).collect();
-    assert_eq!(users, vec!["sensor-1", "shared"], "weak, conflicting and invalid users never reach the file");
+    assert_eq!(
+        users,
+        vec!["_moat-canary-1", "_moat-canary-2", "sensor-1", "shared"],
+        "weak, conflicting and invalid users never reach the file (the canary logins do)"
+    );
     assert!(!passwd.contains("password"), "no clear-text password in the file");
-    assert_eq!(p.hashes_computed, 2);
+    assert_eq!(p.hashes_computed, 4, "two users and two canary logins");
     // a verdict never says why a brought password is weak (that would depend on its value)
     assert!(!format!("{:?}", p.verdicts).contains("short"));
 }
@@ -175,15 +179,24 @@ fn a_second_plan_with_the_stored_material_changes_nothing_and_hashes_nothing() {
         view(&gw, PasswordLookup::NotUsed, Some(issued.clone())),
     ];
     let mut previous = first.clone();
+    let mut shards = first.shards.clone();
     for hour in 1..=48 {
         let later = run(&views, &[], previous.to_existing().unwrap(), plus(now(), hour * 3600));
-        assert_eq!(later.hashes_computed, 0);
+        // the canary logins alone are rotated, once a day (half an audit interval after it)
+        if hour == 25 {
+            assert_eq!(later.hashes_computed, 2);
+            assert_eq!(later.canary_logins_replaced, previous.canary_logins);
+            assert_ne!(later.shards, shards);
+            shards = later.shards.clone();
+        } else {
+            assert_eq!((later.hashes_computed, &later.canary_logins_replaced), (0, &None), "hour {hour}");
+        }
         assert_eq!(later.ca_transition, None);
         assert_eq!(later.server_renewal, None);
         assert_eq!(later.ca, first.ca);
         assert_eq!(later.server, first.server);
         assert_eq!(later.crl_pem, first.crl_pem);
-        assert_eq!(later.shards, first.shards);
+        assert_eq!(later.shards, shards);
         assert_eq!(later.acl_parts, first.acl_parts);
         assert_eq!(later.config, first.config);
         assert_eq!(later.client_certs["gw"], ClientCert { issued: issued.clone(), renewal: None });
