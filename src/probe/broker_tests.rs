@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::testutil::{Broker, BrokerSpec, Pki, SServer, free_port};
+use super::testutil::{Broker, BrokerSpec, CANARY_ATTACKER, CANARY_VICTIM, Pki, SServer, free_port};
 use super::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -298,5 +298,76 @@ async fn a_packet_over_max_packet_size_is_dropped_only_where_the_limit_is_set() 
     assert!(matches!(&r, Outcome::Pass(m) if m.contains("4097")), "{r:?}\n{}", limited.log());
     assert!(limited.log().contains("oversize packet"), "{}", limited.log());
     let r = oversize_refused("127.0.0.1", unlimited.port, "localhost", 4096, short).await;
+    assert!(matches!(&r, Outcome::Fail(m) if m.contains("not enforced")), "{r:?}\n{}", unlimited.log());
+}
+
+fn login_target<'a>(broker: &Broker, pki: &'a Pki, timeout: Duration) -> login::LoginTarget<'a> {
+    login::LoginTarget { host: "127.0.0.1", port: broker.port, server_name: "localhost", ca_pem: &pki.ca_pem, timeout }
+}
+
+fn creds((username, password): (&'static str, &'static str)) -> login::Credentials<'static> {
+    login::Credentials { username, password }
+}
+
+/// The canary in no ACL: refused its PUBLISH and sent nothing on `#` / `$SYS/#` by a default-deny
+/// broker; a rule for all users that grants reading `$SYS` (retained `$SYS` topics arrive at once)
+/// or writing everything makes it Fail. A wrong password is Unknown, never a pass.
+#[tokio::test]
+async fn a_login_in_no_acl_can_neither_publish_nor_read() {
+    let pki = Pki::new();
+    let hardened = Broker::start(&pki, BrokerSpec::HARDENED);
+    let t = login_target(&hardened, &pki, TIMEOUT);
+    let r = login::no_grants_refused(&t, &[creds(CANARY_ATTACKER)]).await;
+    assert_eq!(
+        r,
+        Outcome::Pass(format!(
+            "port {}: a login in no ACL was refused its PUBLISH (PUBACK not authorized) and received nothing on '#' or '$SYS/#'",
+            hardened.port
+        )),
+        "{}",
+        hardened.log()
+    );
+    // a stale login first: the next one is tried (a pod still on the previous canary logins)
+    let stale = login::Credentials { username: CANARY_ATTACKER.0, password: "an-older-canary-password-000000" };
+    let r = login::no_grants_refused(&t, &[stale, creds(CANARY_ATTACKER)]).await;
+    assert!(r.is_pass(), "{r:?}");
+    let r = login::no_grants_refused(&t, &[stale]).await;
+    assert!(matches!(&r, Outcome::Unknown(m) if m.contains("refused the canary login")), "{r:?}");
+
+    let reads_sys = Broker::start(&pki, BrokerSpec { extra_acl: "pattern read $SYS/#\n", ..BrokerSpec::HARDENED });
+    let r = login::no_grants_refused(&login_target(&reads_sys, &pki, TIMEOUT), &[creds(CANARY_ATTACKER)]).await;
+    assert!(matches!(&r, Outcome::Fail(m) if m.contains("received messages")), "{r:?}\n{}", reads_sys.log());
+    let writes_all = Broker::start(&pki, BrokerSpec { extra_acl: "pattern write #\n", ..BrokerSpec::HARDENED });
+    let r = login::no_grants_refused(&login_target(&writes_all, &pki, TIMEOUT), &[creds(CANARY_ATTACKER)]).await;
+    assert!(matches!(&r, Outcome::Fail(m) if m.contains("(PUBACK ")), "{r:?}\n{}", writes_all.log());
+}
+
+/// Client-id takeover: with `use_username_as_clientid true` the victim's session survives a
+/// second user's CONNECT with its client id; without it the broker ends the session (Fail).
+#[tokio::test]
+async fn a_session_is_taken_over_only_where_client_ids_are_not_bound_to_usernames() {
+    let pki = Pki::new();
+    let (attacker, victim) = ([creds(CANARY_ATTACKER)], [creds(CANARY_VICTIM)]);
+    let bound = Broker::start(&pki, BrokerSpec::HARDENED);
+    let r = login::takeover_refused(&login_target(&bound, &pki, TIMEOUT), &attacker, &victim).await;
+    assert!(matches!(&r, Outcome::Pass(m) if m.contains("left that session up")), "{r:?}\n{}", bound.log());
+    let unbound = Broker::start(&pki, BrokerSpec { use_username_as_clientid: false, ..BrokerSpec::HARDENED });
+    let r = login::takeover_refused(&login_target(&unbound, &pki, TIMEOUT), &attacker, &victim).await;
+    assert!(matches!(&r, Outcome::Fail(m) if m.contains("can be taken over")), "{r:?}\n{}", unbound.log());
+}
+
+/// The oversize attack after login: a PUBLISH declaring maxPacketSize + 1 bytes is dropped where
+/// the limit is set and waited for where it is not.
+#[tokio::test]
+async fn an_oversize_publish_after_login_is_dropped_only_where_the_limit_is_set() {
+    let pki = Pki::new();
+    let limited = Broker::start(&pki, BrokerSpec::HARDENED);
+    let r =
+        login::oversize_publish_refused(&login_target(&limited, &pki, TIMEOUT), &[creds(CANARY_ATTACKER)], 4096).await;
+    assert!(matches!(&r, Outcome::Pass(m) if m.contains("4097")), "{r:?}\n{}", limited.log());
+    let unlimited = Broker::start(&pki, BrokerSpec { max_packet_size: None, ..BrokerSpec::HARDENED });
+    let short = Duration::from_secs(1);
+    let r =
+        login::oversize_publish_refused(&login_target(&unlimited, &pki, short), &[creds(CANARY_ATTACKER)], 4096).await;
     assert!(matches!(&r, Outcome::Fail(m) if m.contains("not enforced")), "{r:?}\n{}", unlimited.log());
 }

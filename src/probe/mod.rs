@@ -11,6 +11,7 @@
 //! Anything ambiguous is [`Outcome::Unknown`], never a pass.
 
 pub mod legacy;
+pub mod login;
 pub mod modern;
 pub mod mqtt;
 

@@ -185,6 +185,10 @@ pub struct BrokerSpec {
     pub permissive_openssl: bool,
     /// `max_packet_size`, when set.
     pub max_packet_size: Option<u32>,
+    /// `use_username_as_clientid` on the TLS listener.
+    pub use_username_as_clientid: bool,
+    /// Lines appended to the ACL file (e.g. a rule for all users).
+    pub extra_acl: &'static str,
 }
 
 impl BrokerSpec {
@@ -194,6 +198,8 @@ impl BrokerSpec {
         require_certificate: false,
         permissive_openssl: true,
         max_packet_size: Some(4096),
+        use_username_as_clientid: true,
+        extra_acl: "",
     };
     pub const WEAKENED: Self = Self {
         tls_version: "tlsv1.1",
@@ -201,9 +207,16 @@ impl BrokerSpec {
         require_certificate: false,
         permissive_openssl: true,
         max_packet_size: None,
+        use_username_as_clientid: false,
+        extra_acl: "",
     };
     pub const MTLS: Self = Self { require_certificate: true, ..Self::HARDENED };
 }
+
+/// The canary logins every test broker has (usernames as moat reserves them, in no ACL).
+pub const CANARY_ATTACKER: (&str, &str) = ("_moat-canary-1", "canary-one-password-0123456789");
+/// See [`CANARY_ATTACKER`].
+pub const CANARY_VICTIM: (&str, &str) = ("_moat-canary-2", "canary-two-password-0123456789");
 
 /// A real Mosquitto (`/usr/sbin/mosquitto`) on a loopback port; killed on drop.
 pub struct Broker {
@@ -233,8 +246,12 @@ impl Broker {
         let cert = work.write("server.crt", &pki.server_cert_pem);
         let key = work.write("server.key", &pki.server_key_pem);
         let ca = work.write("ca.crt", &pki.ca_pem);
-        let passwd = work.write("passwd", &password_line("alice", "correct horse"));
-        let acl = work.write("acl", "user alice\ntopic readwrite test/#\n");
+        let logins: String = [("alice", "correct horse"), CANARY_ATTACKER, CANARY_VICTIM]
+            .iter()
+            .map(|(u, p)| password_line(u, p))
+            .collect();
+        let passwd = work.write("passwd", &logins);
+        let acl = work.write("acl", &format!("user alice\ntopic readwrite test/#\n{}", spec.extra_acl));
         let mut conf = format!(
             "per_listener_settings false\n\
              allow_anonymous {}\n\
@@ -259,6 +276,7 @@ impl Broker {
         if let Some(max) = spec.max_packet_size {
             let _ = writeln!(conf, "max_packet_size {max}");
         }
+        let _ = writeln!(conf, "use_username_as_clientid {}", spec.use_username_as_clientid);
         if spec.require_certificate {
             let _ = write!(conf, "cafile {}\nrequire_certificate true\nuse_identity_as_username true\n", ca.display());
             if let Some(crl) = &pki.crl_pem {
