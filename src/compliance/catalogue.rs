@@ -41,6 +41,8 @@ checks! {
         "A removed user, changed password or revoked certificate was still accepted by a broker pod past the deadline: check the pods' agents (kubectl logs <pod> -c moat-agent), that the kubelet refreshes Secret volumes, and that the operator reaches the agents (NetworkPolicy <broker>-moat-probe).";
     "MOAT-AUTH-006", Authentication, Critical, "A client certificate from a foreign CA claiming a user's name is refused on every certificate listener (active probe)",
         "The live broker accepted a certificate moat did not issue: its cafile trusts another CA. Let moat repair the config and TLS Secrets, check that the pods run them (status.files), and revoke whatever that CA issued.";
+    "MOAT-AUTH-007", Authentication, High, "One user cannot take over another user's session by its client id (active probe, moat's canary logins)",
+        "The live broker ended a user's session when another user connected with its client id: set spec.security.useUsernameAsClientId: true (MOAT-AUTH-004) and check that the pods run the files moat wrote (status.files).";
     // broker: encryption
     "MOAT-TLS-001", Encryption, High, "Every listener uses TLS",
         "Remove insecurePlaintext listeners; use TLS listeners (the default) and moat-issued certificates.";
@@ -67,6 +69,8 @@ checks! {
         "Grant only the $SYS topics a monitor needs (e.g. $SYS/broker/uptime), never $SYS/#.";
     "MOAT-ACL-004", Acl, Low, "Every MqttAcl of the broker is valid and in effect",
         "Fix the ACLs listed (kubectl get mqacl, status.conditions) or create the users they name.";
+    "MOAT-ACL-005", Acl, High, "A login in no ACL can neither publish nor read anything (active probe, moat's canary login)",
+        "The live broker let an identity without grants publish or receive messages: an allUsers MqttAcl grants every login (narrow it to %u/%c topics or list the users), or the pods do not run moat's ACL file (status.files, MOAT-ACL-001).";
     // broker: configuration
     "MOAT-CFG-001", Configuration, High, "Broker containers run as non-root uid/gid 1883",
         "Do not edit the broker StatefulSet: moat repairs it. Remove admission mutations that change runAsUser/runAsNonRoot.";
@@ -80,7 +84,7 @@ checks! {
         "Keep spec.limits (max packet size, message size, connections, queues, keepalive) set; moat renders them.";
     "MOAT-CFG-006", Configuration, Low, "Resource requests and a memory limit are set",
         "Set spec.resources requests and a memory limit so one broker cannot starve its node.";
-    "MOAT-CFG-008", Configuration, Medium, "The live broker drops a client whose packet exceeds spec.limits.maxPacketSize (active probe)",
+    "MOAT-CFG-008", Configuration, Medium, "The live broker drops a client whose packet exceeds spec.limits.maxPacketSize, before and after login (active probe)",
         "The running broker does not enforce the packet limit moat rendered: check that the pods run the files moat wrote (MOAT-AUD-003, status.files) and restart a pod that does not.";
     "MOAT-CFG-007", Configuration, Medium, "The Service exposes only the broker's listeners",
         "Do not add ports to the broker Service; add listeners to spec.listeners instead.";

@@ -131,8 +131,13 @@ pub struct LiveProbe {
     pub foreign_cert_refused: Vec<Observation>,
     /// moat's revoked canary certificate is refused, one observation per certificate listener port.
     pub revoked_cert_refused: Vec<Observation>,
-    /// A CONNECT declaring maxPacketSize + 1 bytes gets the client dropped.
-    pub oversize_refused: Observation,
+    /// A CONNECT declaring maxPacketSize + 1 bytes gets the client dropped, and so does a
+    /// PUBLISH declaring as much after login (in that order).
+    pub oversize_refused: Vec<Observation>,
+    /// moat's canary login, in no ACL, is refused its PUBLISH and receives nothing on `#`/`$SYS/#`.
+    pub no_grants_refused: Observation,
+    /// A second user logging in with the client id of another user's session leaves it up.
+    pub takeover_refused: Observation,
 }
 
 /// Everything the user checks look at.

@@ -221,6 +221,7 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
     } else {
         Finding::pass("MOAT-AUTH-006", "no certificate listener")
     });
+    out.push(live_finding("MOAT-AUTH-007", f.probes.as_deref(), |p| vec![&p.takeover_refused]));
 
     // --- encryption
     let plaintext: Vec<&str> =
@@ -288,6 +289,7 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         format!("{} ACL(s) in effect", f.acls_total),
         format!("ACL(s) not in effect: {}", f.acls_invalid.join(", ")),
     ));
+    out.push(live_finding("MOAT-ACL-005", f.probes.as_deref(), |p| vec![&p.no_grants_refused]));
 
     // --- configuration
     match &f.pod {
@@ -338,7 +340,7 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         "protocol limits are set",
         format!("protocol limits missing: {}", missing.join(", ")),
     ));
-    out.push(live_finding("MOAT-CFG-008", f.probes.as_deref(), |p| vec![&p.oversize_refused]));
+    out.push(live_finding("MOAT-CFG-008", f.probes.as_deref(), |p| p.oversize_refused.iter().collect()));
     out.push(Finding::check(
         "MOAT-CFG-006",
         f.pod.as_ref().is_some_and(|p| p.resources_set),
@@ -488,7 +490,15 @@ fn split_grants<'a>(grants: impl Iterator<Item = (Option<&'a str>, &'a RiskyGran
 /// A live check over every broker pod: failing on any pod fails (naming it), passing needs every
 /// pod to pass; no pod probed, an unreachable pod or an ambiguous answer is Unknown, never a pass.
 /// The checks only an audit's active probe evaluates (between audits they keep their result).
-pub const PROBED_CHECKS: &[&str] = &["MOAT-AUTH-003", "MOAT-AUTH-006", "MOAT-TLS-005", "MOAT-TLS-008", "MOAT-CFG-008"];
+pub const PROBED_CHECKS: &[&str] = &[
+    "MOAT-AUTH-003",
+    "MOAT-AUTH-006",
+    "MOAT-AUTH-007",
+    "MOAT-TLS-005",
+    "MOAT-TLS-008",
+    "MOAT-ACL-005",
+    "MOAT-CFG-008",
+];
 
 fn live_finding(
     id: &'static str,

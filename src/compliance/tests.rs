@@ -36,7 +36,9 @@ fn good_probe(pod: &str) -> LiveProbe {
         plaintext_refused: vec![Observation::Pass("hung up".into()), Observation::Pass("hung up".into())],
         foreign_cert_refused: vec![Observation::Pass("refused".into())],
         revoked_cert_refused: vec![Observation::Pass("refused".into())],
-        oversize_refused: Observation::Pass("dropped".into()),
+        oversize_refused: vec![Observation::Pass("dropped".into()), Observation::Pass("dropped".into())],
+        no_grants_refused: Observation::Pass("PUBACK not authorized".into()),
+        takeover_refused: Observation::Pass("left that session up".into()),
     }
 }
 
@@ -284,7 +286,19 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
         ),
         (
             "MOAT-CFG-008",
-            Box::new(|f| f.probes.as_mut().unwrap()[0].oversize_refused = Observation::Fail("kept the client".into())),
+            Box::new(|f| {
+                f.probes.as_mut().unwrap()[0].oversize_refused[1] = Observation::Fail("kept the client".into())
+            }),
+        ),
+        (
+            "MOAT-ACL-005",
+            Box::new(|f| f.probes.as_mut().unwrap()[0].no_grants_refused = Observation::Fail("PUBACK success".into())),
+        ),
+        (
+            "MOAT-AUTH-007",
+            Box::new(|f| {
+                f.probes.as_mut().unwrap()[0].takeover_refused = Observation::Fail("ended that session".into())
+            }),
         ),
         (
             "MOAT-TLS-008",

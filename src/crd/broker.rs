@@ -740,9 +740,11 @@ pub struct SecuritySpec {
     #[schemars(range(min = 0, max = 86400))]
     pub sys_interval: u32,
     /// Let moat's operator attack each broker pod's listeners at every audit (TLS 1.0/1.1,
-    /// anonymous, plaintext and oversize CONNECTs, a foreign CA's certificate, moat's revoked canary) and
-    /// verify the served certificate (allowed by a dedicated NetworkPolicy from the operator's
-    /// namespace only). Default: true.
+    /// anonymous, plaintext and oversize CONNECTs, a foreign CA's certificate, moat's revoked
+    /// canary; logged in as moat's canary identities, which are in no ACL: PUBLISH, reading `#`
+    /// and `$SYS/#`, client-id takeover, an oversize PUBLISH) and verify the served certificate
+    /// (allowed by a dedicated NetworkPolicy from the operator's namespace only). `false` also
+    /// removes the canary logins from the password file. Default: true.
     #[serde(default = "default_true")]
     pub active_probe: bool,
     /// How moat ends the live sessions of a client certificate it revokes because its owner lost

@@ -91,8 +91,8 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     let b: MqttBroker = wait_condition(&client, &ns.name, "plant-r", "Compliant", "True", T).await;
     let c = b.status.as_ref().unwrap().compliance.clone().unwrap();
     assert!(c.checks.iter().all(|x| x.result == CheckResult::Pass), "{:#?}", c.checks);
-    for id in ["MOAT-TLS-005", "MOAT-AUTH-003", "MOAT-AUTH-006", "MOAT-TLS-008", "MOAT-CFG-008"] {
-        let check = c.checks.iter().find(|x| x.id == id).unwrap();
+    for id in moat::compliance::PROBED_CHECKS {
+        let check = c.checks.iter().find(|x| x.id == *id).unwrap();
         for pod in &pods {
             assert!(check.message.contains(&pod.name), "{id} did not probe {}: {}", pod.name, check.message);
         }
@@ -110,6 +110,15 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     assert_eq!(message("MOAT-TLS-008").matches(canary).count(), 2, "{}", message("MOAT-TLS-008"));
     let oversize = "port 8883 dropped a CONNECT declaring 1048577 bytes";
     assert_eq!(message("MOAT-CFG-008").matches(oversize).count(), 2, "{}", message("MOAT-CFG-008"));
+    // the canary logins: in no ACL, refused their PUBLISH and sent nothing; a second user with
+    // the first one's client id leaves its session up; an oversize PUBLISH after login is dropped
+    let no_grants = "port 8883: a login in no ACL was refused its PUBLISH (PUBACK not authorized) and received nothing on '#' or '$SYS/#'";
+    assert_eq!(message("MOAT-ACL-005").matches(no_grants).count(), 2, "{}", message("MOAT-ACL-005"));
+    let takeover =
+        "port 8883: a second user logging in with the client id of another user's session left that session up";
+    assert_eq!(message("MOAT-AUTH-007").matches(takeover).count(), 2, "{}", message("MOAT-AUTH-007"));
+    let after_login = "port 8883 dropped a logged-in client's PUBLISH declaring 1048577 bytes";
+    assert_eq!(message("MOAT-CFG-008").matches(after_login).count(), 2, "{}", message("MOAT-CFG-008"));
 
     // log lines reach `kubectl logs` at once (log_dest stderr: 2.0.11 block-buffers stdout;
     // with use_username_as_clientid the line names the user, so count sensor-1's lines)
@@ -128,6 +137,35 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     .await;
     println!("connection line in kubectl logs after {} ms", seen.as_millis());
     assert!(seen < Duration::from_secs(5));
+
+    // an allUsers grant of everything reaches the canary too: once every pod runs that ACL, the
+    // next audit fails MOAT-ACL-005 with the evidence
+    let written = |b: &MqttBroker| b.status.as_ref().and_then(|s| s.files.as_ref()).and_then(|f| f.written_at.clone());
+    let before = written(&get::<MqttBroker>(&client, &ns.name, "plant-r").await.unwrap());
+    apply_yaml(
+        &client,
+        &ns.name,
+        "apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttAcl\nmetadata: {name: everyone-everything}\nspec: {brokerRef: {name: plant-r}, allUsers: true, rules: [{topic: '#', access: ReadWrite}]}\n",
+    )
+    .await;
+    eventually(T, "every pod running the ACL that grants everything", || async {
+        let b: MqttBroker = get(&client, &ns.name, "plant-r").await?;
+        let f = b.status.as_ref()?.files.as_ref()?;
+        (f.written_at != before && f.in_effect_at.as_ref().is_some_and(|t| Some(t) >= f.written_at.as_ref()))
+            .then_some(())
+    })
+    .await;
+    let out =
+        kubectl(&["-n", &ns.name, "annotate", "mqb", "plant-r", "mqtt.moat.dev/audit=grant-everything", "--overwrite"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let failed = eventually(T, "MOAT-ACL-005 failing on the live broker", || async {
+        let b: MqttBroker = get(&client, &ns.name, "plant-r").await?;
+        let c = b.status?.compliance?.checks.into_iter().find(|x| x.id == "MOAT-ACL-005")?;
+        (c.result == CheckResult::Fail).then_some(c.message)
+    })
+    .await;
+    println!("MOAT-ACL-005 with an allUsers grant of everything: {failed}");
+    assert!(failed.contains("port 8883: a login in no ACL") && failed.contains(&pods[0].name), "{failed}");
 }
 
 /// A deleted password user: new connections are refused and its live session is ended by the

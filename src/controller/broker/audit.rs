@@ -16,6 +16,7 @@ use crate::crd::{CheckResult, ComplianceCheck, ComplianceStatus, MqttBroker};
 use crate::model::BrokerModel;
 use crate::plan::broker::{Cred, Verdict};
 use crate::probe::Outcome;
+use crate::probe::login::{self, Credentials, LoginTarget};
 
 /// How the revoked canary is named in the evidence.
 const CANARY: &str = "moat's revoked canary certificate";
@@ -109,6 +110,19 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
     };
     let timeout = Duration::from_secs(3);
     let max_packet_size = model.spec.limits.max_packet_size;
+    // the current canary logins first; a pod may still run the ones this reconcile replaced
+    let logins: Vec<&crate::plan::canary::Logins> =
+        decided.plan.canary_logins.iter().chain(&decided.plan.canary_logins_replaced).collect();
+    let credentials = |pick: fn(&crate::plan::canary::Logins) -> &crate::plan::canary::Login| {
+        logins
+            .iter()
+            .map(|l| {
+                let login = pick(l);
+                Credentials { username: login.username, password: &login.password.0 }
+            })
+            .collect::<Vec<_>>()
+    };
+    let (attacker, victim) = (credentials(|l| &l.attacker), credentials(|l| &l.victim));
     let probes = seen.pods.iter().filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let pod = p.name_any();
@@ -134,6 +148,7 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
             }
         });
         let (cert_ports, foreign, claimed) = (&cert_ports, foreign.as_ref(), claimed.as_str());
+        let (attacker, victim, bundle) = (&attacker, &victim, &bundle);
         Some(async move {
             let plaintext = others.iter().map(|&port| crate::probe::plaintext_refused(&target.host, port, timeout));
             let (host, name) = (&target.host, &target.server_name);
@@ -150,43 +165,48 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
                 }
             });
             let oversize = crate::probe::oversize_refused(host, target.port, name, max_packet_size, timeout);
-            let (report, oversize, others, foreign, revoked) = tokio::join!(
+            // the canary's attacks one after another: with client ids bound to usernames, two
+            // sessions of the same canary at once would take each other over
+            let logged_in = async {
+                let t = LoginTarget { host, port: target.port, server_name: name, ca_pem: bundle, timeout };
+                if attacker.is_empty() {
+                    let none = || Outcome::Unknown("no canary logins (attestation is off)".into());
+                    return (none(), none(), none());
+                }
+                let no_grants = login::no_grants_refused(&t, attacker).await;
+                let takeover = login::takeover_refused(&t, attacker, victim).await;
+                let oversize = login::oversize_publish_refused(&t, attacker, max_packet_size).await;
+                (no_grants, takeover, oversize)
+            };
+            let (report, oversize, others, foreign, revoked, (no_grants, takeover, oversize_publish)) = tokio::join!(
                 crate::probe::probe(&target),
                 oversize,
                 futures::future::join_all(plaintext),
                 futures::future::join_all(impersonation),
-                futures::future::join_all(revoked)
+                futures::future::join_all(revoked),
+                logged_in
             );
-            live(pod, report, oversize, others, foreign, revoked)
+            let obs = |o: &Outcome| match o {
+                Outcome::Pass(m) => Observation::Pass(m.clone()),
+                Outcome::Fail(m) => Observation::Fail(m.clone()),
+                Outcome::Unknown(m) => Observation::Unknown(m.clone()),
+            };
+            LiveProbe {
+                pod,
+                reachable: report.reachable,
+                legacy_tls_refused: obs(&report.legacy_tls_refused),
+                chain_trusted: obs(&report.chain_trusted),
+                anonymous_refused: obs(&report.anonymous_refused),
+                plaintext_refused: std::iter::once(&report.plaintext_refused).chain(&others).map(obs).collect(),
+                foreign_cert_refused: foreign.iter().map(obs).collect(),
+                revoked_cert_refused: revoked.iter().map(obs).collect(),
+                oversize_refused: vec![obs(&oversize), obs(&oversize_publish)],
+                no_grants_refused: obs(&no_grants),
+                takeover_refused: obs(&takeover),
+            }
         })
     });
     futures::future::join_all(probes).await
-}
-
-fn live(
-    pod: String,
-    r: crate::probe::ProbeReport,
-    oversize: Outcome,
-    plaintext_elsewhere: Vec<Outcome>,
-    foreign_cert: Vec<Outcome>,
-    revoked_cert: Vec<Outcome>,
-) -> LiveProbe {
-    let obs = |o: &Outcome| match o {
-        Outcome::Pass(m) => Observation::Pass(m.clone()),
-        Outcome::Fail(m) => Observation::Fail(m.clone()),
-        Outcome::Unknown(m) => Observation::Unknown(m.clone()),
-    };
-    LiveProbe {
-        pod,
-        reachable: r.reachable,
-        legacy_tls_refused: obs(&r.legacy_tls_refused),
-        chain_trusted: obs(&r.chain_trusted),
-        anonymous_refused: obs(&r.anonymous_refused),
-        plaintext_refused: std::iter::once(&r.plaintext_refused).chain(&plaintext_elsewhere).map(obs).collect(),
-        foreign_cert_refused: foreign_cert.iter().map(obs).collect(),
-        revoked_cert_refused: revoked_cert.iter().map(obs).collect(),
-        oversize_refused: obs(&oversize),
-    }
 }
 
 /// Events for checks that changed between pass and fail.
