@@ -186,11 +186,6 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
                 futures::future::join_all(revoked),
                 logged_in
             );
-            let obs = |o: &Outcome| match o {
-                Outcome::Pass(m) => Observation::Pass(m.clone()),
-                Outcome::Fail(m) => Observation::Fail(m.clone()),
-                Outcome::Unknown(m) => Observation::Unknown(m.clone()),
-            };
             LiveProbe {
                 pod,
                 reachable: report.reachable,
@@ -207,6 +202,15 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
         })
     });
     futures::future::join_all(probes).await
+}
+
+/// The probe's outcome as compliance evidence (the compliance engine knows no probe types).
+fn obs(o: &Outcome) -> Observation {
+    match o {
+        Outcome::Pass(m) => Observation::Pass(m.clone()),
+        Outcome::Fail(m) => Observation::Fail(m.clone()),
+        Outcome::Unknown(m) => Observation::Unknown(m.clone()),
+    }
 }
 
 /// Events for checks that changed between pass and fail.
