@@ -37,7 +37,8 @@ fn usernames(passwd: &str) -> Vec<String> {
 async fn generated_and_brought_passwords_log_in_and_everything_else_is_refused() {
     let pod = pod();
     let installed = std::fs::read_to_string(pod.run.join("passwd")).unwrap();
-    assert_eq!(usernames(&installed), ["alice", "bob", "carol"]);
+    // moat's two canary logins (in no ACL, for the operator's attestation) and the users
+    assert_eq!(usernames(&installed), ["_moat-canary-1", "_moat-canary-2", "alice", "bob", "carol"]);
     assert!(installed.lines().all(|l| l.contains(":$7$1000$")), "lines use the broker's iteration count");
 
     // Generated credentials connect.
