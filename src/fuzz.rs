@@ -199,6 +199,7 @@ proptest! {
             overrides: &ListenerOverrides::default(),
             extra_ips: &[],
             requests: &Default::default(),
+            attestation: true,
             now: "2026-02-01T00:00:00Z".parse().unwrap(),
         }).unwrap();
         let in_effect: BTreeSet<String> = p.verdicts.values().filter_map(|o| match &o.verdict {

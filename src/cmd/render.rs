@@ -198,6 +198,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         overrides: &no_overrides,
         extra_ips: &extra_ips,
         requests: &Default::default(),
+        // what an operator with its default `--active-probe` would plan
+        attestation: model.spec.security.active_probe,
         now,
     })?;
 

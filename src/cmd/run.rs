@@ -50,7 +50,8 @@ pub struct RunArgs {
     /// Lease duration in seconds (a standby takes over at most this long after the leader dies).
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
-    /// Actively probe broker endpoints (TLS versions, served certificate, anonymous refusal).
+    /// Attack every broker pod at its audits (see `spec.security.activeProbe`); `false` also
+    /// removes the canary logins from every broker's password file.
     #[arg(long, env = "MOAT_ACTIVE_PROBE", default_value_t = true, action = clap::ArgAction::Set)]
     pub active_probe: bool,
     /// ConfigMap in the operator namespace that extends the security-patch catalog (key `catalog.yaml`).

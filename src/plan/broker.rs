@@ -422,6 +422,9 @@ pub struct PlanInput<'a> {
     pub extra_ips: &'a [std::net::IpAddr],
     /// Administrator requests.
     pub requests: &'a Requests,
+    /// The operator attacks this broker at its audits (the operator's `--active-probe` and the
+    /// broker's `spec.security.activeProbe`): only then do the canary logins exist.
+    pub attestation: bool,
     /// Now.
     pub now: Timestamp,
 }
@@ -435,7 +438,7 @@ struct Claim<'v, 'a> {
 
 /// Plans everything for the broker.
 pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
-    let PlanInput { model, users, acls, existing, paths, overrides, extra_ips, requests, now } = input;
+    let PlanInput { model, users, acls, existing, paths, overrides, extra_ips, requests, attestation, now } = input;
     let d = &model.durations;
     let mut events: Vec<Timestamp> = vec![];
 
@@ -639,7 +642,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         };
         password_cred.insert(c.name.clone(), cred);
     }
-    let logins = canary::plan(existing.canary_logins, model.spec.security.active_probe, d.audit_interval, now);
+    let logins = canary::plan(existing.canary_logins, attestation, d.audit_interval, now);
     events.extend(logins.next_event);
     password_users.extend(logins.current.iter().flat_map(canary::Logins::password_entries));
     let assembly =

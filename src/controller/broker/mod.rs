@@ -234,6 +234,7 @@ fn decide(
         overrides: &ListenerOverrides::default(),
         extra_ips: &[],
         requests: &requests,
+        attestation: ctx.config.active_probe && model.spec.security.active_probe,
         now,
     })
     .map_err(|e| Error::Plan(Box::new(e)))?;

@@ -78,6 +78,7 @@ fn run_with(m: &BrokerModel, users: &[UserView], acls: &[&MqttAcl], existing: Ex
         overrides: &ListenerOverrides::default(),
         extra_ips: &[],
         requests: &Default::default(),
+        attestation: true,
         now: at,
     })
     .unwrap()
@@ -484,6 +485,7 @@ fn acl_size_is_bounded_per_object_and_the_file_is_sharded() {
         overrides: &ListenerOverrides::default(),
         extra_ips: &[],
         requests: &Default::default(),
+        attestation: true,
         now: now(),
     })
     .unwrap();
@@ -654,4 +656,38 @@ fn the_expected_files_are_what_the_agent_installs_from_the_pods_volumes() {
         std::fs::write(file, bytes).unwrap();
     }
     assert_eq!(crate::agent::collect(dir.path()).unwrap().digest(), expected.digest());
+}
+
+/// The canary logins exist only while the operator attests the broker: in the password file and
+/// the CA Secret then, in neither once attestation is off (by flag or by spec).
+#[test]
+fn the_canary_logins_exist_only_while_the_broker_is_attested() {
+    let a = user("sensor-1", serde_json::json!({"brokerRef": {"name": "plant-a"}}), "2026-01-01T00:00:00Z");
+    let views = vec![view(&a, found("generated-password-0123456789ABCDEF", true), None)];
+    let m = model();
+    let planned = |existing: Existing, attestation: bool| {
+        plan(PlanInput {
+            model: &m,
+            users: &views,
+            acls: &[],
+            existing,
+            paths: &ConfigPaths::in_pod(),
+            overrides: &ListenerOverrides::default(),
+            extra_ips: &[],
+            requests: &Default::default(),
+            attestation,
+            now: now(),
+        })
+        .unwrap()
+    };
+    let passwd_users = |p: &BrokerPlan| -> Vec<String> {
+        let text: String = p.shards.iter().map(|s| s.passwd.as_str()).collect();
+        text.lines().map(|l| l.split(':').next().unwrap().to_owned()).collect()
+    };
+    let on = planned(Existing::default(), true);
+    assert_eq!(passwd_users(&on), ["_moat-canary-1", "_moat-canary-2", "sensor-1"]);
+    assert!(ca_secret_data(&on).contains_key(crate::plan::canary::KEY_LOGINS));
+    let off = planned(on.to_existing().unwrap(), false);
+    assert_eq!(passwd_users(&off), ["sensor-1"]);
+    assert!(off.canary_logins.is_none() && !ca_secret_data(&off).contains_key(crate::plan::canary::KEY_LOGINS));
 }
