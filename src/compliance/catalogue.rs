@@ -69,8 +69,8 @@ checks! {
         "Grant only the $SYS topics a monitor needs (e.g. $SYS/broker/uptime), never $SYS/#.";
     "MOAT-ACL-004", Acl, Low, "Every MqttAcl of the broker is valid and in effect",
         "Fix the ACLs listed (kubectl get mqacl, status.conditions) or create the users they name.";
-    "MOAT-ACL-005", Acl, High, "A login in no ACL can neither publish nor read anything (active probe, moat's canary login)",
-        "The live broker let an identity without grants publish or receive messages: an allUsers MqttAcl grants every login (narrow it to %u/%c topics or list the users), or the pods do not run moat's ACL file (status.files, MOAT-ACL-001).";
+    "MOAT-ACL-005", Acl, High, "A login in no ACL can publish and read only what the rules for all users grant it (active probe, moat's canary login)",
+        "The live broker let an identity without grants publish or receive messages beyond the allUsers rules: it does not enforce moat's ACL file. Check that the pods run the files moat wrote (status.files, MOAT-AUD-003) and that mosquitto.conf sets acl_file (MOAT-ACL-001); restart a pod that does not.";
     // broker: configuration
     "MOAT-CFG-001", Configuration, High, "Broker containers run as non-root uid/gid 1883",
         "Do not edit the broker StatefulSet: moat repairs it. Remove admission mutations that change runAsUser/runAsNonRoot.";

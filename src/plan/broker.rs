@@ -362,6 +362,8 @@ pub struct BrokerPlan {
     pub acl_parts: Vec<Part>,
     /// Outcome per MqttAcl.
     pub acls: Vec<AclOutcome>,
+    /// The rules for all users in the ACL file (what a login with no rules of its own may do).
+    pub all_users_rules: Vec<AclRule>,
     /// `mosquitto.conf`.
     pub config: RenderedConfig,
     /// The next time the plan changes by the clock alone.
@@ -917,6 +919,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         per_user.insert(u.clone(), deny_all_rules());
     }
     let acl_parts = shard::split(&crate::render::acl::render_blocks(&per_user, &patterns)?, shard::PART_MAX_BYTES)?;
+    let all_users_rules = patterns;
 
     let config = crate::render::config::render(model, paths, overrides);
 
@@ -962,6 +965,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         shared_passwords,
         acl_parts,
         acls: outcomes,
+        all_users_rules,
         config,
         next_event,
         ca_rotation_handled,

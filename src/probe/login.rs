@@ -158,10 +158,15 @@ fn nonce() -> String {
 
 /// Logs in as an identity in no ACL, subscribes to `#` and `$SYS/#` (Mosquitto grants every
 /// SUBSCRIBE and filters on delivery), publishes at QoS 1 to a topic of its own and sends PINGREQ:
-/// everything the broker sends before PINGRESP is its answer. Pass: the PUBLISH was refused
-/// (PUBACK reason ≥ 0x80) and no message arrived; Fail: the PUBLISH was accepted or a message was
-/// delivered (a rule for all users, or no ACL in force).
-pub async fn no_grants_refused(target: &LoginTarget<'_>, logins: &[Credentials<'_>]) -> Outcome {
+/// everything the broker sends before PINGRESP is its answer. `granted(topic, write)` says what
+/// the rules for all users let it do (they apply to every login). Pass: the PUBLISH was refused
+/// (PUBACK reason ≥ 0x80) unless granted, and every message that arrived is granted; Fail: an
+/// ungranted PUBLISH was accepted or an ungranted message delivered (the ACL is not enforced).
+pub async fn no_grants_refused(
+    target: &LoginTarget<'_>,
+    logins: &[Credentials<'_>],
+    granted: &(dyn Fn(&str, bool) -> bool + Sync),
+) -> Outcome {
     let port = target.port;
     let mut s = match Session::open(target, logins, &format!("moat-attest-{}", nonce())).await {
         Ok(s) => s,
@@ -179,7 +184,9 @@ pub async fn no_grants_refused(target: &LoginTarget<'_>, logins: &[Credentials<'
             match s.next().await {
                 Ok(p) if p.kind() == mqtt::PINGRESP => break None,
                 Ok(p) if p.kind() == mqtt::PUBACK => puback = Some(p.reason()),
-                Ok(p) if p.kind() == mqtt::PUBLISH => delivered = true,
+                Ok(p) if p.kind() == mqtt::PUBLISH => {
+                    delivered |= !mqtt::publish_topic(&p).is_some_and(|t| granted(t, false));
+                }
                 Ok(p) if p.kind() == mqtt::DISCONNECT_KIND => {
                     break Some(Ended::Malformed(format!("DISCONNECT ({})", mqtt::reason_name(p.reason()))));
                 }
@@ -190,15 +197,20 @@ pub async fn no_grants_refused(target: &LoginTarget<'_>, logins: &[Credentials<'
     };
     s.close().await;
     let who = "a login in no ACL";
+    let may_publish = granted(&topic, true);
     match (delivered, puback, ended) {
         (true, _, _) => Fail(format!(
-            "port {port}: {who} received messages after subscribing to '#' and '$SYS/#': a rule grants every user reading them"
+            "port {port}: {who} received messages that no rule grants it after subscribing to '#' and '$SYS/#': the ACL is not enforced"
         )),
-        (_, Some(rc), _) if rc < 0x80 => {
-            Fail(format!("port {port}: {who} published to a topic no rule grants (PUBACK {})", mqtt::reason_name(rc)))
-        }
+        (_, Some(rc), _) if rc < 0x80 && !may_publish => Fail(format!(
+            "port {port}: {who} published to a topic no rule grants (PUBACK {}): the ACL is not enforced",
+            mqtt::reason_name(rc)
+        )),
+        (false, Some(_), None) if may_publish => Pass(format!(
+            "port {port}: {who} received only what the rules for all users grant on '#' and '$SYS/#' (they also grant its PUBLISH)"
+        )),
         (false, Some(rc), None) => Pass(format!(
-            "port {port}: {who} was refused its PUBLISH (PUBACK {}) and received nothing on '#' or '$SYS/#'",
+            "port {port}: {who} was refused its PUBLISH (PUBACK {}) and received only what the rules for all users grant on '#' and '$SYS/#'",
             mqtt::reason_name(rc)
         )),
         (false, _, Some(e)) => Outcome::Unknown(format!("port {port}: the canary's session ended early: {e}")),

@@ -150,6 +150,12 @@ pub fn take_packet(buf: &mut Vec<u8>) -> Result<Option<Packet>, String> {
     Err(format!("malformed remaining length (bytes: {})", super::hex_prefix(buf)))
 }
 
+/// The topic of a PUBLISH packet (None when it does not parse).
+pub fn publish_topic(p: &Packet) -> Option<&str> {
+    let len = usize::from(u16::from_be_bytes([*p.body.first()?, *p.body.get(1)?]));
+    std::str::from_utf8(p.body.get(2..2 + len)?).ok()
+}
+
 /// Name of an MQTT 5 reason code (the ones a login attack meets).
 pub fn reason_name(rc: u8) -> &'static str {
     match rc {
@@ -251,6 +257,9 @@ mod tests {
         assert_eq!(take_packet(&mut buf).unwrap().unwrap().kind(), SUBACK);
         assert!(buf.is_empty());
         assert!(take_packet(&mut vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01]).is_err());
+        let publish = Packet { first: 0x32, body: vec![0, 3, b'a', b'/', b'b', 0, 7, 0, b'x'] };
+        assert_eq!(publish_topic(&publish), Some("a/b"));
+        assert_eq!(publish_topic(&Packet { first: 0x30, body: vec![0, 9, b'a'] }), None);
         let connack = Packet { first: 0x20, body: vec![0, 0x86, 0] };
         assert_eq!((connack.kind(), reason_name(connack.reason())), (CONNACK, "bad user name or password"));
     }

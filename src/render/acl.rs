@@ -187,6 +187,42 @@ pub fn render_blocks(
     Ok(blocks)
 }
 
+/// Whether the rules for all users (`pattern` lines) let `username` with `client_id` read or
+/// write `topic`, as Mosquitto decides for a user with no rules of its own: `%u`/`%c` become the
+/// username and client id, a matching `deny` refuses (they are written first), then any matching
+/// grant of the access allows; nothing matching denies.
+pub fn pattern_grants(patterns: &[AclRule], username: &str, client_id: &str, topic: &str, write: bool) -> bool {
+    let matching = |r: &&AclRule| {
+        let filter = r.topic.split('/').map(|level| match level {
+            "%u" => username,
+            "%c" => client_id,
+            other => other,
+        });
+        topic_matches(filter, topic)
+    };
+    let wanted = if write { AclAccess::Write } else { AclAccess::Read };
+    !patterns.iter().filter(matching).any(|r| r.access == AclAccess::Deny)
+        && patterns.iter().filter(matching).any(|r| r.access == wanted || r.access == AclAccess::ReadWrite)
+}
+
+/// MQTT topic matching: `+` is one level, `#` the rest (also the parent level itself), and a
+/// wildcard in the first level never matches a topic that starts with `$`.
+fn topic_matches<'a>(filter: impl Iterator<Item = &'a str>, topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    for (i, f) in filter.enumerate() {
+        if i == 0 && topic.starts_with('$') && (f == "+" || f == "#") {
+            return false;
+        }
+        match (f, levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (f, Some(l)) if f == l => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
 /// Writes `keyword access topic` lines: denials first, then grants.
 fn write_rules(out: &mut String, keyword: &str, rules: &BTreeSet<AclRule>) {
     let (deny, grant): (Vec<&AclRule>, Vec<&AclRule>) = rules.iter().partition(|r| r.access == AclAccess::Deny);
@@ -616,5 +652,28 @@ mod tests {
             let text = render(&input, &patterns).unwrap();
             prop_assert_eq!(parse(&text).unwrap().rule_set(), RuleSet::new(&input, &patterns));
         }
+    }
+
+    #[test]
+    fn pattern_grants_follow_mosquitto() {
+        let rule = |topic: &str, access| AclRule { topic: topic.into(), access };
+        let rules = [
+            rule("devices/%u/#", AclAccess::ReadWrite),
+            rule("$SYS/broker/uptime", AclAccess::Read),
+            rule("public/+/news", AclAccess::Read),
+            rule("public/secret/news", AclAccess::Deny),
+        ];
+        let grants = |topic, write| pattern_grants(&rules, "u1", "c1", topic, write);
+        assert!(grants("devices/u1", true) && grants("devices/u1/a/b", false));
+        assert!(!grants("devices/u2/a", false));
+        assert!(grants("$SYS/broker/uptime", false) && !grants("$SYS/broker/uptime", true));
+        assert!(!grants("$SYS/broker/version", false));
+        assert!(grants("public/x/news", false) && !grants("public/x/news/more", false));
+        assert!(!grants("public/secret/news", false), "a matching deny wins");
+        assert!(!grants("moat/attestation/x", true));
+        let everything = [rule("#", AclAccess::Read)];
+        assert!(pattern_grants(&everything, "u", "c", "a/b", false));
+        assert!(!pattern_grants(&everything, "u", "c", "$SYS/broker/uptime", false), "# never matches $ topics");
+        assert!(!pattern_grants(&[rule("+/broker/uptime", AclAccess::Read)], "u", "c", "$SYS/broker/uptime", false));
     }
 }

@@ -112,7 +112,7 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     assert_eq!(message("MOAT-CFG-008").matches(oversize).count(), 2, "{}", message("MOAT-CFG-008"));
     // the canary logins: in no ACL, refused their PUBLISH and sent nothing; a second user with
     // the first one's client id leaves its session up; an oversize PUBLISH after login is dropped
-    let no_grants = "port 8883: a login in no ACL was refused its PUBLISH (PUBACK not authorized) and received nothing on '#' or '$SYS/#'";
+    let no_grants = "port 8883: a login in no ACL was refused its PUBLISH (PUBACK not authorized) and received only what the rules for all users grant on '#' and '$SYS/#'";
     assert_eq!(message("MOAT-ACL-005").matches(no_grants).count(), 2, "{}", message("MOAT-ACL-005"));
     let takeover =
         "port 8883: a second user logging in with the client id of another user's session left that session up";
@@ -138,34 +138,27 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     println!("connection line in kubectl logs after {} ms", seen.as_millis());
     assert!(seen < Duration::from_secs(5));
 
-    // an allUsers grant of everything reaches the canary too: once every pod runs that ACL, the
-    // next audit fails MOAT-ACL-005 with the evidence
-    let written = |b: &MqttBroker| b.status.as_ref().and_then(|s| s.files.as_ref()).and_then(|f| f.written_at.clone());
-    let before = written(&get::<MqttBroker>(&client, &ns.name, "plant-r").await.unwrap());
-    apply_yaml(
-        &client,
+    // client ids no longer bound to usernames (a listener setting: the pods are replaced): the
+    // canary's takeover attempt on the new pods fails MOAT-AUTH-007 with the evidence
+    let out = kubectl(&[
+        "-n",
         &ns.name,
-        "apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttAcl\nmetadata: {name: everyone-everything}\nspec: {brokerRef: {name: plant-r}, allUsers: true, rules: [{topic: '#', access: ReadWrite}]}\n",
-    )
-    .await;
-    eventually(T, "every pod running the ACL that grants everything", || async {
-        let b: MqttBroker = get(&client, &ns.name, "plant-r").await?;
-        let f = b.status.as_ref()?.files.as_ref()?;
-        (f.written_at != before && f.in_effect_at.as_ref().is_some_and(|t| Some(t) >= f.written_at.as_ref()))
-            .then_some(())
-    })
-    .await;
-    let out =
-        kubectl(&["-n", &ns.name, "annotate", "mqb", "plant-r", "mqtt.moat.dev/audit=grant-everything", "--overwrite"]);
+        "patch",
+        "mqb",
+        "plant-r",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"security":{"useUsernameAsClientId":false}}}"#,
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let failed = eventually(T, "MOAT-ACL-005 failing on the live broker", || async {
+    let failed = eventually(T, "MOAT-AUTH-007 failing on the live broker", || async {
         let b: MqttBroker = get(&client, &ns.name, "plant-r").await?;
-        let c = b.status?.compliance?.checks.into_iter().find(|x| x.id == "MOAT-ACL-005")?;
+        let c = b.status?.compliance?.checks.into_iter().find(|x| x.id == "MOAT-AUTH-007")?;
         (c.result == CheckResult::Fail).then_some(c.message)
     })
     .await;
-    println!("MOAT-ACL-005 with an allUsers grant of everything: {failed}");
-    assert!(failed.contains("port 8883: a login in no ACL") && failed.contains(&pods[0].name), "{failed}");
+    println!("MOAT-AUTH-007 with useUsernameAsClientId false: {failed}");
+    assert!(failed.contains("ended that session") && failed.contains("can be taken over"), "{failed}");
 }
 
 /// A deleted password user: new connections are refused and its live session is ended by the

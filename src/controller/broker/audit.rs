@@ -123,6 +123,18 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
             .collect::<Vec<_>>()
     };
     let (attacker, victim) = (credentials(|l| &l.attacker), credentials(|l| &l.victim));
+    // what the rules for all users let the attacking canary do (they apply to every login); its
+    // client id is its username when ids are bound, else random (no topic can carry NUL)
+    let client_id = if model.spec.security.use_username_as_client_id { crate::plan::canary::ATTACKER } else { "\0" };
+    let granted = |topic: &str, write: bool| {
+        crate::render::acl::pattern_grants(
+            &decided.plan.all_users_rules,
+            crate::plan::canary::ATTACKER,
+            client_id,
+            topic,
+            write,
+        )
+    };
     let probes = seen.pods.iter().filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let pod = p.name_any();
@@ -148,7 +160,7 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
             }
         });
         let (cert_ports, foreign, claimed) = (&cert_ports, foreign.as_ref(), claimed.as_str());
-        let (attacker, victim, bundle) = (&attacker, &victim, &bundle);
+        let (attacker, victim, bundle, granted) = (&attacker, &victim, &bundle, &granted);
         Some(async move {
             let plaintext = others.iter().map(|&port| crate::probe::plaintext_refused(&target.host, port, timeout));
             let (host, name) = (&target.host, &target.server_name);
@@ -173,7 +185,7 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
                     let none = || Outcome::Unknown("no canary logins (attestation is off)".into());
                     return (none(), none(), none());
                 }
-                let no_grants = login::no_grants_refused(&t, attacker).await;
+                let no_grants = login::no_grants_refused(&t, attacker, granted).await;
                 let takeover = login::takeover_refused(&t, attacker, victim).await;
                 let oversize = login::oversize_publish_refused(&t, attacker, max_packet_size).await;
                 (no_grants, takeover, oversize)
