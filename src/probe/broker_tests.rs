@@ -348,6 +348,13 @@ async fn a_login_in_no_acl_can_neither_publish_nor_read() {
     let sys_granted = |topic: &str, write: bool| !write && topic.starts_with("$SYS/");
     let r = login::no_grants_refused(&sys_target, &[creds(CANARY_ATTACKER)], &sys_granted).await;
     assert!(matches!(&r, Outcome::Pass(m) if m.contains("refused its PUBLISH")), "{r:?}\n{}", reads_sys.log());
+    // a PUBLISH the rules grant is not sent (it would reach real subscribers)
+    let all = |_: &str, _: bool| true;
+    let published = || reads_sys.log().matches("moat/attestation").count();
+    let before = published();
+    let r = login::no_grants_refused(&sys_target, &[creds(CANARY_ATTACKER)], &all).await;
+    assert!(matches!(&r, Outcome::Pass(m) if m.contains("so none was sent")), "{r:?}");
+    assert_eq!(published(), before, "{}", reads_sys.log());
     let writes_all = Broker::start(&pki, BrokerSpec { extra_acl: "pattern write #\n", ..BrokerSpec::HARDENED });
     let r =
         login::no_grants_refused(&login_target(&writes_all, &pki, TIMEOUT), &[creds(CANARY_ATTACKER)], &nothing).await;
