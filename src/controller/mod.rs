@@ -454,6 +454,12 @@ where
     Ok(())
 }
 
+/// Wakes the object at `t`, measured from the clock when the reconcile ends: a reconcile that
+/// took long (a broker audit attacks every pod) must not push its timers back by its own length.
+pub fn wake_at(ctx: &Context, t: jiff::Timestamp) -> Action {
+    Action::requeue(crate::pki::requeue_after(t, ctx.clock.now()).max(Duration::from_secs(1)))
+}
+
 /// The `Compliant` condition, the one place a compliance result becomes a condition: True only
 /// when every check passed; False when any failed; otherwise Unknown, naming the checks that could
 /// not be evaluated (e.g. the active probe could not reach the broker). Unknown is never a pass.

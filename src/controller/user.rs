@@ -225,7 +225,7 @@ async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
     certificate_metric(ctx, user, &decided.status);
     let next_rotation = generated.and_then(|(g, _)| pu::next_rotation(g.rotated_at, model.rotate_after));
     Ok(match next_rotation.filter(|t| *t > now) {
-        Some(t) => Action::requeue(crate::pki::requeue_after(t, now).max(Duration::from_secs(1))),
+        Some(t) => super::wake_at(ctx, t),
         None => Action::await_change(),
     })
 }

@@ -91,10 +91,9 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
         tracing::info!(broker = %model.name, namespace = %model.namespace, changed = applied.changed, "applied broker objects");
     }
     tracing::debug!(broker = %model.name, namespace = %model.namespace, "reconciled broker");
-    let requeue = requeue(&model, &windows, &decided, &status, now);
     Ok(match files.as_ref().is_some_and(|f| f.following(now)) {
         true => Action::requeue(attest::RECHECK),
-        false => requeue,
+        false => super::wake_at(ctx, next_wake(&model, &windows, &decided, &status, now)),
     })
 }
 
@@ -339,13 +338,13 @@ async fn events(ctx: &Context, broker: &MqttBroker, seen: &Observed, decided: &D
 }
 
 /// When to look again: the next certificate/CRL/revocation event, the next audit, upgrade timers.
-fn requeue(
+fn next_wake(
     model: &BrokerModel,
     windows: &[upgrade::Window],
     decided: &Decided,
     status: &status::Output,
     now: Timestamp,
-) -> Action {
+) -> Timestamp {
     let interval = model.durations.audit_interval;
     let mut next = vec![crate::plan::after(status.audit_time.unwrap_or(now), interval)];
     next.extend(decided.plan.next_event);
@@ -363,8 +362,7 @@ fn requeue(
     if !windows.is_empty() && decided.desired != decided.running && !decided.explicit {
         next.extend(upgrade::next_open(windows, now));
     }
-    let wake = next.into_iter().filter(|t| *t > now).min().unwrap_or(crate::plan::after(now, interval));
-    Action::requeue(crate::pki::requeue_after(wake, now).max(Duration::from_secs(1)))
+    next.into_iter().filter(|t| *t > now).min().unwrap_or(crate::plan::after(now, interval))
 }
 
 /// The version the broker should run, and whether the user asked for it explicitly.
