@@ -50,6 +50,8 @@ enum Ended {
     Io(String),
     TimedOut(Duration),
     Malformed(String),
+    /// The broker sent DISCONNECT with this reason code.
+    Disconnected(u8),
 }
 
 impl fmt::Display for Ended {
@@ -59,6 +61,7 @@ impl fmt::Display for Ended {
             Ended::Io(e) => write!(f, "I/O error: {e}"),
             Ended::TimedOut(t) => write!(f, "no answer within {t:?}"),
             Ended::Malformed(e) => f.write_str(e),
+            Ended::Disconnected(rc) => write!(f, "DISCONNECT ({})", mqtt::reason_name(*rc)),
         }
     }
 }
@@ -192,7 +195,7 @@ pub async fn no_grants_refused(
                     delivered |= !mqtt::publish_topic(&p).is_some_and(|t| granted(t, false));
                 }
                 Ok(p) if p.kind() == mqtt::DISCONNECT_KIND => {
-                    break Some(Ended::Malformed(format!("DISCONNECT ({})", mqtt::reason_name(p.reason()))));
+                    break Some(Ended::Disconnected(p.reason()));
                 }
                 Ok(_) => {}
                 Err(e) => break Some(e),
@@ -301,6 +304,6 @@ pub async fn oversize_publish_refused(
         Err(Ended::TimedOut(_)) => Fail(format!(
             "port {port} kept a logged-in client that declared a {declared}-byte PUBLISH for {wait:?}: maxPacketSize is not enforced"
         )),
-        Err(e @ Ended::Malformed(_)) => Outcome::Unknown(format!("port {port}: {e}")),
+        Err(e @ (Ended::Malformed(_) | Ended::Disconnected(_))) => Outcome::Unknown(format!("port {port}: {e}")),
     }
 }

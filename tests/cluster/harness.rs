@@ -408,9 +408,13 @@ pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
 /// The lines of a password file that belong to MqttUsers: moat's two canary logins (in every
 /// broker's file while attestation is on) are left out, after checking that they are there.
 pub fn user_lines(passwd: &str) -> Vec<&str> {
-    let reserved = |l: &&str| moat::validate::RESERVED_USERNAMES.iter().any(|u| l.starts_with(&format!("{u}:")));
-    assert_eq!(passwd.lines().filter(reserved).count(), 2, "the two canary logins are in the password file");
-    passwd.lines().filter(|l| !reserved(l)).collect()
+    assert_eq!(passwd.lines().filter(|l| canary_line(l)).count(), 2, "the two canary logins are in the password file");
+    passwd.lines().filter(|l| !canary_line(l)).collect()
+}
+
+/// Is this password-file line one of moat's canary logins?
+pub fn canary_line(line: &str) -> bool {
+    moat::validate::RESERVED_USERNAMES.iter().any(|u| line.starts_with(&format!("{u}:")))
 }
 
 /// Reads one object.

@@ -60,7 +60,7 @@ async fn passwd_users(client: &kube::Client, ns: &str) -> BTreeSet<String> {
         .filter_map(|s| s.data.as_ref()?.get("passwd").map(|p| String::from_utf8_lossy(&p.0).into_owned()))
         .collect::<String>()
         .lines()
-        .filter(|l| !moat::validate::RESERVED_USERNAMES.iter().any(|u| l.starts_with(&format!("{u}:"))))
+        .filter(|l| !canary_line(l))
         .filter_map(|l| l.split(':').next().map(str::to_string))
         .collect()
 }
