@@ -30,6 +30,9 @@ enum Command {
     Agent(moat::agent::AgentArgs),
     /// Probe a broker endpoint: TLS versions, served certificate, anonymous refusal.
     Probe(moat::probe::ProbeArgs),
+    /// The vantage point outside every firewall: dials the addresses the operator names and
+    /// says whether the network let it in.
+    Outsider(moat::probe::outsider::OutsiderArgs),
 }
 
 fn main() {
@@ -41,6 +44,7 @@ fn main() {
         Command::Run(args) => report(runtime().block_on(moat::cmd::run::run(*args))),
         Command::Agent(args) => runtime().block_on(moat::agent::run(args)),
         Command::Probe(args) => runtime().block_on(moat::probe::run(args)),
+        Command::Outsider(args) => runtime().block_on(moat::probe::outsider::run(args)),
     };
     std::process::exit(code);
 }

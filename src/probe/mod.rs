@@ -14,6 +14,7 @@ pub mod legacy;
 pub mod login;
 pub mod modern;
 pub mod mqtt;
+pub mod outsider;
 
 #[cfg(test)]
 mod broker_tests;
@@ -75,6 +76,23 @@ impl Outcome {
             Self::Unknown(_) => "UNKNOWN",
         }
     }
+}
+
+/// `GET path` from `host:port` over plain HTTP/1.0 (small JSON answers of moat's own helpers:
+/// the agent's `/status`, the outsider's `/dial`); the body of a 200, else the status line.
+pub async fn http_get(host: &str, port: u16, path: &str) -> Result<String, String> {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let mut stream = TcpStream::connect(format!("{host}:{port}")).await.map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream.take(256 * 1024).read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(head.lines().next().unwrap_or_default().to_string());
+    }
+    Ok(body.to_string())
 }
 
 /// Everything one probe found out.

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use kube::ResourceExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::observe::Observed;
 use crate::agent::AgentStatus;
@@ -43,21 +42,10 @@ fn classify(s: &AgentStatus, expected: &str) -> PodFiles {
     }
 }
 
-/// `GET /status` from the agent at `ip` (plain HTTP/1.0; the answer is small JSON).
+/// `GET /status` from the agent at `ip`.
 async fn fetch(ip: &str) -> Result<AgentStatus, String> {
-    let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
-    let mut stream =
-        tokio::net::TcpStream::connect(format!("{host}:{AGENT_STATUS_PORT}")).await.map_err(|e| e.to_string())?;
-    let request = format!("GET /status HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    stream.take(64 * 1024).read_to_end(&mut response).await.map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(head.lines().next().unwrap_or_default().to_string());
-    }
-    serde_json::from_str(body).map_err(|e| format!("unexpected answer: {e}"))
+    let body = crate::probe::http_get(ip, AGENT_STATUS_PORT, "/status").await?;
+    serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
 
 #[cfg(test)]
