@@ -54,6 +54,14 @@ pub struct RunArgs {
     /// removes the canary logins from every broker's password file.
     #[arg(long, env = "MOAT_ACTIVE_PROBE", default_value_t = true, action = clap::ArgAction::Set)]
     pub active_probe: bool,
+    /// Namespace of the outsider (`moat outsider`, pods labelled `mqtt.moat.dev/role=outsider`),
+    /// the vantage point no MqttFirewall admits: at each audit it tries every listener of every
+    /// broker pod and the network must refuse it (MOAT-FW-004). Unset: that check is Unknown.
+    #[arg(long, env = "MOAT_OUTSIDER_NAMESPACE")]
+    pub outsider_namespace: Option<String>,
+    /// Port the outsider serves `GET /dial` on.
+    #[arg(long, env = "MOAT_OUTSIDER_PORT", default_value_t = crate::probe::outsider::PORT)]
+    pub outsider_port: u16,
     /// ConfigMap in the operator namespace that extends the security-patch catalog (key `catalog.yaml`).
     #[arg(long, env = "MOAT_CATALOG_CONFIGMAP")]
     pub catalog_configmap: Option<String>,
@@ -177,6 +185,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         clock_offset: args.unsafe_clock_offset.unwrap_or_default(),
         active_probe: args.active_probe,
         catalog_configmap: args.catalog_configmap.clone(),
+        outsider: args
+            .outsider_namespace
+            .clone()
+            .filter(|n| !n.is_empty())
+            .map(|namespace| controller::Outsider { namespace, port: args.outsider_port }),
         ..Default::default()
     };
     if let Some(image) = &args.agent_image {

@@ -95,6 +95,8 @@ checks! {
         "Replace public CIDRs with the networks that need access and drop allowPublicInternet.";
     "MOAT-FW-003", Firewall, High, "A LoadBalancer Service only admits the firewall's CIDRs",
         "Create an MqttFirewall with CIDR peers for the broker; moat copies them into loadBalancerSourceRanges and only then exposes the LoadBalancer.";
+    "MOAT-FW-004", Firewall, High, "The network refuses a TCP connection to every listener from a namespace no MqttFirewall admits (active probe, moat's outsider)",
+        "If the outsider got in: delete the NetworkPolicy that admits it (MOAT-FW-001 names policies not made by moat) and make sure the nodes' CNI enforces NetworkPolicies. If Unknown: install the chart with outsider.enabled (a Ready outsider pod) and keep its namespace out of every MqttFirewall.";
     // broker: monitoring
     "MOAT-MON-001", Monitoring, Medium, "Connections are logged",
         "Set spec.logging.connectionMessages: true (the default).";

@@ -138,6 +138,9 @@ pub struct LiveProbe {
     pub no_grants_refused: Observation,
     /// A second user logging in with the client id of another user's session leaves it up.
     pub takeover_refused: Observation,
+    /// The network refuses the outsider (a namespace no MqttFirewall admits), one observation per
+    /// listener port.
+    pub outside_refused: Vec<Observation>,
 }
 
 /// Everything the user checks look at.
@@ -272,28 +275,15 @@ pub fn open_policies(
             let Some(spec) = p.spec.as_ref() else { return false };
             let ingress_type = spec.policy_types.as_ref().is_none_or(|t| t.iter().any(|t| t == "Ingress"));
             let admits = spec.ingress.as_ref().is_some_and(|r| !r.is_empty());
-            ingress_type && admits && spec.pod_selector.as_ref().is_none_or(|sel| selects(sel, pod_labels))
+            ingress_type
+                && admits
+                && spec
+                    .pod_selector
+                    .as_ref()
+                    .is_none_or(|sel| crate::render::network::selector_matches(sel, pod_labels))
         })
         .filter_map(|p| p.metadata.name.clone())
         .collect()
-}
-
-fn selects(
-    sel: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    let labels_ok = sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.clone().unwrap_or_default();
-        match e.operator.as_str() {
-            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-            "Exists" => labels.contains_key(&e.key),
-            "DoesNotExist" => !labels.contains_key(&e.key),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
 }
 
 /// Ports of a live Service that are not listeners of the broker.

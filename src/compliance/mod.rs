@@ -383,6 +383,7 @@ pub fn evaluate_broker(f: &BrokerFacts) -> Vec<ComplianceCheck> {
         ),
         Some(ranges) => Finding::pass("MOAT-FW-003", format!("LoadBalancer limited to {}", ranges.join(", "))),
     });
+    out.push(live_finding("MOAT-FW-004", f.probes.as_deref(), |p| p.outside_refused.iter().collect()));
 
     // --- monitoring
     out.push(Finding::check(
@@ -498,6 +499,7 @@ pub const PROBED_CHECKS: &[&str] = &[
     "MOAT-TLS-008",
     "MOAT-ACL-005",
     "MOAT-CFG-008",
+    "MOAT-FW-004",
 ];
 
 fn live_finding(

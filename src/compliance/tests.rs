@@ -39,6 +39,10 @@ fn good_probe(pod: &str) -> LiveProbe {
         oversize_refused: vec![Observation::Pass("dropped".into()), Observation::Pass("dropped".into())],
         no_grants_refused: Observation::Pass("PUBACK not authorized".into()),
         takeover_refused: Observation::Pass("left that session up".into()),
+        outside_refused: vec![
+            Observation::Pass("port 8883: refused".into()),
+            Observation::Pass("port 8884: refused".into()),
+        ],
     }
 }
 
@@ -333,6 +337,12 @@ fn broker_failures(w: &World) -> Vec<(&'static str, Mutation)> {
         ("MOAT-FW-001", Box::new(|f| f.open_policies = vec!["allow-all".into()])),
         ("MOAT-FW-002", Box::new(|f| f.public_firewalls = vec!["open".into()])),
         ("MOAT-FW-003", Box::new(|f| f.load_balancer = Some(vec![]))),
+        (
+            "MOAT-FW-004",
+            Box::new(|f| {
+                f.probes.as_mut().unwrap()[0].outside_refused[1] = Observation::Fail("port 8884: connected".into())
+            }),
+        ),
         ("MOAT-MON-001", replace("connection_messages true", "connection_messages false")),
         (
             "MOAT-MON-002",

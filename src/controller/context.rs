@@ -33,6 +33,17 @@ pub struct Config {
     pub active_probe: bool,
     /// ConfigMap (in the operator namespace) that extends the security-patch catalog.
     pub catalog_configmap: Option<String>,
+    /// Where the outsider runs (the vantage point no MqttFirewall admits), if anywhere.
+    pub outsider: Option<Outsider>,
+}
+
+/// Where `moat outsider` runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outsider {
+    /// Its namespace (its pods carry `mqtt.moat.dev/role=outsider`).
+    pub namespace: String,
+    /// The port of its `GET /dial`.
+    pub port: u16,
 }
 
 impl Default for Config {
@@ -48,6 +59,7 @@ impl Default for Config {
             clock_offset: Duration::ZERO,
             active_probe: true,
             catalog_configmap: None,
+            outsider: None,
         }
     }
 }

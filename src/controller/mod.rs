@@ -32,7 +32,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-pub use context::{Clock, Config, Context, Stores};
+pub use context::{Clock, Config, Context, Outsider, Stores};
 
 use crate::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
 use crate::metrics::{ErrorLabels, Metrics};

@@ -280,69 +280,89 @@ pub fn load_balancer_source_ranges<'a>(firewalls: impl IntoIterator<Item = &'a M
     nets.iter().map(ToString::to_string).collect()
 }
 
-/// A pure evaluator of NetworkPolicy ingress semantics, for tests: would `source` (an IP with its
-/// namespace/pod labels when it is a pod) reach `port` on a broker pod given these policies?
+/// Whether a label selector holds for `labels`: every matchLabels pair and every expression (an
+/// empty selector selects everything; an unknown operator selects nothing).
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// A source of traffic to a broker pod, for [`admitted_by`]: an IP, and when it is a pod, its
+/// namespace (name and labels) and labels.
+pub struct Source<'a> {
+    /// The source address.
+    pub ip: std::net::IpAddr,
+    /// The pod's namespace: name and labels.
+    pub namespace: Option<(&'a str, BTreeMap<String, String>)>,
+    /// The pod's labels.
+    pub pod_labels: Option<BTreeMap<String, String>>,
+}
+
+fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, src: &Source) -> bool {
+    if let Some(b) = &peer.ip_block {
+        let within = |c: &str| c.parse::<IpNet>().is_ok_and(|n| n.contains(&src.ip));
+        return within(&b.cidr) && !b.except.iter().flatten().any(|e| within(e));
+    }
+    let (Some((ns_name, ns_labels)), Some(pod_labels)) = (&src.namespace, &src.pod_labels) else { return false };
+    let ns_ok = match &peer.namespace_selector {
+        Some(sel) => selector_matches(sel, ns_labels),
+        None => *ns_name == policy_ns,
+    };
+    ns_ok && peer.pod_selector.as_ref().is_none_or(|sel| selector_matches(sel, pod_labels))
+}
+
+/// The ingress NetworkPolicies among `policies` (all selecting the same pods) whose rules admit
+/// `src` to `port`, by name, following the NetworkPolicy API's semantics (an absent or empty
+/// `from` or `ports` admits everything; a peer without namespaceSelector means the policy's namespace).
+/// moat uses it to know which vantage points its own policies admit, never as proof of what the
+/// network does.
+pub fn admitted_by(policies: &[NetworkPolicy], src: &Source, port: i32) -> Vec<String> {
+    policies
+        .iter()
+        .filter(|p| {
+            let Some(spec) = p.spec.as_ref() else { return false };
+            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+            spec.policy_types.iter().flatten().any(|t| t == "Ingress")
+                && spec.ingress.iter().flatten().any(|rule| {
+                    // an absent or empty list matches everything
+                    let ports = rule.ports.as_deref().unwrap_or_default();
+                    let from = rule.from.as_deref().unwrap_or_default();
+                    let port_ok = ports.is_empty()
+                        || ports.iter().any(|pp| pp.port.is_none() || pp.port == Some(IntOrString::Int(port)));
+                    port_ok && (from.is_empty() || from.iter().any(|peer| peer_matches(peer, ns, src)))
+                })
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// Whether `src` reaches `port` on pods selected by exactly `policies` (test oracle of the
+/// rendering tests: isolated by any ingress policy, then admitted by one).
 #[cfg(test)]
-pub(crate) mod eval {
-    use super::*;
-    use std::net::IpAddr;
-
-    pub struct Source<'a> {
-        pub ip: IpAddr,
-        pub namespace: Option<(&'a str, BTreeMap<String, String>)>,
-        pub pod_labels: Option<BTreeMap<String, String>>,
-    }
-
-    fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-        assert!(sel.match_expressions.is_none(), "evaluator supports matchLabels only");
-        sel.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v))
-    }
-
-    fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, src: &Source) -> bool {
-        if let Some(b) = &peer.ip_block {
-            let net: IpNet = b.cidr.parse().unwrap();
-            let excepted = b.except.iter().flatten().any(|e| e.parse::<IpNet>().unwrap().contains(&src.ip));
-            return net.contains(&src.ip) && !excepted;
-        }
-        let Some((ns_name, ns_labels)) = &src.namespace else { return false };
-        let Some(pod_labels) = &src.pod_labels else { return false };
-        let ns_ok = match &peer.namespace_selector {
-            Some(sel) => selector_matches(sel, ns_labels),
-            None => *ns_name == policy_ns,
-        };
-        let pod_ok = peer.pod_selector.as_ref().is_none_or(|sel| selector_matches(sel, pod_labels));
-        ns_ok && pod_ok
-    }
-
-    pub fn allowed(policies: &[NetworkPolicy], src: &Source, port: i32) -> bool {
-        let mut isolated = false;
-        for p in policies {
-            let spec = p.spec.as_ref().unwrap();
-            if !spec.policy_types.iter().flatten().any(|t| t == "Ingress") {
-                continue;
-            }
-            isolated = true;
-            for rule in spec.ingress.iter().flatten() {
-                let port_ok =
-                    rule.ports.as_ref().is_none_or(|ps| ps.iter().any(|pp| pp.port == Some(IntOrString::Int(port))));
-                let ns = p.metadata.namespace.as_deref().unwrap();
-                let from_ok = rule.from.as_ref().is_none_or(|f| f.iter().any(|peer| peer_matches(peer, ns, src)));
-                if port_ok && from_ok {
-                    return true;
-                }
-            }
-        }
-        !isolated
-    }
+pub(crate) fn allowed(policies: &[NetworkPolicy], src: &Source, port: i32) -> bool {
+    let isolated = policies
+        .iter()
+        .any(|p| p.spec.as_ref().is_some_and(|s| s.policy_types.iter().flatten().any(|t| t == "Ingress")));
+    !isolated || !admitted_by(policies, src, port).is_empty()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::eval::{Source, allowed};
     use super::*;
     use crate::crd::broker::{Listener, ListenerAuthentication};
     use crate::crd::firewall::{IngressRule, Peer};
     use crate::model::tests::minimal_spec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn model(f: impl FnOnce(&mut crate::crd::MqttBrokerSpec)) -> BrokerModel {
         let mut spec = minimal_spec();
@@ -484,6 +504,49 @@ mod tests {
         assert!(!allowed(&policies, &src("moat-system", "other"), 8883));
         assert!(!allowed(&policies, &src("iot", "moat"), 8883));
         assert!(!allowed(&policies, &ip("10.244.1.1"), 8883));
+    }
+
+    /// Which of moat's policies admit the outsider: none for label-scoped firewalls, the firewall
+    /// itself when it admits every namespace (or by an expression the outsider's namespace meets).
+    #[test]
+    fn admitted_by_names_the_policies_that_admit_a_pod() {
+        let m = model(|_| {});
+        let outsider = Source {
+            ip: "10.88.0.9".parse().unwrap(),
+            namespace: Some((
+                "moat-outsider",
+                BTreeMap::from([("kubernetes.io/metadata.name".into(), "moat-outsider".into())]),
+            )),
+            pod_labels: Some(BTreeMap::from([("mqtt.moat.dev/role".into(), "outsider".into())])),
+        };
+        let selector = |labels: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>| LabelSelector {
+            match_labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            match_expressions: Some(exprs),
+        };
+        let ns_peer =
+            |sel: LabelSelector| Peer { cidr: None, except: None, namespace_selector: Some(sel), pod_selector: None };
+        let edge =
+            firewall_policy(&m, "edge", &fw(vec![(vec![ns_peer(selector(&[("team", "edge")], vec![]))], vec![])]))
+                .unwrap();
+        let everyone =
+            firewall_policy(&m, "everyone", &fw(vec![(vec![ns_peer(selector(&[], vec![]))], vec!["mqtts"])])).unwrap();
+        let not_edge = LabelSelectorRequirement {
+            key: "team".into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["edge".into()]),
+        };
+        let expr =
+            firewall_policy(&m, "expr", &fw(vec![(vec![ns_peer(selector(&[], vec![not_edge]))], vec![])])).unwrap();
+        let pods =
+            firewall_policy(&m, "pods", &fw(vec![(vec![cidr("10.88.0.0/16", &["10.88.0.8/29"])], vec![])])).unwrap();
+        let op = OperatorIdentity { namespace: "moat-system".into(), pod_labels: BTreeMap::new() };
+        let policies = vec![default_deny(&m), probe_policy(&m, &op), edge, everyone.clone(), expr, pods];
+        assert_eq!(admitted_by(&policies, &outsider, 8883), vec!["plant-a-fw-everyone", "plant-a-fw-expr"]);
+        assert_eq!(admitted_by(&policies, &outsider, 8884), vec!["plant-a-fw-expr"], "everyone admits mqtts only");
+        // an empty `from` list admits every source
+        let mut open = everyone;
+        open.spec.as_mut().unwrap().ingress.as_mut().unwrap()[0].from = Some(vec![]);
+        assert_eq!(admitted_by(&[open], &outsider, 8883), vec!["plant-a-fw-everyone"]);
     }
 
     #[test]

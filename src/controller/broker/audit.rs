@@ -54,7 +54,19 @@ pub async fn run(
             seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| unprobed(r, t, &previous_status)))
         });
     let probes = if due && ctx.config.active_probe && model.spec.security.active_probe {
-        Some(probe_pods(model, seen, decided, now).await)
+        let outsider = ctx.config.outsider.as_ref();
+        let (mut probes, mut outside) = tokio::join!(
+            probe_pods(model, seen, decided, now),
+            super::outside::attempt(&ctx.client, outsider, model, seen, decided)
+        );
+        for p in &mut probes {
+            let outcomes = outside.remove(&p.pod).unwrap_or_default();
+            p.outside_refused = match outcomes.is_empty() {
+                true => vec![Observation::Unknown("not attempted from outside".into())],
+                false => outcomes.iter().map(obs).collect(),
+            };
+        }
+        Some(probes)
     } else {
         None
     };
@@ -210,6 +222,7 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
                 oversize_refused: vec![obs(&oversize), obs(&oversize_publish)],
                 no_grants_refused: obs(&no_grants),
                 takeover_refused: obs(&takeover),
+                outside_refused: vec![],
             }
         })
     });

@@ -11,6 +11,7 @@ mod apply;
 pub mod attest;
 mod audit;
 pub mod observe;
+mod outside;
 pub mod status;
 
 use std::sync::Arc;
