@@ -22,3 +22,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "moat.serviceAccountName" -}}moat{{- end -}}
+
+{{- define "moat.outsiderNamespace" -}}
+{{ .Values.outsider.namespace | default (printf "%s-outsider" .Release.Namespace) }}
+{{- end -}}
+
+{{- define "moat.outsiderSelectorLabels" -}}
+app.kubernetes.io/name: moat-outsider
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
