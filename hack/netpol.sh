@@ -8,6 +8,9 @@
 #   hack/netpol.sh down             stop it (by PID), remove its iptables rules/chains and ipsets, check the host
 #   hack/netpol.sh status           what runs, when it last synced
 #   hack/netpol.sh wait-sync [T]    wait for a full sync that started at or after T (epoch seconds, default now)
+#   hack/netpol.sh wait-policy NS NAME present|absent [TIMEOUT]
+#                                   wait until the rules of NetworkPolicy NS/NAME are in (or gone from)
+#                                   the host's filter table: then the policy is enforced (or lifted)
 #   hack/netpol.sh check-clean      the host's filter tables, ipsets and sysctls equal the snapshot `up` took
 #
 # What is enforced and what is not (traffic from the node itself is always allowed): hack/README.md,
@@ -142,6 +145,21 @@ wait_sync() { # [since-epoch] [timeout-s]
   die "no full sync started after $since within ${t}s (log: $NETPOL_DIR/kube-router.log)"
 }
 
+# kube-router comments the rules of a policy with "... policy name[:] <name> namespace <ns>" and
+# writes a sync's rules in one iptables-restore: once they are visible, the policy is enforced.
+wait_policy() { # namespace name present|absent [timeout-s]
+  local ns=$1 name=$2 want=$3 t=${4:-60} i have
+  [[ $want == present || $want == absent ]] || die "wait-policy: present or absent, not '$want'"
+  for ((i = 0; i < t * 4; i++)); do
+    have=absent
+    iptables-nft-save -t filter 2>/dev/null | grep -qE "policy name:? $name namespace $ns\"" && have=present
+    if [[ $have == "$want" ]]; then log "policy $ns/$name: $want in the filter table"; return 0; fi
+    kr_alive || die "kube-router exited (log: $NETPOL_DIR/kube-router.log)"
+    sleep 0.25
+  done
+  die "policy $ns/$name not $want in the filter table within ${t}s (log: $NETPOL_DIR/kube-router.log)"
+}
+
 netpol_up() {
   need_root
   local start=$SECONDS since
@@ -249,6 +267,7 @@ case ${1:-} in
   down) netpol_down;;
   status) netpol_status;;
   wait-sync) shift; kr_alive || die "kube-router is not running"; wait_sync "$@";;
+  wait-policy) shift; need_root; kr_alive || die "kube-router is not running"; (($# >= 3)) || die "usage: $0 wait-policy NS NAME present|absent [TIMEOUT]"; wait_policy "$@";;
   check-clean) need_root; check_clean;;
-  *) sed -n '2,14p' "$0"; exit 2;;
+  *) sed -n '2,17p' "$0"; exit 2;;
 esac

@@ -36,15 +36,6 @@ fn template(namespace: &str, extra: &[&str]) -> String {
     ok(helm(&args), "helm template")
 }
 
-fn apply_stdin(yaml: &str, extra: &[&str]) -> std::process::Output {
-    let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("manifests.yaml");
-    std::fs::write(&f, yaml).unwrap();
-    let mut args = vec!["apply", "--server-side", "--force-conflicts", "-f", f.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    kubectl(&args)
-}
-
 #[tokio::test]
 async fn the_chart_lints_renders_and_dry_runs_in_both_modes() {
     setup().await;
@@ -64,11 +55,27 @@ async fn the_chart_lints_renders_and_dry_runs_in_both_modes() {
     {
         assert!(default.contains(kind), "{kind} missing");
     }
+    // the outsider gets a namespace of its own; a server-side dry run cannot create it, so the
+    // dry runs place the outsider in an existing one
+    assert!(default.contains(&format!("kind: Namespace\nmetadata:\n  name: {}-outsider", release_ns.name)));
+    let outsider = TestNs::new(&client, "chart-outsider").await;
+    let outside =
+        [format!("outsider.namespace={}", outsider.name), "outsider.createNamespace=false".to_string()].join(",");
+    let default = template(&release_ns.name, &["--set", &outside]);
     let out = apply_stdin(&default, &["--dry-run=server"]);
     assert!(out.status.success(), "dry-run (cluster mode): {}", String::from_utf8_lossy(&out.stderr));
 
-    let namespaced = template(&release_ns.name, &["--set", &format!("watchNamespaces={{{}}}", watched.name)]);
-    assert!(!namespaced.contains("kind: ClusterRole"), "namespaced mode must not grant cluster-wide access");
+    let namespaced =
+        template(&release_ns.name, &["--set", &format!("watchNamespaces={{{}}}", watched.name), "--set", &outside]);
+    // no cluster-wide access in namespaced mode: the one cluster-scoped grant is reading the
+    // outsider's own Namespace object, by name
+    for doc in serde_norway::Deserializer::from_str(&namespaced) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        if v["kind"] == "ClusterRole" {
+            let only = serde_json::json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": [outsider.name], "verbs": ["get"]}]);
+            assert_eq!(v["rules"], only, "namespaced mode must not grant cluster-wide access");
+        }
+    }
     assert!(namespaced.contains(&format!("namespace: {}", watched.name)));
     assert!(namespaced.contains(&format!("--watch-namespaces={}", watched.name)));
     let out = apply_stdin(&namespaced, &["--dry-run=server"]);

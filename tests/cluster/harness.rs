@@ -593,9 +593,82 @@ pub fn moat_image() -> String {
     .clone()
 }
 
-/// Options of an operator whose broker pods run on the real node (its agent is the moat image).
+/// `kubectl apply --server-side` of the manifests in `yaml`.
+pub fn apply_stdin(yaml: &str, extra: &[&str]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("manifests.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let mut args = vec!["apply", "--server-side", "--force-conflicts", "-f", f.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    kubectl(&args)
+}
+
+/// Waits until kube-router (hack/netpol.sh) enforces NetworkPolicy `ns/name` (`present`) or has
+/// lifted it: its rules are in (gone from) the host's filter table.
+pub fn netpol_enforced(ns: &str, name: &str, present: bool) {
+    let want = if present { "present" } else { "absent" };
+    let out = Command::new("bash")
+        .arg(repo().join("hack/netpol.sh"))
+        .args(["wait-policy", ns, name, want])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "hack/netpol.sh wait-policy {ns} {name} {want} failed");
+}
+
+/// Namespace of the outsider the real-node operators use (no MqttFirewall of any test admits it).
+pub const OUTSIDER_NS: &str = "moat-outsider";
+
+/// The chart's outsider (`templates/outsider.yaml`: namespace, Deployment of the moat image under
+/// test on the real node, its NetworkPolicy and the operator's RBAC to find it) in
+/// [`OUTSIDER_NS`], Ready. Applied once per test process; waits for the rollout.
+pub fn outsider() -> &'static str {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let image = moat_image();
+        let (repository, tag) = image.rsplit_once(':').unwrap();
+        let rendered = helm(&[
+            "template",
+            "moat",
+            repo().join("charts/moat").to_str().unwrap(),
+            "--kube-version",
+            "1.36.3",
+            "--namespace",
+            OPERATOR_NS,
+            "--show-only",
+            "templates/outsider.yaml",
+            "--set",
+            &format!("outsider.namespace={OUTSIDER_NS}"),
+            "--set",
+            &format!("image.repository={repository}"),
+            "--set",
+            &format!("image.tag={tag}"),
+            "--set",
+            "image.pullPolicy=Never",
+            "--set-string",
+            "nodeSelector.moat\\.dev/node-type=real",
+            "--set",
+            "tolerations[0].key=moat.dev/real-node,tolerations[0].operator=Equal,tolerations[0].effect=NoSchedule",
+            "--set-string",
+            "tolerations[0].value=true",
+        ]);
+        assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
+        let out = apply_stdin(&String::from_utf8_lossy(&rendered.stdout), &[]);
+        assert!(out.status.success(), "the outsider: {}", String::from_utf8_lossy(&out.stderr));
+        let out = kubectl(&["-n", OUTSIDER_NS, "rollout", "status", "deployment/moat-outsider", "--timeout=120s"]);
+        assert!(out.status.success(), "the outsider never became Ready: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    OUTSIDER_NS
+}
+
+/// Options of an operator whose broker pods run on the real node (its agent is the moat image),
+/// with the outsider.
 pub fn real_node_operator() -> OperatorOpts {
-    OperatorOpts { args: vec!["--agent-image".into(), moat_image()], ..Default::default() }
+    let outsider = outsider().to_string();
+    OperatorOpts {
+        args: vec!["--agent-image".into(), moat_image(), "--outsider-namespace".into(), outsider],
+        ..Default::default()
+    }
 }
 
 /// A broker on the real node running `version` of [`BROKER_IMAGES`] (or `repository`); `extra`

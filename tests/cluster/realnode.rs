@@ -119,6 +119,10 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     assert_eq!(message("MOAT-AUTH-007").matches(takeover).count(), 2, "{}", message("MOAT-AUTH-007"));
     let after_login = "port 8883 dropped a logged-in client's PUBLISH declaring 1048577 bytes";
     assert_eq!(message("MOAT-CFG-008").matches(after_login).count(), 2, "{}", message("MOAT-CFG-008"));
+    // the outsider (a namespace no MqttFirewall admits) was refused by the network at every
+    // listener of every pod
+    let outside = format!("by the network from {OUTSIDER_NS}/");
+    assert_eq!(message("MOAT-FW-004").matches(&outside).count(), 4, "{}", message("MOAT-FW-004"));
 
     // log lines reach `kubectl logs` at once (log_dest stderr: 2.0.11 block-buffers stdout;
     // with use_username_as_clientid the line names the user, so count sensor-1's lines)
@@ -643,4 +647,70 @@ async fn only_namespaces_an_mqtt_firewall_admits_reach_the_broker() {
         reachable_from_pod(&client, &clients.name, "after", &pod.ip, 8883).await,
         "the admitted namespace was refused"
     );
+
+    // the operator's own attempt from outside every firewall (MOAT-FW-004): refused while only
+    // moat's policies select the pods ...
+    let fw004 = audited_check(&client, &ns.name, "plant-n", "MOAT-FW-004", "1").await;
+    assert_eq!(fw004.result, CheckResult::Pass, "{}", fw004.message);
+    assert!(
+        fw004.message.contains(&format!("port 8883: refused by the network from {OUTSIDER_NS}/")),
+        "{}",
+        fw004.message
+    );
+
+    // ... accepted, with the evidence, once someone adds a policy admitting everything
+    let open = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-everything}\nspec:\n  podSelector: {matchLabels: {app.kubernetes.io/instance: plant-n}}\n  policyTypes: [Ingress]\n  ingress: [{}]\n";
+    apply_yaml(&client, &ns.name, open).await;
+    netpol_enforced(&ns.name, "allow-everything", true);
+    let fw004 = audited_check(&client, &ns.name, "plant-n", "MOAT-FW-004", "2").await;
+    println!("MOAT-FW-004 with allow-everything: {}", fw004.message);
+    assert_eq!(fw004.result, CheckResult::Fail, "{}", fw004.message);
+    assert!(fw004.message.contains(&format!("port 8883: a TCP connection from {OUTSIDER_NS}/")), "{}", fw004.message);
+    let fw001 = audited_check(&client, &ns.name, "plant-n", "MOAT-FW-001", "2").await;
+    assert!(fw001.result == CheckResult::Fail && fw001.message.contains("allow-everything"), "{}", fw001.message);
+
+    // an MqttFirewall admitting every namespace admits the outsider too: its attempt proves
+    // nothing, and the check says so instead of passing
+    let _ = kubectl(&["-n", &ns.name, "delete", "networkpolicy", "allow-everything"]);
+    apply_yaml(
+        &client,
+        &ns.name,
+        "apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttFirewall\nmetadata: {name: everyone}\nspec:\n  brokerRef: {name: plant-n}\n  ingress:\n  - from: [{namespaceSelector: {}}]\n",
+    )
+    .await;
+    eventually(T, "the firewall's policy", || async { nps.get_opt("plant-n-fw-everyone").await.ok().flatten() }).await;
+    netpol_enforced(&ns.name, "plant-n-fw-everyone", true);
+    let fw004 = audited_check(&client, &ns.name, "plant-n", "MOAT-FW-004", "3").await;
+    assert_eq!(fw004.result, CheckResult::Unknown, "{}", fw004.message);
+    assert!(fw004.message.contains("is admitted by plant-n-fw-everyone"), "{}", fw004.message);
+
+    // both gone and lifted by the network: refused again
+    let _ = kubectl(&["-n", &ns.name, "delete", "mqttfirewall", "everyone"]);
+    eventually(T, "the firewall's policy deleted", || async {
+        nps.get_opt("plant-n-fw-everyone").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    netpol_enforced(&ns.name, "allow-everything", false);
+    netpol_enforced(&ns.name, "plant-n-fw-everyone", false);
+    let fw004 = audited_check(&client, &ns.name, "plant-n", "MOAT-FW-004", "4").await;
+    assert_eq!(fw004.result, CheckResult::Pass, "{}", fw004.message);
+}
+
+/// Asks for an audit (annotation value `round`) and returns check `id` from it.
+async fn audited_check(
+    client: &kube::Client,
+    ns: &str,
+    broker: &str,
+    id: &str,
+    round: &str,
+) -> moat::crd::ComplianceCheck {
+    let out = kubectl(&["-n", ns, "annotate", "mqb", broker, &format!("mqtt.moat.dev/audit={round}"), "--overwrite"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(T, &format!("the audit {round} of {broker}"), || async {
+        let b: MqttBroker = get(client, ns, broker).await?;
+        let s = b.status?;
+        (s.audit_request.as_deref() == Some(round)).then_some(())?;
+        s.compliance?.checks.into_iter().find(|c| c.id == id)
+    })
+    .await
 }
