@@ -714,3 +714,107 @@ async fn audited_check(
     })
     .await
 }
+
+/// The process of the broker container `container_id` ("containerd://<id>") on this host: the
+/// `mosquitto` process whose cgroup names the container.
+fn mosquitto_pid(container_id: &str) -> i32 {
+    let id = container_id.rsplit('/').next().unwrap();
+    let found = std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+        (comm.trim() == "mosquitto" && cgroup.contains(id)).then_some(pid)
+    });
+    found.unwrap_or_else(|| panic!("no mosquitto process of container {id}"))
+}
+
+/// The pod's run directory (the emptyDir Mosquitto reads) as the agent of the same pod sees it:
+/// the `moat` process whose view of `mosquitto.conf` is the same file as Mosquitto's (`mosquitto`).
+fn writable_run_dir(mosquitto: i32) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let view = |pid: &str| std::path::PathBuf::from(format!("/proc/{pid}/root{}", moat::render::RUN_DIR));
+    let file = |dir: &std::path::Path| std::fs::metadata(dir.join("mosquitto.conf")).ok().map(|m| (m.dev(), m.ino()));
+    let target = file(&view(&mosquitto.to_string())).expect("Mosquitto's mosquitto.conf");
+    let agent = std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).find_map(|e| {
+        let pid = e.file_name().to_str()?.to_string();
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "moat" && file(&view(&pid)) == Some(target)).then(|| view(&pid))
+    });
+    agent.expect("the agent beside Mosquitto")
+}
+
+/// Drift in the running pod that no configuration check can see: someone edits the files
+/// Mosquitto runs (in the pod's emptyDir) to let anonymous clients in and to load a CRL that
+/// revokes nothing, and restarts it. moat's Secrets, the agent's report and every configuration
+/// check still say "hardened"; the next audit's attacks fail MOAT-AUTH-003 and MOAT-TLS-008 with
+/// the evidence, and the broker is no longer Compliant.
+#[tokio::test]
+async fn a_broker_changed_by_hand_inside_its_pod_fails_the_live_checks_with_evidence() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "realdrift").await;
+    let _op = Operator::start(&ns.name, real_node_operator());
+    apply_yaml(&client, &ns.name, &real_broker("plant-d", "2.0.21", None, &two_listeners(1, ""))).await;
+    wait_condition::<MqttBroker>(&client, &ns.name, "plant-d", "Compliant", "True", T).await;
+    let pod = live_pods(&client, &ns.name, "plant-d", 1).await.remove(0);
+
+    // the hand edit: the installed files (read-only for Mosquitto), written through the root of
+    // the agent beside it, which mounts the same emptyDir read-write
+    let pid = mosquitto_pid(&pod.container_id);
+    let run = writable_run_dir(pid);
+    let conf = std::fs::read_to_string(run.join("mosquitto.conf")).unwrap();
+    // (client ids bound to usernames refuse a CONNECT without a username by themselves, so an
+    // open broker needs both switched)
+    let open = conf
+        .replace("allow_anonymous false\n", "allow_anonymous true\n")
+        .replace("use_username_as_clientid true\n", "use_username_as_clientid false\n");
+    assert!(open.contains("allow_anonymous true\n") && open.contains("use_username_as_clientid false\n"), "{conf}");
+    std::fs::write(run.join("mosquitto.conf"), open).unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns.name);
+    let data: std::collections::BTreeMap<String, String> = secrets
+        .get("plant-d-ca")
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+        .collect();
+    let ca = moat::pki::CaSet::from_secret_data(&data).unwrap();
+    let now = jiff::Timestamp::now();
+    let empty = moat::pki::sign_crl(&ca.active, &[], 1 << 40, now, now + jiff::SignedDuration::from_hours(48)).unwrap();
+    std::fs::write(run.join("tls/crl.pem"), empty).unwrap();
+    // the CRL is re-read at a reload (SIGHUP), but use_username_as_clientid is not: restart the
+    // container (the emptyDir and the agent stay; only a new pod would install moat's files again)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).unwrap();
+    eventually(T, "the broker container restarted and Ready", || async {
+        let now = live_pods(&client, &ns.name, "plant-d", 1).await.remove(0);
+        (now.restarts > pod.restarts).then_some(())
+    })
+    .await;
+
+    let out = kubectl(&["-n", &ns.name, "annotate", "mqb", "plant-d", "mqtt.moat.dev/audit=drift", "--overwrite"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let b: MqttBroker = eventually(T, "the audit after the hand edit", || async {
+        let b: MqttBroker = get(&client, &ns.name, "plant-d").await?;
+        (b.status.as_ref()?.audit_request.as_deref() == Some("drift")).then_some(b)
+    })
+    .await;
+    let c = b.status.as_ref().unwrap().compliance.clone().unwrap();
+    let check = |id: &str| c.checks.iter().find(|x| x.id == id).unwrap().clone();
+    for (id, evidence) in [
+        ("MOAT-AUTH-003", "plant-d-0: anonymous CONNECT accepted"),
+        ("MOAT-TLS-008", "plant-d-0: port 8884 accepted moat's revoked canary certificate"),
+    ] {
+        let x = check(id);
+        println!("{id} after the hand edit: {}", x.message);
+        assert_eq!(x.result, CheckResult::Fail, "{id}: {}", x.message);
+        assert!(x.message.contains(evidence), "{id}: {}", x.message);
+    }
+    // what moat wrote is unchanged, so the configuration checks still pass: only the attack saw it
+    for id in ["MOAT-AUTH-001", "MOAT-TLS-006", "MOAT-AUD-003"] {
+        assert_eq!(check(id).result, CheckResult::Pass, "{id}: {}", check(id).message);
+    }
+    let (status, _, message) = condition(&b, "Compliant").unwrap();
+    assert_eq!(status, "False", "{message}");
+}
