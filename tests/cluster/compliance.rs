@@ -69,9 +69,32 @@ async fn the_audit_advances_last_audit_time_and_nothing_else() {
     let client = admin().await;
     let ns = TestNs::new(&client, "audit").await;
     let _op = Operator::start(&ns.name, real_node_operator());
-    apply_yaml(&client, &ns.name, &real_broker("audited", "2.0.21", None, "  audit: {interval: 10s}\n")).await;
+    // three replicas: every audit attacks each of them (and sends the outsider at each)
+    let extra = "  replicas: 3\n  audit: {interval: 10s}\n";
+    apply_yaml(&client, &ns.name, &real_broker("audited", "2.0.21", None, extra)).await;
     wait_condition::<MqttBroker>(&client, &ns.name, "audited", "Compliant", "True", T).await;
-    // settled: every pod runs the files (the kubelet may refresh a pod's Secret volume late, and
+    // settled: all three pods Ready and audited since (a pod Ready after an audit gets one of its own)
+    live_pods(&client, &ns.name, "audited", 3).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns.name);
+    let ready_since = pods
+        .list(&kube::api::ListParams::default().labels("mqtt.moat.dev/broker=audited"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .flat_map(|p| p.status.as_ref().unwrap().conditions.clone().unwrap_or_default())
+        .filter(|c| c.type_ == "Ready" && c.status == "True")
+        .filter_map(|c| c.last_transition_time.map(|t| t.0))
+        .max()
+        .unwrap();
+    eventually(T, "an audit after the last pod became Ready", || async {
+        let b: MqttBroker = get(&client, &ns.name, "audited").await?;
+        let c = b.status?.compliance?;
+        let passed = c.checks.iter().all(|x| x.result == CheckResult::Pass);
+        (c.last_audit_time?.0 >= ready_since && passed).then_some(())
+    })
+    .await;
+    // every pod runs the files (the kubelet may refresh a pod's Secret volume late, and
     // the status records when they all do)
     eventually(T, "the files in effect on every pod", || async {
         let b: MqttBroker = get(&client, &ns.name, "audited").await?;
@@ -91,8 +114,20 @@ async fn the_audit_advances_last_audit_time_and_nothing_else() {
     })
     .await;
     let t2 = second.status.as_ref().unwrap().compliance.as_ref().unwrap().last_audit_time.clone().unwrap();
+    // the next audit is due one interval after the previous one ended: a gap of at most two
+    // intervals means the audit of all three pods took less than one
     let gap = t2.0.duration_since(t1.0).as_secs();
+    println!("audits of 3 replicas {gap}s apart with a 10s interval");
     assert!((10..=20).contains(&gap), "audits {gap}s apart with a 10s interval");
+    let probed = second.status.as_ref().unwrap().compliance.as_ref().unwrap();
+    for id in moat::compliance::PROBED_CHECKS {
+        let c = probed.checks.iter().find(|c| c.id == *id).unwrap();
+        assert_eq!(c.result, CheckResult::Pass, "{id}: {}", c.message);
+    }
+    for id in ["MOAT-AUTH-003", "MOAT-FW-004"] {
+        let c = probed.checks.iter().find(|c| c.id == id).unwrap();
+        assert!(c.message.starts_with("3 pod(s)"), "{id}: {}", c.message);
+    }
     let strip = |b: &MqttBroker| {
         let mut s = serde_json::to_value(b.status.as_ref().unwrap()).unwrap();
         s["compliance"]["lastAuditTime"] = serde_json::Value::Null;
