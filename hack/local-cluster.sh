@@ -3,13 +3,13 @@
 # on 127.0.0.1 only: etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok fake nodes.
 # No Docker, no downloads outside the registries, nothing built inside the repository.
 #
-#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|node|netpol|all]  build/fetch and cache (skips what is cached)
+#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|openreports|node|netpol|all]  build/fetch and cache (skips what is cached)
 #   hack/local-cluster.sh up                              start everything (idempotent), create fake nodes,
 #                                                         then the real node (hack/local-node.sh; MOAT_REAL_NODE=0 skips it)
 #                                                         and NetworkPolicy enforcement on it (hack/netpol.sh; MOAT_NETPOL=0 skips it)
 #   hack/local-cluster.sh down                            stop NetworkPolicy enforcement and the real node, then what `up`
 #                                                         started (by PID), delete state
-#   hack/local-cluster.sh status | env | bin-dir | policyreport-crd (path of the cached upstream CRD)
+#   hack/local-cluster.sh status | env | bin-dir | policyreport-crd | openreports-crd (paths of the cached upstream CRDs)
 #
 # Environment:
 #   MOAT_CACHE   cache root (default ~/.cache/moat): binaries, GOMODCACHE, GOCACHE
@@ -29,6 +29,8 @@ KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.21.4}
 # The upstream wgpolicyk8s.io/v1alpha2 PolicyReport CRD, as Kyverno publishes it in its Go module.
 KYVERNO_VERSION=${KYVERNO_VERSION:-v1.13.4}
+# The upstream openreports.io/v1alpha1 Report CRD, from the OpenReports API module.
+OPENREPORTS_VERSION=${OPENREPORTS_VERSION:-v0.2.1}
 
 CACHE=${MOAT_CACHE:-$HOME/.cache/moat}
 BIN_DIR=$CACHE/bin/k8s-$K8S_VERSION
@@ -219,6 +221,20 @@ fetch_policyreport() {
     "$GOMODCACHE/github.com/kyverno/kyverno@$KYVERNO_VERSION/config/crds/policyreport/wgpolicyk8s.io_policyreports.yaml" \
     "$POLICYREPORT_CRD.tmp"
   mv "$POLICYREPORT_CRD.tmp" "$POLICYREPORT_CRD"
+}
+
+# The OpenReports Report CRD (openreports.io/v1alpha1), the policy WG's successor of PolicyReport,
+# from its own API module (config/crd/), which the Go module proxy serves.
+OPENREPORTS_CRD=$CACHE/crds/openreports.io_reports-$OPENREPORTS_VERSION.yaml
+fetch_openreports() {
+  [[ -s $OPENREPORTS_CRD ]] && { log "OpenReports CRD ($OPENREPORTS_VERSION): cached"; return 0; }
+  go_env; mkdir -p "$(dirname "$OPENREPORTS_CRD")"
+  with_progress "OpenReports CRD: go mod download reports-api $OPENREPORTS_VERSION" \
+    go mod download "github.com/openreports/reports-api@$OPENREPORTS_VERSION"
+  install -m 0644 \
+    "$GOMODCACHE/github.com/openreports/reports-api@$OPENREPORTS_VERSION/config/crd/openreports.io_reports.yaml" \
+    "$OPENREPORTS_CRD.tmp"
+  mv "$OPENREPORTS_CRD.tmp" "$OPENREPORTS_CRD"
 }
 
 # ------------------------------------------------------------------ pki ----
@@ -500,9 +516,10 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     build) shift
            case ${1:-all} in
              k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;; policyreport) fetch_policyreport;;
+             openreports) fetch_openreports;;
              node) bash "$NODE_SCRIPT" build;;
              netpol) bash "$NETPOL_SCRIPT" build;;
-             all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport; bash "$NODE_SCRIPT" build
+             all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport; fetch_openreports; bash "$NODE_SCRIPT" build
                   if [[ ${MOAT_NETPOL:-1} != 0 ]]; then bash "$NETPOL_SCRIPT" build; fi;;
              *) die "unknown build target ${1:-}";;
            esac;;
@@ -512,6 +529,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     env) echo "export KUBECONFIG=$RUN_DIR/kubeconfig PATH=$BIN_DIR:\$PATH";;
     bin-dir) echo "$BIN_DIR";;
     policyreport-crd) echo "$POLICYREPORT_CRD";;
+    openreports-crd) echo "$OPENREPORTS_CRD";;
     *) sed -n '2,18p' "$0"; exit 2;;
   esac
 fi

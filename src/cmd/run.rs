@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Port the outsider serves `GET /dial` on.
     #[arg(long, env = "MOAT_OUTSIDER_PORT", default_value_t = crate::probe::outsider::PORT)]
     pub outsider_port: u16,
+    /// Compliance reports: `all` writes an OpenReports `Report` and a `wgpolicyk8s.io`
+    /// `PolicyReport` per broker, each only when its CRD is installed.
+    #[arg(long, env = "MOAT_REPORTS", value_enum, default_value_t = controller::report::Reports::All)]
+    pub reports: controller::report::Reports,
     /// ConfigMap in the operator namespace that extends the security-patch catalog (key `catalog.yaml`).
     #[arg(long, env = "MOAT_CATALOG_CONFIGMAP")]
     pub catalog_configmap: Option<String>,
@@ -185,6 +189,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         clock_offset: args.unsafe_clock_offset.unwrap_or_default(),
         active_probe: args.active_probe,
         catalog_configmap: args.catalog_configmap.clone(),
+        reports: args.reports,
         outsider: args
             .outsider_namespace
             .clone()

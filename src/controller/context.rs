@@ -35,6 +35,8 @@ pub struct Config {
     pub catalog_configmap: Option<String>,
     /// Where the outsider runs (the vantage point no MqttFirewall admits), if anywhere.
     pub outsider: Option<Outsider>,
+    /// The report APIs compliance is written to.
+    pub reports: super::report::Reports,
 }
 
 /// Where `moat outsider` runs.
@@ -60,6 +62,7 @@ impl Default for Config {
             active_probe: true,
             catalog_configmap: None,
             outsider: None,
+            reports: Default::default(),
         }
     }
 }
@@ -312,7 +315,7 @@ pub struct Context {
     /// The security-patch catalog in force (built in, extended by the operator's ConfigMap).
     pub catalog: CatalogCell,
     /// Last PolicyReport content written per broker (skips unchanged writes).
-    pub reports: Mutex<HashMap<(String, String), String>>,
+    pub reports: Mutex<HashMap<(String, String, super::report::ReportApi), String>>,
 }
 
 /// The catalog in force, replaced whenever the override ConfigMap changes.

@@ -22,13 +22,20 @@ fn minimal_on_the_real_node() -> String {
     out
 }
 
+/// A hardened broker on the real node is Compliant, and its compliance reaches both report APIs
+/// of the policy working group, validated by their upstream CRDs: an OpenReports `Report` and a
+/// `wgpolicyk8s.io` `PolicyReport`, one result per check.
 #[tokio::test]
-async fn a_hardened_broker_is_compliant_and_gets_a_policy_report() {
+async fn a_hardened_broker_is_compliant_and_gets_an_openreports_report_and_a_policy_report() {
     setup().await;
-    let out = kubectl(&["apply", "--server-side", "-f", policyreport_crd().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = kubectl(&["wait", "--for=condition=Established", "crd/policyreports.wgpolicyk8s.io", "--timeout=60s"]);
-    assert!(out.status.success());
+    for (crd, name) in
+        [(policyreport_crd(), "policyreports.wgpolicyk8s.io"), (openreports_crd(), "reports.openreports.io")]
+    {
+        let out = kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]);
+        assert!(out.status.success());
+    }
     let client = admin().await;
     let ns = TestNs::new(&client, "compliant").await;
     let _op = Operator::start(&ns.name, real_node_operator());
@@ -41,26 +48,30 @@ async fn a_hardened_broker_is_compliant_and_gets_a_policy_report() {
     assert_eq!(c.summary, format!("{}/{}", c.total, c.total));
     assert!(c.total >= 30, "only {} checks", c.total);
 
-    let ar = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
-        "policyreports",
-    );
-    let reports: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
-    // the report is written right after the status: wait for the one of this all-pass audit
-    let report = eventually(T, "the PolicyReport of the passing audit", || async {
-        let r = reports.get_opt("moat-plant-a").await.ok().flatten()?;
-        (r.data["summary"]["pass"] == c.total).then_some(r)
-    })
-    .await;
-    let results = report.data["results"].as_array().unwrap();
-    assert_eq!(results.len() as u32, c.total, "one result per check");
-    let rules: Vec<&str> = results.iter().map(|r| r["rule"].as_str().unwrap()).collect();
-    for check in &c.checks {
-        assert!(rules.contains(&check.id.as_str()), "no result for {}", check.id);
+    for (group, version, kind, plural) in [
+        ("openreports.io", "v1alpha1", "Report", "reports"),
+        ("wgpolicyk8s.io", "v1alpha2", "PolicyReport", "policyreports"),
+    ] {
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let reports: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
+        // the report is written right after the status: wait for the one of this all-pass audit
+        let report = eventually(T, &format!("the {kind} of the passing audit"), || async {
+            let r = reports.get_opt("moat-plant-a").await.ok().flatten()?;
+            (r.data["summary"]["pass"] == c.total).then_some(r)
+        })
+        .await;
+        let results = report.data["results"].as_array().unwrap();
+        assert_eq!(results.len() as u32, c.total, "{kind}: one result per check");
+        let rules: Vec<&str> = results.iter().map(|r| r["rule"].as_str().unwrap()).collect();
+        for check in &c.checks {
+            assert!(rules.contains(&check.id.as_str()), "{kind}: no result for {}", check.id);
+        }
+        assert!(results.iter().all(|r| r["source"] == "moat" && r["policy"].as_str().unwrap().starts_with("moat-")));
+        assert_eq!(report.data["scope"]["kind"], "MqttBroker");
+        assert_eq!(report.data["summary"]["fail"], 0);
+        assert_eq!(report.data["summary"]["error"], 0);
+        assert_eq!(report.data["summary"]["skip"], 0);
     }
-    assert_eq!(report.data["scope"]["kind"], "MqttBroker");
-    assert_eq!(report.data["summary"]["fail"], 0);
-    assert_eq!(report.data["summary"]["skip"], 0);
 }
 
 #[tokio::test]

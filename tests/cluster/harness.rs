@@ -60,6 +60,14 @@ pub fn policyreport_crd() -> PathBuf {
     path
 }
 
+/// The upstream OpenReports Report CRD (openreports.io/v1alpha1), fetched by `hack/local-cluster.sh build`.
+pub fn openreports_crd() -> PathBuf {
+    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("openreports-crd").output().unwrap();
+    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    assert!(path.is_file(), "{} is missing: run `hack/local-cluster.sh build openreports`", path.display());
+    path
+}
+
 /// Runs kubectl (matching the server minor) with the admin kubeconfig.
 pub fn kubectl(args: &[&str]) -> std::process::Output {
     Command::new(bin_dir().join("kubectl")).env("KUBECONFIG", kubeconfig()).args(args).output().unwrap()
