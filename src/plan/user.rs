@@ -121,11 +121,16 @@ pub fn certificate_data(model: &BrokerModel, cert: &Issued, ca: &CaSet) -> BTree
     data
 }
 
-/// `host`, `port` (first listener with that authentication) and `caConfigMap` (the public trust bundle).
+/// `host`, `port` (first listener with that authentication), `caConfigMap` (the public trust
+/// bundle), and the servicebinding.io entries `type` (`mqtt`) and `provider` (`moat`): with
+/// `username`/`password` or `tls.crt`/`tls.key`/`ca.crt` the Secret is a binding as it is
+/// (examples/app-binding.yaml projects the trust bundle beside a password user's Secret).
 fn connection_hints(model: &BrokerModel, auth: ListenerAuthentication) -> BTreeMap<String, String> {
     let mut hints = BTreeMap::from([
         ("host".to_string(), format!("{}.{}.svc", model.service_name(), model.namespace)),
         ("caConfigMap".to_string(), crate::names::ca_bundle_configmap(&model.name)),
+        ("type".to_string(), "mqtt".to_string()),
+        ("provider".to_string(), "moat".to_string()),
     ]);
     if let Some(l) = model.spec.listeners.iter().find(|l| l.authentication == auth) {
         hints.insert("port".into(), l.port.to_string());
@@ -203,5 +208,8 @@ mod tests {
         assert_eq!(data["host"], "plant-a.iot.svc");
         assert_eq!(data["port"], "8883");
         assert_eq!(data["caConfigMap"], "plant-a-ca-bundle");
+        // servicebinding.io entries
+        assert_eq!((data["type"].as_str(), data["provider"].as_str()), ("mqtt", "moat"));
+        assert_eq!((data["username"].as_str(), data["password"].as_str()), ("sensor-1", "p"));
     }
 }

@@ -163,3 +163,45 @@ spec:
     .await;
     assert!(rotated.status.unwrap().password_rotated_at.is_some());
 }
+
+/// examples/app-binding.yaml binds an application to a password user the servicebinding.io way:
+/// every key its projected volume names exists in the user's credentials Secret (with the
+/// binding's `type` and `provider`) and in the broker's CA ConfigMap.
+#[tokio::test]
+async fn the_binding_example_finds_every_key_it_projects() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "binding").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    for f in ["examples/broker-production.yaml", "examples/user-password.yaml"] {
+        apply_yaml(&client, &ns.name, &std::fs::read_to_string(repo().join(f)).unwrap()).await;
+    }
+    wait_condition::<MqttUser>(&client, &ns.name, "sensor-17", "Ready", "True", T).await;
+    let example: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(repo().join("examples/app-binding.yaml")).unwrap()).unwrap();
+    let sources = example["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"].as_array().unwrap().clone();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let keys = |s: &serde_json::Value| -> Vec<String> {
+        s["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_string()).collect()
+    };
+    for source in &sources {
+        if let Some(name) = source["secret"]["name"].as_str() {
+            let secret = eventually(T, name, || async { secrets.get_opt(name).await.ok().flatten() }).await;
+            for key in keys(&source["secret"]) {
+                assert!(data(&secret, &key).is_some_and(|v| !v.is_empty()), "{name} has no {key}");
+            }
+            assert_eq!(data(&secret, "type").as_deref(), Some("mqtt"));
+            assert_eq!(data(&secret, "provider").as_deref(), Some("moat"));
+        }
+        if let Some(name) = source["configMap"]["name"].as_str() {
+            let map = maps.get(name).await.unwrap();
+            for key in keys(&source["configMap"]) {
+                let value =
+                    map.data.as_ref().and_then(|d| d.get(&key)).unwrap_or_else(|| panic!("{name} has no {key}"));
+                assert!(value.contains("BEGIN CERTIFICATE"), "{name}/{key}");
+            }
+        }
+    }
+    assert_eq!(sources.len(), 2, "the credentials Secret and the trust bundle");
+}
