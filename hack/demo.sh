@@ -23,14 +23,15 @@ step() { printf '\n\033[1m==> %s\033[0m (%ss)\n' "$1" "$SECONDS"; }
 info() { printf '    %s\n' "$*"; }
 [[ $(id -u) == 0 ]] || { echo "make demo needs root: the real node runs kubelet, containerd and runc here" >&2; exit 1; }
 
-step "building moat (cargo build)"
-cargo build --quiet --bin moat
+step "building moat and the kubectl plugin (cargo build)"
+cargo build --quiet --bin moat --bin kubectl-moat
 MOAT=$PWD/target/debug/moat
 
 step "local cluster with a real node (the first run builds it from the Go module proxy into ~/.cache/moat)"
 bash hack/local-cluster.sh build all
 bash hack/local-cluster.sh up
 eval "$(bash hack/local-cluster.sh env)"
+PATH=$PWD/target/debug:$PATH # kubectl-moat: `kubectl moat` finds it there
 hack/ensure-mosquitto.sh
 export KUBECONFIG PATH
 
@@ -93,6 +94,8 @@ kubectl -n "$NS" wait --for=condition=Compliant mqb/plant-b --timeout=120s >/dev
 step "kubectl get moat; pods"
 kubectl -n "$NS" get moat
 kubectl -n "$NS" get pods -o wide
+step "kubectl moat status (the plugin: compliance by measure)"
+kubectl moat status -n "$NS"
 step "compliance checks of plant-b"
 checks() { kubectl -n "$NS" get mqb plant-b -o jsonpath='{range .status.compliance.checks[*]}{.result}{"\t"}{.id}{"\t"}{.measure}{"\t"}{.message}{"\n"}{end}'; }
 checks | column -t -s $'\t' | cut -c1-150
@@ -163,9 +166,7 @@ audit() { # round: asks for an audit and waits until it ran
 bash hack/netpol.sh wait-policy "$NS" allow-everything present >/dev/null
 audit attack-1
 kubectl -n "$NS" wait --for=condition=Compliant=False mqb/plant-b --timeout=60s >/dev/null
-kubectl -n "$NS" get mqb plant-b
-checks | awk -F'\t' '$1 == "Fail" {print "    " $2 ": " substr($4, 1, 400)}'
-kubectl -n "$NS" get mqb plant-b -o jsonpath='{range .status.compliance.checks[?(@.result=="Fail")]}{"    remediation: "}{.remediation}{"\n"}{end}'
+kubectl moat status -n "$NS"
 kubectl -n "$NS" delete networkpolicy allow-everything >/dev/null
 bash hack/netpol.sh wait-policy "$NS" allow-everything absent >/dev/null
 audit attack-1-over

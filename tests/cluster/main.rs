@@ -17,6 +17,7 @@ mod hygiene;
 mod mqtt;
 mod network;
 mod pki;
+mod plugin;
 mod realnode;
 mod reliability;
 mod security;
