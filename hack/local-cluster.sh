@@ -3,13 +3,13 @@
 # on 127.0.0.1 only: etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok fake nodes.
 # No Docker, no downloads outside the registries, nothing built inside the repository.
 #
-#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|openreports|node|netpol|all]  build/fetch and cache (skips what is cached)
+#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|openreports|promtool|node|netpol|all]  build/fetch and cache (skips what is cached)
 #   hack/local-cluster.sh up                              start everything (idempotent), create fake nodes,
 #                                                         then the real node (hack/local-node.sh; MOAT_REAL_NODE=0 skips it)
 #                                                         and NetworkPolicy enforcement on it (hack/netpol.sh; MOAT_NETPOL=0 skips it)
 #   hack/local-cluster.sh down                            stop NetworkPolicy enforcement and the real node, then what `up`
 #                                                         started (by PID), delete state
-#   hack/local-cluster.sh status | env | bin-dir | policyreport-crd | openreports-crd (paths of the cached upstream CRDs)
+#   hack/local-cluster.sh status | env | bin-dir | policyreport-crd | openreports-crd | promtool (paths of cached upstream parts)
 #
 # Environment:
 #   MOAT_CACHE   cache root (default ~/.cache/moat): binaries, GOMODCACHE, GOCACHE
@@ -31,6 +31,8 @@ HELM_VERSION=${HELM_VERSION:-v3.21.4}
 KYVERNO_VERSION=${KYVERNO_VERSION:-v1.13.4}
 # The upstream openreports.io/v1alpha1 Report CRD, from the OpenReports API module.
 OPENREPORTS_VERSION=${OPENREPORTS_VERSION:-v0.2.1}
+# Prometheus's promtool, to unit-test the chart's alert rules (module tag v0.316.0 = Prometheus 3.x).
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
 
 CACHE=${MOAT_CACHE:-$HOME/.cache/moat}
 BIN_DIR=$CACHE/bin/k8s-$K8S_VERSION
@@ -235,6 +237,16 @@ fetch_openreports() {
     "$GOMODCACHE/github.com/openreports/reports-api@$OPENREPORTS_VERSION/config/crd/openreports.io_reports.yaml" \
     "$OPENREPORTS_CRD.tmp"
   mv "$OPENREPORTS_CRD.tmp" "$OPENREPORTS_CRD"
+}
+
+# promtool, built from the Prometheus module (no replace directives, so `go install` works).
+PROMTOOL=$CACHE/bin/promtool-$PROMETHEUS_VERSION/promtool
+build_promtool() {
+  [[ -x $PROMTOOL ]] && { log "promtool ($PROMETHEUS_VERSION): cached"; return 0; }
+  go_env
+  GOBIN=$(dirname "$PROMTOOL") with_progress "promtool $PROMETHEUS_VERSION: go install" \
+    go install -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
 }
 
 # ------------------------------------------------------------------ pki ----
@@ -517,6 +529,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
            case ${1:-all} in
              k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;; policyreport) fetch_policyreport;;
              openreports) fetch_openreports;;
+             promtool) build_promtool;;
              node) bash "$NODE_SCRIPT" build;;
              netpol) bash "$NETPOL_SCRIPT" build;;
              all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport; fetch_openreports; bash "$NODE_SCRIPT" build
@@ -530,6 +543,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     bin-dir) echo "$BIN_DIR";;
     policyreport-crd) echo "$POLICYREPORT_CRD";;
     openreports-crd) echo "$OPENREPORTS_CRD";;
+    promtool) echo "$PROMTOOL";;
     *) sed -n '2,18p' "$0"; exit 2;;
   esac
 fi

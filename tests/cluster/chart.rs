@@ -81,6 +81,40 @@ async fn the_chart_lints_renders_and_dry_runs_in_both_modes() {
     let out = apply_stdin(&namespaced, &["--dry-run=server"]);
     assert!(out.status.success(), "dry-run (namespaced): {}", String::from_utf8_lossy(&out.stderr));
 
+    // monitoring: the PrometheusRule carries the rule file promtool tests, the ConfigMap the dashboard
+    let monitoring = template(
+        &release_ns.name,
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true,metrics.grafanaDashboard.enabled=true",
+            "--show-only",
+            "templates/monitoring.yaml",
+        ],
+    );
+    let rules: serde_json::Value = serde_norway::from_str(
+        &std::fs::read_to_string(repo().join("charts/moat/files/prometheus-rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("charts/moat/files/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut kinds = vec![];
+    for doc in serde_norway::Deserializer::from_str(&monitoring) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+        match v["kind"].as_str() {
+            Some("PrometheusRule") => assert_eq!(v["spec"], rules, "the PrometheusRule is the tested rule file"),
+            Some("ConfigMap") => {
+                assert_eq!(v["metadata"]["labels"]["grafana_dashboard"], "1");
+                let json: serde_json::Value = serde_json::from_str(v["data"]["moat.json"].as_str().unwrap()).unwrap();
+                assert_eq!(json, dashboard);
+            }
+            _ => continue,
+        }
+        kinds.push(v["kind"].as_str().unwrap().to_string());
+    }
+    assert_eq!(kinds.len(), 2, "{monitoring}");
+
     let templated = template(&release_ns.name, &["--set", "crds.templated=true"]);
     assert_eq!(templated.matches("helm.sh/resource-policy: keep").count(), 4, "the four CRDs, kept on uninstall");
 }

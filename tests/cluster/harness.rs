@@ -60,6 +60,21 @@ pub fn policyreport_crd() -> PathBuf {
     path
 }
 
+/// promtool, built from the Prometheus module into the cache on first use (`hack/local-cluster.sh
+/// build promtool`: cold ≈ 8 min, then cached).
+pub fn promtool() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let script = repo().join("hack/local-cluster.sh");
+        let built =
+            Command::new("bash").arg(&script).args(["build", "promtool"]).stderr(Stdio::inherit()).output().unwrap();
+        assert!(built.status.success(), "hack/local-cluster.sh build promtool failed");
+        let out = Command::new("bash").arg(&script).arg("promtool").output().unwrap();
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
 /// The upstream OpenReports Report CRD (openreports.io/v1alpha1), fetched by `hack/local-cluster.sh build`.
 pub fn openreports_crd() -> PathBuf {
     let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("openreports-crd").output().unwrap();

@@ -12,6 +12,7 @@ mod crds;
 mod harness;
 #[allow(dead_code)]
 mod hygiene;
+mod monitoring;
 #[allow(dead_code)]
 #[path = "../common/mqtt.rs"]
 mod mqtt;
