@@ -211,32 +211,30 @@ build_helm() {
   touch "$marker"
 }
 
+# A file of a Go module, copied into the cache: dest module@version path-in-module label.
+fetch_module_file() {
+  local dest=$1 module=$2 file=$3 label=$4
+  [[ -s $dest ]] && { log "$label ($module): cached"; return 0; }
+  go_env; mkdir -p "$(dirname "$dest")"
+  with_progress "$label: go mod download $module" go mod download "$module"
+  install -m 0644 "$GOMODCACHE/$module/$file" "$dest.tmp"
+  mv "$dest.tmp" "$dest"
+}
+
 # The PolicyReport CRD (wgpolicyk8s.io/v1alpha2) of the Kubernetes Policy WG for the compliance
 # tests. Kyverno ships it in its module (config/crds/policyreport/), so the Go module proxy serves it.
 POLICYREPORT_CRD=$CACHE/crds/wgpolicyk8s.io_policyreports-kyverno-$KYVERNO_VERSION.yaml
 fetch_policyreport() {
-  [[ -s $POLICYREPORT_CRD ]] && { log "PolicyReport CRD (kyverno $KYVERNO_VERSION): cached"; return 0; }
-  go_env; mkdir -p "$(dirname "$POLICYREPORT_CRD")"
-  with_progress "PolicyReport CRD: go mod download kyverno $KYVERNO_VERSION" \
-    go mod download "github.com/kyverno/kyverno@$KYVERNO_VERSION"
-  install -m 0644 \
-    "$GOMODCACHE/github.com/kyverno/kyverno@$KYVERNO_VERSION/config/crds/policyreport/wgpolicyk8s.io_policyreports.yaml" \
-    "$POLICYREPORT_CRD.tmp"
-  mv "$POLICYREPORT_CRD.tmp" "$POLICYREPORT_CRD"
+  fetch_module_file "$POLICYREPORT_CRD" "github.com/kyverno/kyverno@$KYVERNO_VERSION" \
+    config/crds/policyreport/wgpolicyk8s.io_policyreports.yaml "PolicyReport CRD"
 }
 
 # The OpenReports Report CRD (openreports.io/v1alpha1), the policy WG's successor of PolicyReport,
 # from its own API module (config/crd/), which the Go module proxy serves.
 OPENREPORTS_CRD=$CACHE/crds/openreports.io_reports-$OPENREPORTS_VERSION.yaml
 fetch_openreports() {
-  [[ -s $OPENREPORTS_CRD ]] && { log "OpenReports CRD ($OPENREPORTS_VERSION): cached"; return 0; }
-  go_env; mkdir -p "$(dirname "$OPENREPORTS_CRD")"
-  with_progress "OpenReports CRD: go mod download reports-api $OPENREPORTS_VERSION" \
-    go mod download "github.com/openreports/reports-api@$OPENREPORTS_VERSION"
-  install -m 0644 \
-    "$GOMODCACHE/github.com/openreports/reports-api@$OPENREPORTS_VERSION/config/crd/openreports.io_reports.yaml" \
-    "$OPENREPORTS_CRD.tmp"
-  mv "$OPENREPORTS_CRD.tmp" "$OPENREPORTS_CRD"
+  fetch_module_file "$OPENREPORTS_CRD" "github.com/openreports/reports-api@$OPENREPORTS_VERSION" \
+    config/crd/openreports.io_reports.yaml "OpenReports CRD"
 }
 
 # promtool, built from the Prometheus module (no replace directives, so `go install` works).

@@ -28,9 +28,10 @@ fn minimal_on_the_real_node() -> String {
 #[tokio::test]
 async fn a_hardened_broker_is_compliant_and_gets_an_openreports_report_and_a_policy_report() {
     setup().await;
-    for (crd, name) in
-        [(policyreport_crd(), "policyreports.wgpolicyk8s.io"), (openreports_crd(), "reports.openreports.io")]
-    {
+    for (crd, name) in [
+        (upstream_crd("policyreport"), "policyreports.wgpolicyk8s.io"),
+        (upstream_crd("openreports"), "reports.openreports.io"),
+    ] {
         let out = kubectl(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let out = kubectl(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=60s"]);

@@ -52,11 +52,13 @@ pub fn bin_dir() -> PathBuf {
         .clone()
 }
 
-/// The upstream PolicyReport CRD (wgpolicyk8s.io/v1alpha2), fetched by `hack/local-cluster.sh build`.
-pub fn policyreport_crd() -> PathBuf {
-    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("policyreport-crd").output().unwrap();
+/// An upstream CRD cached by `hack/local-cluster.sh build <which>` (`policyreport`: the
+/// wgpolicyk8s.io/v1alpha2 PolicyReport; `openreports`: the openreports.io/v1alpha1 Report).
+pub fn upstream_crd(which: &str) -> PathBuf {
+    let out =
+        Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg(format!("{which}-crd")).output().unwrap();
     let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(path.is_file(), "{} is missing: run `hack/local-cluster.sh build policyreport`", path.display());
+    assert!(path.is_file(), "{} is missing: run `hack/local-cluster.sh build {which}`", path.display());
     path
 }
 
@@ -73,14 +75,6 @@ pub fn promtool() -> PathBuf {
         PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
     .clone()
-}
-
-/// The upstream OpenReports Report CRD (openreports.io/v1alpha1), fetched by `hack/local-cluster.sh build`.
-pub fn openreports_crd() -> PathBuf {
-    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg("openreports-crd").output().unwrap();
-    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    assert!(path.is_file(), "{} is missing: run `hack/local-cluster.sh build openreports`", path.display());
-    path
 }
 
 /// Runs kubectl (matching the server minor) with the admin kubeconfig.
@@ -639,6 +633,16 @@ pub fn netpol_enforced(ns: &str, name: &str, present: bool) {
     assert!(out.status.success(), "hack/netpol.sh wait-policy {ns} {name} {want} failed");
 }
 
+/// Helm arguments that place the chart's pods on the real node (its label and taint).
+pub const REAL_NODE_HELM_VALUES: [&str; 6] = [
+    "--set-string",
+    "nodeSelector.moat\\.dev/node-type=real",
+    "--set",
+    "tolerations[0].key=moat.dev/real-node,tolerations[0].operator=Equal,tolerations[0].effect=NoSchedule",
+    "--set-string",
+    "tolerations[0].value=true",
+];
+
 /// Namespace of the outsider the real-node operators use (no MqttFirewall of any test admits it).
 pub const OUTSIDER_NS: &str = "moat-outsider";
 
@@ -650,31 +654,17 @@ pub fn outsider() -> &'static str {
     DONE.get_or_init(|| {
         let image = moat_image();
         let (repository, tag) = image.rsplit_once(':').unwrap();
-        let rendered = helm(&[
-            "template",
-            "moat",
-            repo().join("charts/moat").to_str().unwrap(),
-            "--kube-version",
-            "1.36.3",
-            "--namespace",
-            OPERATOR_NS,
-            "--show-only",
-            "templates/outsider.yaml",
-            "--set",
-            &format!("outsider.namespace={OUTSIDER_NS}"),
-            "--set",
-            &format!("image.repository={repository}"),
-            "--set",
-            &format!("image.tag={tag}"),
-            "--set",
-            "image.pullPolicy=Never",
-            "--set-string",
-            "nodeSelector.moat\\.dev/node-type=real",
-            "--set",
-            "tolerations[0].key=moat.dev/real-node,tolerations[0].operator=Equal,tolerations[0].effect=NoSchedule",
-            "--set-string",
-            "tolerations[0].value=true",
-        ]);
+        let chart = repo().join("charts/moat");
+        let (namespace, image_repo, image_tag) = (
+            format!("outsider.namespace={OUTSIDER_NS}"),
+            format!("image.repository={repository}"),
+            format!("image.tag={tag}"),
+        );
+        let mut args = vec!["template", "moat", chart.to_str().unwrap(), "--kube-version", "1.36.3"];
+        args.extend(["--namespace", OPERATOR_NS, "--show-only", "templates/outsider.yaml", "--set", &namespace]);
+        args.extend(["--set", &image_repo, "--set", &image_tag, "--set", "image.pullPolicy=Never"]);
+        args.extend(REAL_NODE_HELM_VALUES);
+        let rendered = helm(&args);
         assert!(rendered.status.success(), "helm template: {}", String::from_utf8_lossy(&rendered.stderr));
         let out = apply_stdin(&String::from_utf8_lossy(&rendered.stdout), &[]);
         assert!(out.status.success(), "the outsider: {}", String::from_utf8_lossy(&out.stderr));

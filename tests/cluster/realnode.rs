@@ -512,36 +512,15 @@ async fn the_operator_runs_as_the_charts_deployment_and_reconciles_a_broker() {
     let opns = format!("{}-op", ns.name);
     let image = moat_image();
     let (repo_, tag) = image.rsplit_once(':').unwrap();
-    let out = helm(&[
-        "install",
-        &format!("moat-{}", &ns.name[ns.name.len() - 6..]),
-        repo().join("charts/moat").to_str().unwrap(),
-        "--namespace",
-        &opns,
-        "--create-namespace",
-        "--skip-crds",
-        "--set",
-        &format!("image.repository={repo_}"),
-        "--set",
-        &format!("image.tag={tag}"),
-        "--set",
-        "image.pullPolicy=Never",
-        "--set",
-        &format!("watchNamespaces={{{}}}", ns.name),
-        "--set",
-        "kubernetesApi.host=10.88.0.1",
-        "--set",
-        "kubernetesApi.port=16443",
-        "--set-string",
-        "nodeSelector.moat\\.dev/node-type=real",
-        "--set",
-        "tolerations[0].key=moat.dev/real-node,tolerations[0].operator=Equal,tolerations[0].effect=NoSchedule",
-        "--set-string",
-        "tolerations[0].value=true",
-        "--wait",
-        "--timeout",
-        "180s",
-    ]);
+    let (release, chart) = (format!("moat-{}", &ns.name[ns.name.len() - 6..]), repo().join("charts/moat"));
+    let (image_repo, image_tag, watch) =
+        (format!("image.repository={repo_}"), format!("image.tag={tag}"), format!("watchNamespaces={{{}}}", ns.name));
+    let mut args = vec!["install", &release, chart.to_str().unwrap(), "--namespace", &opns, "--create-namespace"];
+    args.extend(["--skip-crds", "--set", &image_repo, "--set", &image_tag, "--set", "image.pullPolicy=Never"]);
+    args.extend(["--set", &watch, "--set", "kubernetesApi.host=10.88.0.1", "--set", "kubernetesApi.port=16443"]);
+    args.extend(REAL_NODE_HELM_VALUES);
+    args.extend(["--wait", "--timeout", "180s"]);
+    let out = helm(&args);
     assert!(out.status.success(), "helm install: {}", String::from_utf8_lossy(&out.stderr));
     let pods: Api<Pod> = Api::namespaced(client.clone(), &opns);
     let op = eventually(T, "the operator pod Ready on the real node", || async {
