@@ -64,8 +64,8 @@ pub struct RunArgs {
     pub outsider_port: u16,
     /// Compliance reports: `all` writes an OpenReports `Report` and a `wgpolicyk8s.io`
     /// `PolicyReport` per broker, each only when its CRD is installed.
-    #[arg(long, env = "MOAT_REPORTS", value_enum, default_value_t = controller::report::Reports::All)]
-    pub reports: controller::report::Reports,
+    #[arg(long, env = "MOAT_REPORTS", value_enum, default_value_t = crate::compliance::reports::Reports::All)]
+    pub reports: crate::compliance::reports::Reports,
     /// ConfigMap in the operator namespace that extends the security-patch catalog (key `catalog.yaml`).
     #[arg(long, env = "MOAT_CATALOG_CONFIGMAP")]
     pub catalog_configmap: Option<String>,

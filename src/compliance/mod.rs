@@ -7,6 +7,7 @@
 
 mod catalogue;
 pub mod facts;
+pub mod reports;
 
 use std::collections::BTreeMap;
 

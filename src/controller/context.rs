@@ -36,7 +36,7 @@ pub struct Config {
     /// Where the outsider runs (the vantage point no MqttFirewall admits), if anywhere.
     pub outsider: Option<Outsider>,
     /// The report APIs compliance is written to.
-    pub reports: super::report::Reports,
+    pub reports: crate::compliance::reports::Reports,
 }
 
 /// Where `moat outsider` runs.
@@ -315,7 +315,7 @@ pub struct Context {
     /// The security-patch catalog in force (built in, extended by the operator's ConfigMap).
     pub catalog: CatalogCell,
     /// Last PolicyReport content written per broker (skips unchanged writes).
-    pub reports: Mutex<HashMap<(String, String, super::report::ReportApi), String>>,
+    pub reports: Mutex<HashMap<(String, String, crate::compliance::reports::ReportApi), String>>,
 }
 
 /// The catalog in force, replaced whenever the override ConfigMap changes.

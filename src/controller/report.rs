@@ -1,152 +1,17 @@
-//! Compliance reports in the policy working group's APIs: one report per broker, one result per
-//! check, written at audits to each API whose CRD is installed (skipped cleanly when it is not):
-//! OpenReports (`openreports.io/v1alpha1` `Report`, the group's current API) and the older
-//! `wgpolicyk8s.io/v1alpha2` `PolicyReport`.
+//! Writes each broker's compliance report ([`crate::compliance::reports`]) to every report API
+//! the operator writes whose CRD is installed (skipped cleanly when it is not), at audits.
 
+use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
 
 use super::context::Context;
-use crate::crd::{CheckResult, ComplianceStatus, MqttBroker, Severity};
+use crate::compliance::reports::{ReportApi, report, report_name};
+use crate::crd::{ComplianceStatus, MqttBroker};
 use crate::names;
 
-/// Which report APIs the operator writes (`moat run --reports`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Reports {
-    /// Every API whose CRD is installed.
-    #[default]
-    All,
-    /// Only OpenReports (`openreports.io/v1alpha1` `Report`).
-    Openreports,
-    /// Only `wgpolicyk8s.io/v1alpha2` `PolicyReport`.
-    Policyreport,
-    /// None.
-    None,
-}
-
-impl Reports {
-    /// The APIs written.
-    pub fn apis(self) -> &'static [ReportApi] {
-        match self {
-            Reports::All => &[ReportApi::OpenReports, ReportApi::PolicyReport],
-            Reports::Openreports => &[ReportApi::OpenReports],
-            Reports::Policyreport => &[ReportApi::PolicyReport],
-            Reports::None => &[],
-        }
-    }
-}
-
-/// A report API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReportApi {
-    /// `openreports.io/v1alpha1` `Report`.
-    OpenReports,
-    /// `wgpolicyk8s.io/v1alpha2` `PolicyReport`.
-    PolicyReport,
-}
-
-impl ReportApi {
-    fn resource(self) -> ApiResource {
-        let (gvk, plural) = match self {
-            ReportApi::OpenReports => (GroupVersionKind::gvk("openreports.io", "v1alpha1", "Report"), "reports"),
-            ReportApi::PolicyReport => {
-                (GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"), "policyreports")
-            }
-        };
-        ApiResource::from_gvk_with_plural(&gvk, plural)
-    }
-
-    /// The kind, as in metrics and logs.
-    pub fn kind(self) -> &'static str {
-        match self {
-            ReportApi::OpenReports => "Report",
-            ReportApi::PolicyReport => "PolicyReport",
-        }
-    }
-
-    /// A check's severity in this API: OpenReports has moat's five levels; `wgpolicyk8s.io`
-    /// only high/medium/low, so critical counts as high and info as low there (the exact
-    /// severity stays in the result's properties).
-    fn severity(self, s: Severity) -> &'static str {
-        match (self, s) {
-            (ReportApi::OpenReports, s) => s.as_str(),
-            (ReportApi::PolicyReport, Severity::Critical | Severity::High) => "high",
-            (ReportApi::PolicyReport, Severity::Medium) => "medium",
-            (ReportApi::PolicyReport, Severity::Low | Severity::Info) => "low",
-        }
-    }
-}
-
-/// Name of a broker's report (the same in every API).
-pub fn report_name(broker: &str) -> String {
-    format!("moat-{broker}")
-}
-
-/// A check's result in the report APIs: an Unknown check (one moat could not evaluate) is
-/// `error`, which both APIs define as "could not be evaluated" (`skip` means "not selected").
-fn result(r: CheckResult) -> &'static str {
-    match r {
-        CheckResult::Pass => "pass",
-        CheckResult::Fail => "fail",
-        CheckResult::Unknown => "error",
-    }
-}
-
-/// The report of a broker's compliance in `api` (pure): the policy is the measure, the rule the
-/// check id, the broker the scope, remediation and exact severity in the properties.
-pub fn report(
-    api: ReportApi,
-    broker: &MqttBroker,
-    compliance: &ComplianceStatus,
-    now: jiff::Timestamp,
-) -> serde_json::Value {
-    let results: Vec<serde_json::Value> = compliance
-        .checks
-        .iter()
-        .map(|c| {
-            let mut properties = serde_json::json!({"severity": c.severity.as_str()});
-            if !c.remediation.is_empty() {
-                properties["remediation"] = c.remediation.clone().into();
-            }
-            serde_json::json!({
-                "source": "moat",
-                "policy": format!("moat-{}", c.measure.as_str()),
-                "rule": c.id,
-                "category": c.measure.as_str(),
-                "severity": api.severity(c.severity),
-                "result": result(c.result),
-                "scored": true,
-                "message": c.message,
-                "timestamp": {"seconds": now.as_second(), "nanos": 0},
-                "properties": properties,
-            })
-        })
-        .collect();
-    let count = |r: CheckResult| compliance.checks.iter().filter(|c| c.result == r).count();
-    let resource = api.resource();
-    let mut body = serde_json::json!({
-        "apiVersion": resource.api_version,
-        "kind": resource.kind,
-        "metadata": {
-            "name": report_name(&broker.name_any()),
-            "namespace": broker.namespace(),
-            "labels": {"app.kubernetes.io/managed-by": names::MANAGED_BY, names::BROKER_LABEL: broker.name_any()},
-            "ownerReferences": [broker.controller_owner_ref(&())],
-        },
-        "scope": {
-            "apiVersion": MqttBroker::api_version(&()),
-            "kind": MqttBroker::kind(&()),
-            "name": broker.name_any(),
-            "namespace": broker.namespace(),
-            "uid": broker.uid(),
-        },
-        "summary": {"pass": count(CheckResult::Pass), "fail": count(CheckResult::Fail), "warn": 0, "error": count(CheckResult::Unknown), "skip": 0},
-        "results": results,
-    });
-    if api == ReportApi::OpenReports {
-        body["source"] = "moat".into();
-    }
-    body
+fn resource(api: ReportApi) -> ApiResource {
+    let (group, version, kind, plural) = api.gvkp();
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
 /// Writes the broker's report to each API the operator writes whose CRD is installed, when the
@@ -159,7 +24,7 @@ pub async fn write(ctx: &Context, broker: &MqttBroker, compliance: &ComplianceSt
         if ctx.reports.lock().unwrap().get(&key) == Some(&fingerprint) {
             continue;
         }
-        let reports: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &api.resource());
+        let reports: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource(api));
         let body = report(api, broker, compliance, ctx.clock.now());
         let name = report_name(&broker.name_any());
         // strict: a field the installed CRD does not know is an error, not silently pruned
@@ -175,72 +40,5 @@ pub async fn write(ctx: &Context, broker: &MqttBroker, compliance: &ComplianceSt
             }
             Err(e) => tracing::warn!(kind = api.kind(), error = %e, "could not write the report"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::crd::{ComplianceCheck, Measure};
-
-    #[test]
-    fn one_result_per_check_with_the_check_id_as_rule() {
-        let broker: MqttBroker = serde_json::from_value(serde_json::json!({
-            "apiVersion": "mqtt.moat.dev/v1alpha1", "kind": "MqttBroker",
-            "metadata": {"name": "plant-a", "namespace": "iot", "uid": "u-1"}, "spec": {"version": "2.0.22"}
-        }))
-        .unwrap();
-        let check = |id: &str, result| ComplianceCheck {
-            id: id.into(),
-            measure: Measure::Encryption,
-            severity: if id == "MOAT-TLS-002" { Severity::Critical } else { Severity::High },
-            passed: result == CheckResult::Pass,
-            result,
-            message: "m".into(),
-            remediation: if result == CheckResult::Pass { String::new() } else { "fix it".into() },
-        };
-        let status = crate::compliance::summarize(
-            vec![
-                check("MOAT-TLS-001", CheckResult::Pass),
-                check("MOAT-TLS-005", CheckResult::Unknown),
-                check("MOAT-TLS-002", CheckResult::Fail),
-            ],
-            None,
-        );
-        for api in [ReportApi::OpenReports, ReportApi::PolicyReport] {
-            let r = report(api, &broker, &status, "2026-01-01T00:00:00Z".parse().unwrap());
-            let results = r["results"].as_array().unwrap();
-            assert_eq!(results.len(), 3);
-            assert_eq!(
-                results.iter().map(|x| x["rule"].as_str().unwrap()).collect::<Vec<_>>(),
-                vec!["MOAT-TLS-001", "MOAT-TLS-002", "MOAT-TLS-005"]
-            );
-            // Unknown is "could not be evaluated": error, not skip
-            assert_eq!(results[2]["result"], "error");
-            assert_eq!(r["summary"], serde_json::json!({"pass": 1, "fail": 1, "warn": 0, "error": 1, "skip": 0}));
-            assert_eq!(results[1]["properties"]["remediation"], "fix it");
-            assert_eq!(results[1]["properties"]["severity"], "critical");
-            assert_eq!(r["scope"]["uid"], "u-1");
-        }
-        let open = report(ReportApi::OpenReports, &broker, &status, "2026-01-01T00:00:00Z".parse().unwrap());
-        assert_eq!(
-            (open["apiVersion"].as_str(), open["kind"].as_str()),
-            (Some("openreports.io/v1alpha1"), Some("Report"))
-        );
-        assert_eq!(open["results"][1]["severity"], "critical", "OpenReports knows critical");
-        let old = report(ReportApi::PolicyReport, &broker, &status, "2026-01-01T00:00:00Z".parse().unwrap());
-        assert_eq!(
-            (old["apiVersion"].as_str(), old["kind"].as_str()),
-            (Some("wgpolicyk8s.io/v1alpha2"), Some("PolicyReport"))
-        );
-        assert_eq!(old["results"][1]["severity"], "high", "v1alpha2 has no critical");
-        assert!(old.get("source").is_none());
-    }
-
-    #[test]
-    fn the_report_flag_selects_the_apis() {
-        assert_eq!(Reports::All.apis(), &[ReportApi::OpenReports, ReportApi::PolicyReport]);
-        assert_eq!(Reports::Openreports.apis(), &[ReportApi::OpenReports]);
-        assert!(Reports::None.apis().is_empty());
     }
 }
