@@ -4,7 +4,7 @@
 
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{CheckResult, ComplianceStatus, MqttBroker, Severity};
+use crate::crd::{CheckResult, ComplianceStatus, Severity};
 use crate::names;
 
 /// Which report APIs the operator writes (`moat run --reports`).
@@ -72,9 +72,14 @@ impl ReportApi {
     }
 }
 
-/// Name of a broker's report (the same in every API).
-pub fn report_name(broker: &str) -> String {
-    format!("moat-{broker}")
+/// Name of the report of `obj` (the same in every API): `moat-<broker>` for a broker,
+/// `moat-<kind>-<name>` for an MqttAcl or MqttFirewall (`moat-mqttacl-clients`).
+pub fn report_name<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    let kind = K::kind(&());
+    match kind.as_ref() {
+        "MqttBroker" => format!("moat-{}", obj.name_any()),
+        _ => format!("moat-{}-{}", kind.to_lowercase(), obj.name_any()),
+    }
 }
 
 /// A check's result in the report APIs: an Unknown check (one moat could not evaluate) is
@@ -87,11 +92,13 @@ fn result(r: CheckResult) -> &'static str {
     }
 }
 
-/// The report of a broker's compliance in `api` (pure): the policy is the measure, the rule the
-/// check id, the broker the scope, remediation and exact severity in the properties.
-pub fn report(
+/// The report of the compliance of `obj` (a broker, or an MqttAcl or MqttFirewall of `broker`) in
+/// `api` (pure): the policy is the measure, the rule the check id, the object the scope (and the
+/// report's owner), remediation and exact severity in the properties.
+pub fn report<K: Resource<DynamicType = ()>>(
     api: ReportApi,
-    broker: &MqttBroker,
+    obj: &K,
+    broker: &str,
     compliance: &ComplianceStatus,
     now: jiff::Timestamp,
 ) -> serde_json::Value {
@@ -123,17 +130,17 @@ pub fn report(
         "apiVersion": format!("{group}/{version}"),
         "kind": kind,
         "metadata": {
-            "name": report_name(&broker.name_any()),
-            "namespace": broker.namespace(),
-            "labels": {"app.kubernetes.io/managed-by": names::MANAGED_BY, names::BROKER_LABEL: broker.name_any()},
-            "ownerReferences": [broker.controller_owner_ref(&())],
+            "name": report_name(obj),
+            "namespace": obj.namespace(),
+            "labels": {"app.kubernetes.io/managed-by": names::MANAGED_BY, names::BROKER_LABEL: broker},
+            "ownerReferences": [obj.controller_owner_ref(&())],
         },
         "scope": {
-            "apiVersion": MqttBroker::api_version(&()),
-            "kind": MqttBroker::kind(&()),
-            "name": broker.name_any(),
-            "namespace": broker.namespace(),
-            "uid": broker.uid(),
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "name": obj.name_any(),
+            "namespace": obj.namespace(),
+            "uid": obj.uid(),
         },
         "summary": {"pass": count(CheckResult::Pass), "fail": count(CheckResult::Fail), "warn": 0, "error": count(CheckResult::Unknown), "skip": 0},
         "results": results,
@@ -147,7 +154,7 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{ComplianceCheck, Measure};
+    use crate::crd::{ComplianceCheck, Measure, MqttBroker};
 
     #[test]
     fn one_result_per_check_with_the_check_id_as_rule() {
@@ -174,7 +181,7 @@ mod tests {
             None,
         );
         for api in [ReportApi::OpenReports, ReportApi::PolicyReport] {
-            let r = report(api, &broker, &status, "2026-01-01T00:00:00Z".parse().unwrap());
+            let r = report(api, &broker, "plant-a", &status, "2026-01-01T00:00:00Z".parse().unwrap());
             let results = r["results"].as_array().unwrap();
             assert_eq!(results.len(), 3);
             assert_eq!(
@@ -188,19 +195,35 @@ mod tests {
             assert_eq!(results[1]["properties"]["severity"], "critical");
             assert_eq!(r["scope"]["uid"], "u-1");
         }
-        let open = report(ReportApi::OpenReports, &broker, &status, "2026-01-01T00:00:00Z".parse().unwrap());
+        let open = report(ReportApi::OpenReports, &broker, "plant-a", &status, "2026-01-01T00:00:00Z".parse().unwrap());
         assert_eq!(
             (open["apiVersion"].as_str(), open["kind"].as_str()),
             (Some("openreports.io/v1alpha1"), Some("Report"))
         );
         assert_eq!(open["results"][1]["severity"], "critical", "OpenReports knows critical");
-        let old = report(ReportApi::PolicyReport, &broker, &status, "2026-01-01T00:00:00Z".parse().unwrap());
+        let old = report(ReportApi::PolicyReport, &broker, "plant-a", &status, "2026-01-01T00:00:00Z".parse().unwrap());
         assert_eq!(
             (old["apiVersion"].as_str(), old["kind"].as_str()),
             (Some("wgpolicyk8s.io/v1alpha2"), Some("PolicyReport"))
         );
         assert_eq!(old["results"][1]["severity"], "high", "v1alpha2 has no critical");
         assert!(old.get("source").is_none());
+    }
+
+    #[test]
+    fn acls_and_firewalls_get_reports_of_their_own() {
+        let fw: crate::crd::MqttFirewall = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mqtt.moat.dev/v1alpha1", "kind": "MqttFirewall",
+            "metadata": {"name": "edge", "namespace": "iot", "uid": "u-2"},
+            "spec": {"brokerRef": {"name": "plant-a"}, "ingress": []}
+        }))
+        .unwrap();
+        let status = crate::compliance::summarize(vec![], None);
+        let r = report(ReportApi::OpenReports, &fw, "plant-a", &status, "2026-01-01T00:00:00Z".parse().unwrap());
+        assert_eq!(r["metadata"]["name"], "moat-mqttfirewall-edge");
+        assert_eq!(r["metadata"]["labels"][names::BROKER_LABEL], "plant-a");
+        assert_eq!((r["scope"]["kind"].as_str(), r["scope"]["uid"].as_str()), (Some("MqttFirewall"), Some("u-2")));
+        assert_eq!(r["metadata"]["ownerReferences"][0]["uid"], "u-2");
     }
 
     #[test]

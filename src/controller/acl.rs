@@ -112,6 +112,9 @@ async fn run(acl: &MqttAcl, ctx: &Context) -> Result<Action> {
         warnings: warnings.iter().map(ToString::to_string).collect(),
     };
     super::write_status(ctx, acl, &previous, &status).await?;
+    if let Some(c) = &status.compliance {
+        super::report::write(ctx, acl, &acl.spec.broker_ref.name, c).await;
+    }
     match invalid {
         Some(e) => Err(Error::InvalidSpec(e)),
         None => Ok(Action::await_change()),

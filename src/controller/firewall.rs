@@ -93,6 +93,9 @@ async fn reconcile_inner(fw: &MqttFirewall, ctx: &Context) -> Result<Action> {
         policies,
     };
     super::write_status(ctx, fw, &previous, &status).await?;
+    if let Some(c) = &status.compliance {
+        super::report::write(ctx, fw, &fw.spec.broker_ref.name, c).await;
+    }
     match invalid {
         Some(e) => Err(Error::InvalidSpec(e)),
         None => Ok(Action::await_change()),

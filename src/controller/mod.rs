@@ -388,7 +388,8 @@ pub async fn run(
             ctx.rollouts.lock().unwrap().remove(&key);
             ctx.drift.lock().unwrap().remove(&key);
             ctx.files.lock().unwrap().remove(&key);
-            ctx.reports.lock().unwrap().retain(|(n, b, _), _| (n, b) != (&key.0, &key.1));
+            let report = crate::compliance::reports::report_name(b);
+            ctx.reports.lock().unwrap().retain(|(n, r, _), _| (n, r) != (&key.0, &report));
             for u in s.users_of(&ns, &name) {
                 let _ = utx.send(ObjectRef::from_obj(&*u));
             }

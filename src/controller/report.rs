@@ -1,12 +1,12 @@
 //! Writes each broker's compliance report ([`crate::compliance::reports`]) to every report API
 //! the operator writes whose CRD is installed (skipped cleanly when it is not), at audits.
 
-use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
 
 use super::context::Context;
 use crate::compliance::reports::{ReportApi, report, report_name};
-use crate::crd::{ComplianceStatus, MqttBroker};
+use crate::crd::ComplianceStatus;
 use crate::names;
 
 fn resource(api: ReportApi) -> ApiResource {
@@ -14,19 +14,20 @@ fn resource(api: ReportApi) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
-/// Writes the broker's report to each API the operator writes whose CRD is installed, when the
-/// results changed since the last write.
-pub async fn write(ctx: &Context, broker: &MqttBroker, compliance: &ComplianceStatus) {
-    let ns = broker.namespace().unwrap_or_default();
+/// Writes the compliance report of `obj` (a broker, or an MqttAcl or MqttFirewall of `broker`) to
+/// each API the operator writes whose CRD is installed, when the results changed since the last
+/// write.
+pub async fn write<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, broker: &str, compliance: &ComplianceStatus) {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = report_name(obj);
     let fingerprint = serde_json::to_string(&compliance.checks).unwrap_or_default();
     for &api in ctx.config.reports.apis() {
-        let key = (ns.clone(), broker.name_any(), api);
+        let key = (ns.clone(), name.clone(), api);
         if ctx.reports.lock().unwrap().get(&key) == Some(&fingerprint) {
             continue;
         }
         let reports: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource(api));
-        let body = report(api, broker, compliance, ctx.clock.now());
-        let name = report_name(&broker.name_any());
+        let body = report(api, obj, broker, compliance, ctx.clock.now());
         // strict: a field the installed CRD does not know is an error, not silently pruned
         let params = PatchParams::apply(names::FIELD_MANAGER).force().validation_strict();
         match reports.patch(&name, &params, &Patch::Apply(&body)).await {

@@ -24,7 +24,8 @@ fn minimal_on_the_real_node() -> String {
 
 /// A hardened broker on the real node is Compliant, and its compliance reaches both report APIs
 /// of the policy working group, validated by their upstream CRDs: an OpenReports `Report` and a
-/// `wgpolicyk8s.io` `PolicyReport`, one result per check.
+/// `wgpolicyk8s.io` `PolicyReport`, one result per check; its MqttAcl and MqttFirewall get their
+/// own.
 #[tokio::test]
 async fn a_hardened_broker_is_compliant_and_gets_an_openreports_report_and_a_policy_report() {
     setup().await;
@@ -72,6 +73,31 @@ async fn a_hardened_broker_is_compliant_and_gets_an_openreports_report_and_a_pol
         assert_eq!(report.data["summary"]["fail"], 0);
         assert_eq!(report.data["summary"]["error"], 0);
         assert_eq!(report.data["summary"]["skip"], 0);
+    }
+
+    // the broker's MqttAcl and MqttFirewall get reports of their own
+    apply_yaml(
+        &client,
+        &ns.name,
+        "apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttFirewall\nmetadata: {name: edge}\nspec:\n  brokerRef: {name: plant-a}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: edge}}}]\n",
+    )
+    .await;
+    for (group, version, kind, plural) in [
+        ("openreports.io", "v1alpha1", "Report", "reports"),
+        ("wgpolicyk8s.io", "v1alpha2", "PolicyReport", "policyreports"),
+    ] {
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        let reports: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
+        for (name, scope) in [("moat-mqttacl-own-topics", "MqttAcl"), ("moat-mqttfirewall-edge", "MqttFirewall")] {
+            let r =
+                eventually(T, &format!("the {kind} {name}"), || async { reports.get_opt(name).await.ok().flatten() })
+                    .await;
+            assert_eq!(r.data["scope"]["kind"], scope);
+            assert!(
+                r.data["results"].as_array().unwrap().iter().all(|x| x["rule"].as_str().unwrap().starts_with("MOAT-"))
+            );
+            assert_eq!(r.metadata.labels.as_ref().unwrap()["mqtt.moat.dev/broker"], "plant-a");
+        }
     }
 }
 

@@ -85,7 +85,7 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     super::write_status(ctx, broker, &previous, &status.status).await?;
     ctx.drift.lock().unwrap().insert(key, status.status.drift.clone());
     if audit.due {
-        super::report::write(ctx, broker, &status.compliance).await;
+        super::report::write(ctx, broker, &model.name, &status.compliance).await;
     }
     status::metrics(ctx, &model, &decided, &status.status);
     if applied.changed > 0 {
