@@ -100,6 +100,8 @@ pub struct Metrics {
     pub revocation_seconds: Family<BrokerLabels, Gauge>,
     /// Broker pods running the files moat wrote last (attested), and all pods asked.
     pub pods_current: Family<BrokerLabels, Gauge>,
+    /// Bursts of refused logins reported by broker agents (each a `SuspiciousActivity` Event).
+    pub suspicious_activity: Family<BrokerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -119,6 +121,7 @@ impl Default for Metrics {
             crl_next_update: Family::default(),
             revocation_seconds: Family::default(),
             pods_current: Family::default(),
+            suspicious_activity: Family::default(),
         }
     }
 }
@@ -168,6 +171,11 @@ impl Metrics {
             "broker_pods_current_files",
             "Broker pods whose agent attests the files moat wrote last",
             self.pods_current.clone(),
+        );
+        r.register(
+            "suspicious_activity",
+            "Bursts of refused logins at a broker (failedLoginThreshold within failedLoginWindow), each recorded as a SuspiciousActivity Event",
+            self.suspicious_activity.clone(),
         );
     }
 

@@ -53,6 +53,8 @@ pub struct Durations {
     pub autosave_interval: Duration,
     /// How long files (and revocations) may take to reach every pod.
     pub revocation_deadline: Duration,
+    /// The window of the failed-login threshold.
+    pub failed_login_window: Duration,
 }
 
 fn duration(field: &str, d: &GoDuration) -> Result<Duration, FieldError> {
@@ -88,7 +90,14 @@ impl BrokerModel {
             ready_grace: duration("spec.upgrade.readyGracePeriod", &spec.upgrade.ready_grace_period)?,
             autosave_interval: duration("spec.persistence.autosaveInterval", &spec.persistence.autosave_interval)?,
             revocation_deadline: duration("spec.security.revocationDeadline", &spec.security.revocation_deadline)?,
+            failed_login_window: duration("spec.logging.failedLoginWindow", &spec.logging.failed_login_window)?,
         };
+        if !(Duration::from_secs(10)..=Duration::from_secs(3600)).contains(&durations.failed_login_window) {
+            return Err(FieldError {
+                field: "spec.logging.failedLoginWindow".into(),
+                message: "must be within 10s and 1h".into(),
+            });
+        }
         lifetime::CA.check("spec.tls.ca", durations.ca_validity, durations.ca_renew_before)?;
         lifetime::LEAF.check("spec.tls.server", durations.server_validity, durations.server_renew_before)?;
         if durations.audit_interval < Duration::from_secs(10) {

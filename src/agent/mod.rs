@@ -8,6 +8,12 @@
 //! with 0600/0640 modes (Mosquitto 2.1 refuses symlinked password/ACL files and warns about
 //! foreign owners), and sends SIGHUP to Mosquitto (shared process namespace). An invalid set is
 //! never installed: the previous files stay in force and the reason is logged.
+//!
+//! It also reads Mosquitto's log (an extra `log_dest file` in its own emptyDir) for what the
+//! broker saw of its clients ([`activity`]): counters on `/metrics`, and bursts of refused logins
+//! on `/status`, where the operator picks them up for a `SuspiciousActivity` Event.
+
+pub mod activity;
 
 use std::fs;
 use std::io::Write;
@@ -45,6 +51,22 @@ pub struct AgentArgs {
     /// Serve `GET /status` (what is installed, since when) here, for the operator's attestation.
     #[arg(long)]
     pub status_addr: Option<std::net::SocketAddr>,
+    /// Serve `GET /metrics` (Prometheus text format: the broker's connections and refused
+    /// logins, the agent's reloads) here.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Mosquitto's log file to follow (its `log_dest file`); rotated by the agent.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Refused logins within `--failed-login-window` that make a burst suspicious (0: never).
+    #[arg(long, default_value_t = 20)]
+    pub failed_logins: u64,
+    /// The window of `--failed-logins`.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub failed_login_window: Duration,
+    /// Rotate the log file (rename, SIGHUP) when it grows past this many bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub log_rotate_bytes: u64,
 }
 
 /// What the agent reports on `GET /status`: the operator compares `installed` with the files it
@@ -63,29 +85,97 @@ pub struct AgentStatus {
     /// The mounted files are refused (invalid); the installed ones stay in force.
     #[serde(default)]
     pub refusing: bool,
+    /// A burst of refused logins within the window, if there is one now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspicious: Option<activity::Suspicion>,
 }
 
-async fn serve_status(addr: std::net::SocketAddr, state: std::sync::Arc<std::sync::Mutex<AgentStatus>>) {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
+/// What the agent's endpoints serve, shared with its loops.
+struct Shared {
+    status: AgentStatus,
+    monitor: activity::Monitor,
+    /// Installs and refusals of updated files.
+    installs: u64,
+    refusals: u64,
+    /// SHA-256 of the installed `mosquitto.conf` (no Secret value: it is rendered from the spec).
+    config: Option<String>,
+}
+
+type State = std::sync::Arc<std::sync::Mutex<Shared>>;
+
+impl Shared {
+    fn status(&mut self) -> AgentStatus {
+        AgentStatus { suspicious: self.monitor.suspicion(jiff::Timestamp::now()), ..self.status.clone() }
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        self.monitor.exposition(&mut out);
+        let mut line = |s: String| {
+            out.push_str(&s);
+            out.push('\n');
+        };
+        line("# HELP moat_agent_reloads_total Updated broker files installed (and Mosquitto reloaded) or refused as invalid.".into());
+        line("# TYPE moat_agent_reloads_total counter".into());
+        line(format!("moat_agent_reloads_total{{result=\"installed\"}} {}", self.installs));
+        line(format!("moat_agent_reloads_total{{result=\"refused\"}} {}", self.refusals));
+        line("# HELP moat_agent_files_refusing 1 while the mounted files are refused and the previous ones stay in force.".into());
+        line("# TYPE moat_agent_files_refusing gauge".into());
+        line(format!("moat_agent_files_refusing {}", u8::from(self.status.refusing)));
+        line("# HELP moat_agent_files_installed_timestamp_seconds When the files in force were installed.".into());
+        line("# TYPE moat_agent_files_installed_timestamp_seconds gauge".into());
+        if let Some(t) = self.status.installed_at {
+            line(format!("moat_agent_files_installed_timestamp_seconds {}", t.as_second()));
+        }
+        line(
+            "# HELP moat_agent_files_info The files in force: the SHA-256 (first 16 hex digits) of mosquitto.conf."
+                .into(),
+        );
+        line("# TYPE moat_agent_files_info gauge".into());
+        if let Some(c) = &self.config {
+            line(format!("moat_agent_files_info{{config_sha256=\"{}\"}} 1", &c[..16]));
+        }
+        out
+    }
+}
+
+async fn serve(addr: std::net::SocketAddr, what: &'static str, app: axum::Router) {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            tracing::info!(%addr, "serving {what}");
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the {what} endpoint stopped");
+            }
+        }
+        Err(e) => tracing::error!(%addr, error = %e, "cannot serve {what}"),
+    }
+}
+
+fn status_app(state: State) -> axum::Router {
+    axum::Router::new().route(
         "/status",
-        get(move || {
+        axum::routing::get(move || {
             let state = state.clone();
             async move {
-                let body = serde_json::to_string(&*state.lock().unwrap()).unwrap_or_default();
+                let status = state.lock().unwrap().status();
+                let body = serde_json::to_string(&status).unwrap_or_default();
                 ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
             }
         }),
-    );
-    match tokio::net::TcpListener::bind(addr).await {
-        Ok(listener) => {
-            tracing::info!(%addr, "serving /status");
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the status endpoint stopped");
+    )
+}
+
+fn metrics_app(state: State) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let state = state.clone();
+            async move {
+                let body = state.lock().unwrap().metrics();
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
             }
-        }
-        Err(e) => tracing::error!(%addr, error = %e, "cannot serve /status"),
-    }
+        }),
+    )
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -278,7 +368,8 @@ pub fn find_mosquitto() -> Vec<i32> {
         .collect()
 }
 
-fn reload(args: &AgentArgs) {
+/// Sends SIGHUP to Mosquitto (reload files, reopen its log); `done` is the log message.
+fn reload(args: &AgentArgs, done: &str) {
     let pids = match args.mosquitto_pid {
         Some(p) => vec![p],
         None => find_mosquitto(),
@@ -288,7 +379,7 @@ fn reload(args: &AgentArgs) {
     }
     for pid in pids {
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP) {
-            Ok(()) => tracing::info!(pid, "sent SIGHUP to mosquitto"),
+            Ok(()) => tracing::info!(pid, "{done}"),
             Err(e) => tracing::error!(pid, error = %e, "could not signal mosquitto"),
         }
     }
@@ -314,9 +405,21 @@ pub async fn run(args: AgentArgs) -> i32 {
             }
         };
     }
-    let state = std::sync::Arc::new(std::sync::Mutex::new(AgentStatus::default()));
+    let state: State = std::sync::Arc::new(std::sync::Mutex::new(Shared {
+        status: AgentStatus::default(),
+        monitor: activity::Monitor::new(args.failed_logins, args.failed_login_window),
+        installs: 0,
+        refusals: 0,
+        config: None,
+    }));
     if let Some(addr) = args.status_addr {
-        tokio::spawn(serve_status(addr, state.clone()));
+        tokio::spawn(serve(addr, "/status", status_app(state.clone())));
+    }
+    if let Some(addr) = args.metrics_addr {
+        tokio::spawn(serve(addr, "/metrics", metrics_app(state.clone())));
+    }
+    if let Some(path) = args.log_file.clone() {
+        tokio::spawn(follow(path, args.clone(), state.clone()));
     }
     let mut installed: Option<String> = None;
     let mut refused: Option<String> = None;
@@ -326,14 +429,14 @@ pub async fn run(args: AgentArgs) -> i32 {
         match collect(&args.source) {
             Ok(set) => {
                 if refused.take().is_some() {
-                    state.lock().unwrap().refusing = false;
+                    state.lock().unwrap().status.refusing = false;
                 }
                 let digest = set.digest();
                 if installed.is_none() && is_installed(&set, &args.target) {
                     // at start: the init container installed exactly these files before Mosquitto
                     // started, so they are in force already
                     installed = Some(digest.clone());
-                    report(&state, &installed, false);
+                    report(&state, &set, &installed, false);
                 } else if installed.as_deref() != Some(&digest) {
                     // the first change after a quiet spell is installed at once (a revocation
                     // takes effect within one interval); changes that follow within `settle`
@@ -351,12 +454,12 @@ pub async fn run(args: AgentArgs) -> i32 {
                             Ok(changed) => {
                                 tracing::info!(?changed, "installed updated broker files");
                                 if !changed.is_empty() {
-                                    reload(&args);
+                                    reload(&args, "sent SIGHUP to mosquitto");
                                 }
                                 installed = Some(digest);
                                 pending = None;
                                 last_install = Some(now);
-                                report(&state, &installed, false);
+                                report(&state, &set, &installed, true);
                             }
                             Err(e) => tracing::error!(error = %e, "could not install broker files"),
                         }
@@ -368,7 +471,9 @@ pub async fn run(args: AgentArgs) -> i32 {
                 if refused.as_deref() != Some(&reason) {
                     tracing::error!(reason = %reason, "refusing the updated broker files; the previous files stay in force");
                     refused = Some(reason);
-                    state.lock().unwrap().refusing = true;
+                    let mut s = state.lock().unwrap();
+                    s.status.refusing = true;
+                    s.refusals += 1;
                 }
                 pending = None;
             }
@@ -382,9 +487,66 @@ fn is_installed(set: &FileSet, target: &Path) -> bool {
     set.files.iter().all(|(rel, content)| fs::read(target.join(rel)).ok().as_deref() == Some(content.as_slice()))
 }
 
-fn report(state: &std::sync::Mutex<AgentStatus>, installed: &Option<String>, refusing: bool) {
-    *state.lock().unwrap() =
-        AgentStatus { installed: installed.clone(), installed_at: Some(jiff::Timestamp::now()), refusing };
+fn report(state: &State, set: &FileSet, installed: &Option<String>, counted: bool) {
+    use sha2::Digest;
+    let mut s = state.lock().unwrap();
+    s.status =
+        AgentStatus { installed: installed.clone(), installed_at: Some(jiff::Timestamp::now()), ..Default::default() };
+    s.config = set.files.get("mosquitto.conf").map(|c| crate::hex(&sha2::Sha256::digest(c)));
+    if counted {
+        s.installs += 1;
+    }
+}
+
+/// Follows Mosquitto's log file into the monitor, from its start (Mosquitto may have written
+/// before the agent started; a line's own timestamp places it in the window). When the file
+/// grows past `--log-rotate-bytes` it is renamed to `<file>.1` and Mosquitto is sent SIGHUP,
+/// which reopens its log; the old file is read to its end once the new one exists, so no line
+/// is lost, and then deleted.
+async fn follow(path: PathBuf, args: AgentArgs, state: State) {
+    use std::io::{Read, Seek};
+    let rotated = path.with_extension("log.1");
+    let mut file: Option<fs::File> = None;
+    let mut old: Option<fs::File> = None;
+    let mut partial = Vec::new();
+    let feed = |f: &mut fs::File, partial: &mut Vec<u8>| {
+        let mut buf = Vec::new();
+        if let Err(e) = f.read_to_end(&mut buf) {
+            tracing::warn!(error = %e, "cannot read the broker's log");
+        }
+        partial.extend_from_slice(&buf);
+        let Some(end) = partial.iter().rposition(|b| *b == b'\n') else { return };
+        let complete: Vec<u8> = partial.drain(..=end).collect();
+        let now = jiff::Timestamp::now();
+        let mut s = state.lock().unwrap();
+        for line in String::from_utf8_lossy(&complete).lines() {
+            s.monitor.observe(line, now);
+        }
+    };
+    loop {
+        if let Some(f) = old.as_mut()
+            && path.exists()
+        {
+            // Mosquitto writes to the new file now: what is left in the old one is final
+            feed(f, &mut partial);
+            old = None;
+            let _ = fs::remove_file(&rotated);
+        }
+        if old.is_none() && file.is_none() {
+            file = fs::File::open(&path).ok();
+        }
+        if let Some(f) = file.as_mut() {
+            feed(f, &mut partial);
+            let size = f.stream_position().unwrap_or(0);
+            if old.is_none() && size >= args.log_rotate_bytes && fs::rename(&path, &rotated).is_ok() {
+                old = file.take();
+                reload(&args, "rotated the broker's log; mosquitto reopens it (SIGHUP)");
+            }
+        } else if let Some(f) = old.as_mut() {
+            feed(f, &mut partial);
+        }
+        tokio::time::sleep(args.interval).await;
+    }
 }
 
 #[cfg(test)]

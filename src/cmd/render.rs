@@ -212,7 +212,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             Ok(&f.spec)
         })
         .collect::<anyhow::Result<_>>()?;
-    let operator = crate::controller::Config::default().operator;
+    let defaults = crate::controller::Config::default();
+    let operator = defaults.operator;
     let objs = objects::broker_objects(
         &model,
         &plan,
@@ -222,6 +223,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             partition: 0,
             firewalls: &valid_firewalls,
             operator: &operator,
+            metrics_namespaces: &defaults.agent_metrics_namespaces,
         },
     )?;
     let mut docs: Vec<serde_json::Value> = vec![];
@@ -238,7 +240,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     push(&objs.service);
     push(&objs.headless);
     push(&objs.default_deny);
-    if let Some(p) = &objs.probe_policy {
+    for p in objs.probe_policy.iter().chain(&objs.metrics_policy) {
         push(p);
     }
     for f in &firewalls {

@@ -66,6 +66,14 @@ pub struct RunArgs {
     /// `PolicyReport` per broker, each only when its CRD is installed.
     #[arg(long, env = "MOAT_REPORTS", value_enum, default_value_t = crate::compliance::reports::Reports::All)]
     pub reports: crate::compliance::reports::Reports,
+    /// Namespaces (comma-separated) whose pods may scrape the broker agents' `/metrics` (port
+    /// 9884): each broker gets a NetworkPolicy `<broker>-moat-metrics` admitting them to that
+    /// port only. Empty: the port stays closed.
+    #[arg(long, env = "MOAT_AGENT_METRICS_NAMESPACES", value_delimiter = ',')]
+    pub agent_metrics_namespaces: Vec<String>,
+    /// How often the broker agents are asked for bursts of refused logins (SuspiciousActivity).
+    #[arg(long, env = "MOAT_ACTIVITY_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub activity_interval: Duration,
     /// ConfigMap in the operator namespace that extends the security-patch catalog (key `catalog.yaml`).
     #[arg(long, env = "MOAT_CATALOG_CONFIGMAP")]
     pub catalog_configmap: Option<String>,
@@ -190,6 +198,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         active_probe: args.active_probe,
         catalog_configmap: args.catalog_configmap.clone(),
         reports: args.reports,
+        agent_metrics_namespaces: args.agent_metrics_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect(),
+        activity_interval: args.activity_interval.max(Duration::from_secs(1)),
         outsider: args
             .outsider_namespace
             .clone()

@@ -37,6 +37,10 @@ pub struct Config {
     pub outsider: Option<Outsider>,
     /// The report APIs compliance is written to.
     pub reports: crate::compliance::reports::Reports,
+    /// Namespaces whose pods may scrape the broker agents' `/metrics`.
+    pub agent_metrics_namespaces: Vec<String>,
+    /// How often the broker agents are asked for bursts of refused logins.
+    pub activity_interval: Duration,
 }
 
 /// Where `moat outsider` runs.
@@ -63,6 +67,8 @@ impl Default for Config {
             catalog_configmap: None,
             outsider: None,
             reports: Default::default(),
+            agent_metrics_namespaces: vec![],
+            activity_interval: Duration::from_secs(15),
         }
     }
 }

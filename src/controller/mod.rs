@@ -6,6 +6,7 @@
 //! when it changed. One reflector per resource type is shared by all controllers.
 
 pub mod acl;
+pub mod activity;
 pub mod apply;
 pub mod broker;
 pub mod conditions;
@@ -422,6 +423,7 @@ pub async fn run(
     tokio::select! {
         _ = drivers => {},
         _ = futures::future::join4(broker_ctl, user_ctl, acl_ctl, fw_ctl) => {},
+        _ = activity::watch(ctx.clone()) => {},
     }
 }
 

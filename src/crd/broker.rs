@@ -84,7 +84,8 @@ pub struct MqttBrokerSpec {
     #[serde(default)]
     pub limits: Limits,
 
-    /// Broker logging (always to stdout, so `kubectl logs` shows connections).
+    /// Broker logging (to stderr, so `kubectl logs` shows connections at once, and to a file that
+    /// moat's agent reads for broker metrics and suspicious activity).
     #[serde(default)]
     pub logging: Logging,
 
@@ -514,6 +515,25 @@ pub struct Logging {
     #[serde(default = "default_log_types")]
     #[schemars(length(min = 1, max = 7))]
     pub types: Vec<LogType>,
+    /// Refused logins (wrong or no credentials, failed TLS handshakes) within `failedLoginWindow`
+    /// that make a burst suspicious: moat's agent counts them in the broker's log (which needs
+    /// `connectionMessages`), and the operator records a `SuspiciousActivity` Warning Event on the
+    /// MqttBroker (at most one per broker per 10 minutes). moat's own attestation attempts do not
+    /// count. 0 turns the Event off. Default: 20.
+    #[serde(default = "default_failed_login_threshold")]
+    #[schemars(range(max = 1000000))]
+    pub failed_login_threshold: u32,
+    /// The window of `failedLoginThreshold`, 10s to 1h. Default: 1m.
+    #[serde(default = "default_failed_login_window")]
+    pub failed_login_window: GoDuration,
+}
+
+fn default_failed_login_threshold() -> u32 {
+    20
+}
+
+fn default_failed_login_window() -> GoDuration {
+    GoDuration::new("1m")
 }
 
 /// A Mosquitto `log_type`.
@@ -554,7 +574,12 @@ fn default_true() -> bool {
 
 impl Default for Logging {
     fn default() -> Self {
-        Self { connection_messages: true, types: default_log_types() }
+        Self {
+            connection_messages: true,
+            types: default_log_types(),
+            failed_login_threshold: default_failed_login_threshold(),
+            failed_login_window: default_failed_login_window(),
+        }
     }
 }
 

@@ -72,6 +72,8 @@ pub struct BrokerObjects {
     pub default_deny: NetworkPolicy,
     /// The NetworkPolicy admitting the operator's probe, when probing is on.
     pub probe_policy: Option<NetworkPolicy>,
+    /// The NetworkPolicy admitting the monitoring namespaces to the agents' metrics port.
+    pub metrics_policy: Option<NetworkPolicy>,
     /// The workload.
     pub statefulset: StatefulSet,
     /// The PodDisruptionBudget (replicas > 1).
@@ -91,6 +93,8 @@ pub struct ObjectInputs<'a> {
     pub firewalls: &'a [&'a MqttFirewallSpec],
     /// The operator, for the probe policy.
     pub operator: &'a OperatorIdentity,
+    /// Namespaces whose pods may scrape the agents' `/metrics` (none: the port stays closed).
+    pub metrics_namespaces: &'a [String],
 }
 
 /// Every object of a plan.
@@ -171,6 +175,7 @@ pub fn broker_objects(
         headless: network::headless_service(model),
         default_deny: network::default_deny(model),
         probe_policy: model.spec.security.active_probe.then(|| network::probe_policy(model, inputs.operator)),
+        metrics_policy: network::metrics_policy(model, inputs.metrics_namespaces),
         statefulset: workload::statefulset(model, &params),
         pdb: workload::pod_disruption_budget(model),
     })

@@ -40,12 +40,14 @@ pub struct ConfigPaths {
     pub crl: String,
     /// Persistence directory (with a trailing slash).
     pub data_dir: String,
+    /// A second log destination, the file `moat agent` reads (in a pod only).
+    pub log_file: Option<String>,
 }
 
 impl ConfigPaths {
     /// Paths inside a broker pod: `moat agent` installs every file into the `run` emptyDir.
     pub fn in_pod() -> Self {
-        Self::under(crate::render::RUN_DIR)
+        Self { log_file: Some(crate::render::LOG_FILE.into()), ..Self::under(crate::render::RUN_DIR) }
     }
 
     /// Paths relative to a bundle directory (`moat render`): run Mosquitto from that directory.
@@ -62,6 +64,7 @@ impl ConfigPaths {
             ca: format!("{dir}/tls/ca.crt"),
             crl: format!("{dir}/tls/crl.pem"),
             data_dir: if dir == "." { "./data/".into() } else { format!("{}/", crate::render::DATA_DIR) },
+            log_file: None,
         }
     }
 }
@@ -119,6 +122,10 @@ pub fn render(model: &BrokerModel, paths: &ConfigPaths, overrides: &ListenerOver
     // never; stderr is written at once by every version.
     let _ = writeln!(w, "# Logging to stderr (kubectl logs, unbuffered)");
     let _ = writeln!(w, "log_dest stderr");
+    if let Some(f) = &paths.log_file {
+        // the same lines for `moat agent` (refused logins, suspicious bursts); it rotates the file
+        let _ = writeln!(w, "log_dest file {f}");
+    }
     for t in &spec.logging.types {
         let _ = writeln!(w, "log_type {}", t.as_str());
     }
@@ -228,6 +235,7 @@ mod tests {
                 "max_keepalive 3600",
                 "sys_interval 10",
                 "log_dest stderr",
+                "log_dest file /moat/log/mosquitto.log",
                 "log_type error",
                 "log_type warning",
                 "log_type notice",

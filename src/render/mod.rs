@@ -12,5 +12,9 @@ pub mod workload;
 pub const RUN_DIR: &str = "/moat/run";
 /// Directory in the broker pod where the Secret volumes are mounted (read by the agent only).
 pub const SECRETS_DIR: &str = "/moat/secrets";
-/// Persistence directory in the broker pod.
+/// Mosquitto's log directory in a pod (an emptyDir shared with `moat agent`).
+pub const LOG_DIR: &str = "/moat/log";
+/// Mosquitto's log file in a pod.
+pub const LOG_FILE: &str = "/moat/log/mosquitto.log";
+/// Persistence directory in a pod.
 pub const DATA_DIR: &str = "/mosquitto/data";

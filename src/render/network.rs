@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::broker::ServiceType;
@@ -133,6 +133,49 @@ pub fn probe_policy(model: &BrokerModel, operator: &OperatorIdentity) -> Network
             egress: None,
         }),
     }
+}
+
+/// Name of the policy that lets monitoring scrape the agents' metrics.
+pub fn metrics_policy_name(broker: &str) -> String {
+    format!("{broker}-moat-metrics")
+}
+
+/// Admits pods of the monitoring namespaces to the agents' metrics port, and to nothing else;
+/// none when no namespace is given (the port stays closed by the default-deny policy).
+pub fn metrics_policy(model: &BrokerModel, namespaces: &[String]) -> Option<NetworkPolicy> {
+    if namespaces.is_empty() {
+        return None;
+    }
+    let peer = NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: None,
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: "In".into(),
+                values: Some(
+                    namespaces.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+                ),
+            }]),
+        }),
+        pod_selector: None,
+        ip_block: None,
+    };
+    Some(NetworkPolicy {
+        metadata: model.object_meta(metrics_policy_name(&model.name), "firewall"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(model.pod_selector()),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![peer]),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(super::workload::AGENT_METRICS_PORT.into())),
+                    protocol: Some("TCP".into()),
+                    end_port: None,
+                }]),
+            }]),
+            egress: None,
+        }),
+    })
 }
 
 fn agent_status_port() -> NetworkPolicyPort {

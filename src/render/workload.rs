@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::BrokerModel;
 use crate::names;
-use crate::render::{DATA_DIR, RUN_DIR, SECRETS_DIR};
+use crate::render::{DATA_DIR, LOG_DIR, LOG_FILE, RUN_DIR, SECRETS_DIR};
 
 /// UID and GID of the `mosquitto` user in the official image.
 pub const MOSQUITTO_UID: i64 = 1883;
@@ -32,6 +32,10 @@ pub const AGENT_CONTAINER: &str = "moat-agent";
 pub const AGENT_STATUS_PORT_NAME: &str = "agent-status";
 /// The agent's status port in broker pods.
 pub const AGENT_STATUS_PORT: u16 = 9883;
+/// Name of the agent's metrics port (admitted only from the namespaces the operator is told).
+pub const AGENT_METRICS_PORT_NAME: &str = "agent-metrics";
+/// The agent's metrics port in broker pods.
+pub const AGENT_METRICS_PORT: u16 = 9884;
 
 /// What the workload needs beyond the broker model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,12 +155,20 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
         }
         args.extend([format!("--source={SECRETS_DIR}"), format!("--target={RUN_DIR}")]);
         if !once {
-            args.push(format!("--status-addr=0.0.0.0:{}", AGENT_STATUS_PORT));
+            args.extend([
+                format!("--status-addr=0.0.0.0:{AGENT_STATUS_PORT}"),
+                format!("--metrics-addr=0.0.0.0:{AGENT_METRICS_PORT}"),
+                format!("--log-file={LOG_FILE}"),
+                format!("--failed-logins={}", spec.logging.failed_login_threshold),
+                format!("--failed-login-window={}s", model.durations.failed_login_window.as_secs()),
+            ]);
         }
         args
     };
     let mut agent_mounts = secret_mounts.clone();
     agent_mounts.push(mount("run", RUN_DIR.into(), false));
+    // the agent reads Mosquitto's log and rotates it (rename + SIGHUP)
+    agent_mounts.push(mount("log", LOG_DIR.into(), false));
 
     let first_port = spec.listeners.first().map(|l| l.port).unwrap_or(8883);
     let tcp_probe = |period: i32, failures: i32| Probe {
@@ -167,7 +179,7 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
         ..Default::default()
     };
 
-    let mut broker_mounts = vec![mount("run", RUN_DIR.into(), true)];
+    let mut broker_mounts = vec![mount("run", RUN_DIR.into(), true), mount("log", LOG_DIR.into(), false)];
     if spec.persistence.enabled {
         broker_mounts.push(mount("data", DATA_DIR.into(), false));
     }
@@ -202,12 +214,15 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(agent_args(once)),
         ports: (!once).then(|| {
-            vec![ContainerPort {
-                name: Some(AGENT_STATUS_PORT_NAME.into()),
-                container_port: AGENT_STATUS_PORT.into(),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]
+            [(AGENT_STATUS_PORT_NAME, AGENT_STATUS_PORT), (AGENT_METRICS_PORT_NAME, AGENT_METRICS_PORT)]
+                .into_iter()
+                .map(|(name, port)| ContainerPort {
+                    name: Some(name.into()),
+                    container_port: port.into(),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect()
         }),
         resources: Some(agent_resources()),
         security_context: Some(container_security_context()),
@@ -258,6 +273,15 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
             empty_dir: Some(EmptyDirVolumeSource {
                 medium: Some("Memory".into()),
                 size_limit: Some(Quantity("64Mi".into())),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: "log".into(),
+            // the agent rotates at 1 MiB: the file and its rotated predecessor stay far below this
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("16Mi".into())),
             }),
             ..Default::default()
         },

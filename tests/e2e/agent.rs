@@ -97,3 +97,78 @@ async fn without_the_agent_mosquitto_fails_open_on_the_same_acl() {
     let reason = bob.publish("public/x", b"2").await;
     assert!(accepted(&reason), "expected Mosquitto 2.0 to fail open, got {reason}");
 }
+
+/// The agent's `/metrics` once it holds every line of `want`.
+async fn metrics_with(s: &Pod, want: &[String]) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let m = s.agent.get("/metrics").await;
+        if want.iter().all(|w| m.lines().any(|l| l == w)) {
+            return m;
+        }
+        assert!(std::time::Instant::now() < deadline, "missing {want:?} in\n{m}\nbroker log:\n{}", s.broker.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn refused(port: u16, reason: &str, n: usize) -> String {
+    format!("moat_broker_auth_failures_total{{listener=\"{port}\",reason=\"{reason}\",origin=\"other\"}} {n}")
+}
+
+fn status(text: &str) -> moat::agent::AgentStatus {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_logins_are_counted_from_the_brokers_log_and_a_burst_is_suspicious() {
+    let s = setup();
+    let port = s.r.port(8883);
+    let alice = creds(&s.r, "alice");
+    drop(connect(&conn(&s, Some(alice.clone()))).await.expect("alice logs in"));
+    let wrong = ("alice".to_string(), "Wrong-Passw0rd-Of-An-Attacker".to_string());
+    for _ in 0..3 {
+        assert!(matches!(connect(&conn(&s, Some(wrong.clone()))).await, Err(Refusal::Refused(_))));
+    }
+    // four refusals: below the threshold of five
+    assert!(matches!(connect(&conn(&s, None)).await, Err(Refusal::Refused(_))), "anonymous");
+    let accepted = format!("moat_broker_connections_total{{listener=\"{port}\",result=\"accepted\"}} 1");
+    metrics_with(&s, &[accepted.clone(), refused(port, "not_authorised", 4)]).await;
+    assert_eq!(status(&s.agent.get("/status").await).suspicious, None, "4 refusals are not a burst");
+
+    // the fifth: plaintext MQTT on the TLS port, a failed handshake
+    let plain = Conn { port, credentials: Some(alice.clone()), ..Default::default() };
+    assert!(connect(&plain).await.is_err(), "plaintext on a TLS port");
+    let m = metrics_with(&s, &[accepted, refused(port, "not_authorised", 4), refused(port, "tls", 1)]).await;
+    let st = s.agent.get("/status").await;
+    let burst = status(&st).suspicious.expect("five refusals within a minute are a burst");
+    assert_eq!(burst.refused, 5);
+    assert_eq!(burst.sources, vec![("127.0.0.1".to_string(), 5)]);
+    assert_eq!(burst.reasons, [("not_authorised".to_string(), 4), ("tls".to_string(), 1)].into());
+    assert!(m.contains("moat_agent_files_info{config_sha256=\""), "{m}");
+    assert!(m.contains("moat_agent_reloads_total{result=\"refused\"} 0"), "{m}");
+    // nothing a client sent reaches the endpoints: no password, no username
+    for text in [&m, &st] {
+        assert!(!text.contains(&wrong.1) && !text.contains(&alice.1) && !text.contains("alice"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_rotates_the_brokers_log_without_losing_a_line() {
+    let mut s = setup();
+    s.agent = Agent::start_with(&s.volumes.root, &s.run, s.broker.pid(), &["--log-rotate-bytes", "2000"]);
+    let port = s.r.port(8883);
+    let wrong = ("bob".to_string(), "Wrong-Passw0rd-Of-An-Attacker".to_string());
+    for _ in 0..12 {
+        assert!(matches!(connect(&conn(&s, Some(wrong.clone()))).await, Err(Refusal::Refused(_))));
+    }
+    metrics_with(&s, &[refused(port, "not_authorised", 12)]).await;
+    assert!(s.agent.wait_for("rotated the broker's log", 1, WAIT), "{}", s.agent.log());
+    // Mosquitto reopened its log (a new file) and the agent reads that one now
+    let log = log_dir(&s.run).join("mosquitto.log");
+    for _ in 0..3 {
+        assert!(matches!(connect(&conn(&s, Some(wrong.clone()))).await, Err(Refusal::Refused(_))));
+    }
+    metrics_with(&s, &[refused(port, "not_authorised", 15)]).await;
+    assert!(std::fs::metadata(&log).unwrap().len() < 2000 + 200, "the new log file was started over");
+    assert!(s.broker.alive());
+}

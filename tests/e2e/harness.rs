@@ -350,10 +350,16 @@ pub struct PodVolumes {
     pub root: PathBuf,
 }
 
+/// The directory Mosquitto logs into next to the run directory `run_dir` (the pod's `/moat/log`).
+pub fn log_dir(run_dir: &Path) -> PathBuf {
+    run_dir.with_file_name("log")
+}
+
 impl PodVolumes {
     /// Mounts the rendered Secrets of broker `broker` under `root`, with the in-pod run directory
-    /// `/moat/run` in mosquitto.conf replaced by `run_dir` and every listener bound to loopback at
-    /// the rendered port offset (the only changes to the rendered files).
+    /// `/moat/run` in mosquitto.conf replaced by `run_dir`, the log directory `/moat/log` by its
+    /// sibling `log/` ([`log_dir`]), and every listener bound to loopback at the rendered port
+    /// offset (the only changes to the rendered files).
     pub fn from_rendered(r: &Rendered, broker: &str, root: &Path, run_dir: &Path) -> PodVolumes {
         let mut v = PodVolumes {
             config: SecretVolume::new(root.join("config")),
@@ -364,7 +370,10 @@ impl PodVolumes {
         };
         let mut conf = r.secret(&format!("{broker}-config"));
         let text = String::from_utf8(conf["mosquitto.conf"].clone()).unwrap();
-        let text = localize_config(&text.replace("/moat/run", run_dir.to_str().unwrap()), r.offset);
+        let text = text
+            .replace("/moat/run", run_dir.to_str().unwrap())
+            .replace("/moat/log", log_dir(run_dir).to_str().unwrap());
+        let text = localize_config(&text, r.offset);
         conf.insert("mosquitto.conf".into(), text.into_bytes());
         v.config.write(&conf);
         let tls = r.secret(&format!("{broker}-tls"));
@@ -476,6 +485,8 @@ impl Pod {
         let (ok, log) = agent_once(&volumes.root, &run);
         assert!(ok, "agent --once failed: {log}");
         let ports: Vec<u16> = base_ports.iter().map(|p| r.port(*p)).collect();
+        std::fs::create_dir_all(log_dir(&run)).unwrap();
+        give_to_mosquitto(&log_dir(&run));
         let broker = Broker::start_with(&run, "mosquitto.conf", &ports, env);
         let agent = Agent::start(&volumes.root, &run, broker.pid());
         Pod { r, volumes, run, broker, agent, reloads: 0 }
@@ -521,14 +532,35 @@ impl Pod {
 pub struct Agent {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Port of its `GET /status` on 127.0.0.1.
+    pub status_port: u16,
+    /// Port of its `GET /metrics` on 127.0.0.1.
+    pub metrics_port: u16,
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
 }
 
 impl Agent {
-    /// Runs `moat agent` over `source`, installing into `target`, signalling `pid`.
+    /// Runs `moat agent` over `source`, installing into `target`, signalling `pid`, following
+    /// the broker's log in [`log_dir`] of `target` (5 refused logins a minute are suspicious).
     pub fn start(source: &Path, target: &Path, pid: u32) -> Agent {
+        Agent::start_with(source, target, pid, &[])
+    }
+
+    /// [`Agent::start`] with more arguments.
+    pub fn start_with(source: &Path, target: &Path, pid: u32, extra: &[&str]) -> Agent {
         let (uid, gid) = mosquitto_ids();
+        let (status_port, metrics_port) = (free_port(), free_port());
         let mut child = Command::new(moat_bin())
-            .args(["agent", "--interval", "100ms", "--settle", "300ms"])
+            .args(["agent", "--interval", "100ms", "--settle", "300ms", "--failed-logins", "5"])
+            .arg(format!("--status-addr=127.0.0.1:{status_port}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .arg("--log-file")
+            .arg(log_dir(target).join("mosquitto.log"))
+            .args(extra)
             .arg("--source")
             .arg(source)
             .arg("--target")
@@ -549,7 +581,13 @@ impl Agent {
                 l.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        Agent { child, log }
+        Agent { child, log, status_port, metrics_port }
+    }
+
+    /// `GET path` from the agent's status (`/status`) or metrics (`/metrics`) endpoint.
+    pub async fn get(&self, path: &str) -> String {
+        let port = if path == "/metrics" { self.metrics_port } else { self.status_port };
+        moat::probe::http_get("127.0.0.1", port, path).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// The agent's log.

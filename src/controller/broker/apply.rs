@@ -108,6 +108,8 @@ pub async fn apply(
     ap.apply(&mut deny, seen.network_policy(&names::default_deny_policy(&name)).as_deref()).await?;
     let probe_name = crate::render::network::probe_policy_name(&name);
     ap.apply_or_delete(objects.probe_policy.clone(), seen.network_policy(&probe_name), &ns, &probe_name).await?;
+    let metrics_name = crate::render::network::metrics_policy_name(&name);
+    ap.apply_or_delete(objects.metrics_policy.clone(), seen.network_policy(&metrics_name), &ns, &metrics_name).await?;
     let mut sts = objects.statefulset.clone();
     ap.apply(&mut sts, seen.statefulset.as_deref()).await?;
     ap.apply_or_delete(objects.pdb.clone(), seen.pdb.clone(), &ns, &name).await?;

@@ -43,7 +43,7 @@ fn classify(s: &AgentStatus, expected: &str) -> PodFiles {
 }
 
 /// `GET /status` from the agent at `ip`.
-async fn fetch(ip: &str) -> Result<AgentStatus, String> {
+pub async fn fetch(ip: &str) -> Result<AgentStatus, String> {
     let body = crate::probe::http_get(ip, AGENT_STATUS_PORT, "/status").await?;
     serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
@@ -59,7 +59,12 @@ mod tests {
 
     #[test]
     fn an_agent_answer_is_current_only_with_the_expected_digest() {
-        let s = |d: &str, refusing| AgentStatus { installed: Some(d.into()), installed_at: Some(t(5)), refusing };
+        let s = |d: &str, refusing| AgentStatus {
+            installed: Some(d.into()),
+            installed_at: Some(t(5)),
+            refusing,
+            suspicious: None,
+        };
         assert_eq!(classify(&s("abc", false), "abc"), PodFiles::Current(t(5)));
         assert_eq!(classify(&s("old", false), "abc"), PodFiles::Behind);
         assert_eq!(classify(&s("old", true), "abc"), PodFiles::Refusing);

@@ -272,6 +272,7 @@ fn decide(
             partition: step.partition,
             firewalls: &firewalls,
             operator: &ctx.config.operator,
+            metrics_namespaces: &ctx.config.agent_metrics_namespaces,
         },
     )
     .map_err(|e| Error::Plan(Box::new(e)))?;

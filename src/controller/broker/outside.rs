@@ -100,6 +100,7 @@ pub async fn attempt(
     let mut policies: Vec<_> =
         seen.firewalls.iter().filter_map(|f| network::firewall_policy(model, &f.name_any(), &f.spec).ok()).collect();
     policies.extend(decided.objects.probe_policy.clone());
+    policies.extend(decided.objects.metrics_policy.clone());
     let source = Source {
         ip: vantage.ip,
         namespace: Some((&vantage.namespace, vantage.namespace_labels.clone())),

@@ -642,6 +642,7 @@ fn the_expected_files_are_what_the_agent_installs_from_the_pods_volumes() {
             partition: 0,
             firewalls: &[],
             operator: &operator,
+            metrics_namespaces: &[],
         },
     )
     .unwrap();

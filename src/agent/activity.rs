@@ -1,0 +1,521 @@
+//! What Mosquitto's own log says about its clients: connections accepted, logins refused and why,
+//! and bursts of refused logins (suspicious activity). Pure: log lines in, counters and a verdict
+//! out, the clock injected. Nothing here reads or keeps a credential: Mosquitto never logs
+//! passwords, and the only username kept is whether a login was one of moat's canaries.
+//!
+//! Mosquitto 2.0 names neither address nor port in a refusal ("Client <unknown> disconnected, not
+//! authorised."), only in the "New connection from A:p on port L." line before it; 2.1 adds
+//! `[A:p]` to the refusal. The monitor pairs them: exactly with 2.1; with 2.0 a refusal is
+//! attributed to a listener (or source) when every connection still in its handshake is on that
+//! listener (from that source), else to `unknown`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+/// Why a login was refused before a session began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// Unknown user, wrong password, no credentials (CONNACK "not authorised").
+    NotAuthorised,
+    /// The TLS handshake failed: plaintext on a TLS port, an old TLS version, a certificate the
+    /// broker does not trust or has revoked, no certificate where one is required.
+    Tls,
+    /// A malformed or out-of-protocol first packet.
+    Protocol,
+}
+
+impl Reason {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NotAuthorised => "not_authorised",
+            Reason::Tls => "tls",
+            Reason::Protocol => "protocol",
+        }
+    }
+}
+
+/// How a connection that never became a session, or did, ended up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// A session began (CONNACK success).
+    Accepted,
+    /// The login was refused.
+    Refused(Reason),
+    /// Closed before any login: TCP health checks and port scans (no handshake, no CONNECT).
+    Abandoned,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Refused(_) => "refused",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// One log line, as far as the monitor cares.
+#[derive(Debug, PartialEq, Eq)]
+enum Line<'a> {
+    /// `New connection from A:p on port L.`
+    Accepting { addr: &'a str, src: u16, listener: u16 },
+    /// `New client connected from A:p as ID (p2, c1, k60, u'name').`
+    Connected { addr: &'a str, src: u16, client: &'a str, username: Option<&'a str> },
+    /// `OpenSSL Error[0]: ...`; `eof` when the peer closed without a handshake.
+    Tls { eof: bool },
+    /// `Client ID [A:p] disconnected...` / `Client ID closed its connection.`
+    Ended { client: &'a str, peer: Option<(&'a str, u16)>, how: Ended },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    NotAuthorised,
+    Protocol,
+    Closed,
+    Other,
+}
+
+/// The message of a log line without Mosquitto's timestamp prefix (`<ts>: `, a prefix without
+/// spaces), and the timestamp when it is moat's `%Y-%m-%dT%H:%M:%S` (UTC in a pod).
+fn split_timestamp(line: &str) -> (Option<Timestamp>, &str) {
+    match line.split_once(": ") {
+        Some((ts, msg)) if !ts.is_empty() && !ts.contains(' ') => {
+            let at = ts
+                .parse::<jiff::civil::DateTime>()
+                .ok()
+                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+                .map(|z| z.timestamp());
+            (at, msg)
+        }
+        _ => (None, line),
+    }
+}
+
+fn addr_port(s: &str) -> Option<(&str, u16)> {
+    let (a, p) = s.rsplit_once(':')?;
+    Some((a, p.parse().ok()?))
+}
+
+fn parse(msg: &str) -> Option<Line<'_>> {
+    if let Some(rest) = msg.strip_prefix("New connection from ") {
+        let (peer, listener) = rest.strip_suffix('.')?.split_once(" on port ")?;
+        let (addr, src) = addr_port(peer)?;
+        return Some(Line::Accepting { addr, src, listener: listener.parse().ok()? });
+    }
+    if let Some(rest) = msg.strip_prefix("New client connected from ") {
+        let (peer, rest) = rest.split_once(" as ")?;
+        let (addr, src) = addr_port(peer)?;
+        let (client, props) = rest.rsplit_once(" (p")?;
+        let username = props.split_once("u'").and_then(|(_, u)| u.strip_suffix("').")).filter(|u| !u.is_empty());
+        return Some(Line::Connected { addr, src, client, username });
+    }
+    if msg.starts_with("OpenSSL Error") {
+        return Some(Line::Tls { eof: msg.contains("unexpected eof") });
+    }
+    let rest = msg.strip_prefix("Client ")?;
+    let (who, what) = rest
+        .split_once(" disconnected")
+        .or_else(|| rest.split_once(" closed its connection").map(|(w, _)| (w, " closed")))
+        .or_else(|| rest.split_once(" has exceeded timeout").map(|(w, _)| (w, " timeout")))?;
+    let (client, peer) = match who.rsplit_once(" [") {
+        Some((c, p)) => (c, p.strip_suffix(']').and_then(addr_port)),
+        None => (who, None),
+    };
+    let what = what.to_ascii_lowercase();
+    let how = if what.contains("not authorised") || what.contains("bad username or password") {
+        Ended::NotAuthorised
+    } else if what.contains("protocol error") || what.contains("malformed packet") {
+        Ended::Protocol
+    } else if what.contains("closed") {
+        Ended::Closed
+    } else {
+        Ended::Other
+    };
+    Some(Line::Ended { client, peer, how })
+}
+
+/// Connections still in their handshake that the monitor keeps at most (a flood of half-open
+/// connections must not grow the agent).
+const MAX_PENDING: usize = 4096;
+/// Sources of moat's own canary logins remembered.
+const MAX_OWN: usize = 16;
+/// Refusals remembered for the window.
+const MAX_RECENT: usize = 100_000;
+
+#[derive(Debug)]
+struct Pending {
+    addr: String,
+    src: u16,
+    listener: u16,
+}
+
+#[derive(Clone, Debug)]
+struct Refusal {
+    at: Timestamp,
+    source: Option<String>,
+    reason: Reason,
+}
+
+/// Refused logins crossing the threshold within the window: suspicious activity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Suspicion {
+    /// Refused logins within the window (moat's own attestation attempts not counted).
+    pub refused: u64,
+    /// The window, in seconds.
+    pub window_seconds: u64,
+    /// The oldest of them.
+    pub since: Option<Timestamp>,
+    /// By reason (`not_authorised`, `tls`, `protocol`).
+    pub reasons: BTreeMap<String, u64>,
+    /// The sources with the most refusals (address, or `unattributed`), most first, at most 5.
+    pub sources: Vec<(String, u64)>,
+}
+
+impl Suspicion {
+    /// One line for an Event: counts, reasons and sources; nothing a client sent.
+    pub fn summary(&self) -> String {
+        let reasons: Vec<String> = self.reasons.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let sources: Vec<String> = self.sources.iter().map(|(s, n)| format!("{s} ({n})")).collect();
+        format!(
+            "{} refused logins within {}s ({}); from {}",
+            self.refused,
+            self.window_seconds,
+            reasons.join(", "),
+            sources.join(", ")
+        )
+    }
+}
+
+/// The monitor of one broker's log.
+#[derive(Debug)]
+pub struct Monitor {
+    threshold: u64,
+    window: Duration,
+    pending: VecDeque<Pending>,
+    sessions: std::collections::HashSet<String>,
+    tls_error: Option<bool>,
+    own: VecDeque<String>,
+    recent: VecDeque<Refusal>,
+    connections: BTreeMap<(String, &'static str), u64>,
+    refusals: BTreeMap<(String, Reason, bool), u64>,
+    lines: u64,
+}
+
+impl Monitor {
+    /// A monitor that calls `threshold` refused logins within `window` suspicious (0: never).
+    pub fn new(threshold: u64, window: Duration) -> Self {
+        Self {
+            threshold,
+            window,
+            pending: VecDeque::new(),
+            sessions: Default::default(),
+            tls_error: None,
+            own: VecDeque::new(),
+            recent: VecDeque::new(),
+            connections: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            lines: 0,
+        }
+    }
+
+    /// Takes one log line read at `now` (the line's own timestamp wins when it has one).
+    pub fn observe(&mut self, line: &str, now: Timestamp) {
+        self.lines += 1;
+        let (at, msg) = split_timestamp(line);
+        let at = at.unwrap_or(now);
+        match parse(msg) {
+            Some(Line::Accepting { addr, src, listener }) => {
+                if self.pending.len() >= MAX_PENDING {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back(Pending { addr: addr.into(), src, listener });
+            }
+            Some(Line::Connected { addr, src, client, username }) => {
+                let listener = self.take_pending(Some((addr, src))).map(|p| p.0);
+                self.tls_error = None;
+                self.count(listener, Outcome::Accepted);
+                self.sessions.insert(client.into());
+                if username.is_some_and(|u| crate::validate::RESERVED_USERNAMES.contains(&u))
+                    && !self.own.iter().any(|a| a == addr)
+                {
+                    if self.own.len() >= MAX_OWN {
+                        self.own.pop_front();
+                    }
+                    self.own.push_back(addr.into());
+                }
+            }
+            Some(Line::Tls { eof }) => {
+                self.tls_error.get_or_insert(eof);
+            }
+            Some(Line::Ended { client, peer, how }) => {
+                if client != "<unknown>" && self.sessions.remove(client) {
+                    self.tls_error = None;
+                    return;
+                }
+                let (listener, source) = match self.take_pending(peer) {
+                    Some((l, s)) => (Some(l), s),
+                    None => (None, None),
+                };
+                let outcome = match (self.tls_error.take(), how) {
+                    (Some(true), _) => Outcome::Abandoned,
+                    (Some(false), _) => Outcome::Refused(Reason::Tls),
+                    (None, Ended::NotAuthorised) => Outcome::Refused(Reason::NotAuthorised),
+                    (None, Ended::Protocol) => Outcome::Refused(Reason::Protocol),
+                    (None, Ended::Closed | Ended::Other) => Outcome::Abandoned,
+                };
+                self.count(listener, outcome);
+                if let Outcome::Refused(reason) = outcome {
+                    let own = source.as_ref().is_some_and(|s| self.own.contains(s));
+                    *self.refusals.entry((label(listener), reason, own)).or_default() += 1;
+                    if self.recent.len() >= MAX_RECENT {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back(Refusal { at, source, reason });
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// The pending connection of `peer` (exact), or with no peer the oldest one: its listener,
+    /// and its source, each only when every pending connection shares it.
+    fn take_pending(&mut self, peer: Option<(&str, u16)>) -> Option<(u16, Option<String>)> {
+        if let Some((addr, src)) = peer {
+            let i = self.pending.iter().position(|p| p.addr == addr && p.src == src)?;
+            let p = self.pending.remove(i)?;
+            return Some((p.listener, Some(p.addr)));
+        }
+        let first = self.pending.front()?;
+        let same_listener = self.pending.iter().all(|p| p.listener == first.listener);
+        let same_source = self.pending.iter().all(|p| p.addr == first.addr);
+        let (listener, addr) = (first.listener, first.addr.clone());
+        self.pending.pop_front();
+        same_listener.then_some((listener, same_source.then_some(addr)))
+    }
+
+    fn count(&mut self, listener: Option<u16>, outcome: Outcome) {
+        *self.connections.entry((label(listener), outcome.as_str())).or_default() += 1;
+    }
+
+    /// Refused logins within the window before `now` that were not moat's own attempts, when
+    /// they reach the threshold.
+    pub fn suspicion(&mut self, now: Timestamp) -> Option<Suspicion> {
+        let start = now - jiff::SignedDuration::try_from(self.window).unwrap_or_default();
+        while self.recent.front().is_some_and(|r| r.at < start) {
+            self.recent.pop_front();
+        }
+        let theirs: Vec<&Refusal> =
+            self.recent.iter().filter(|r| !r.source.as_ref().is_some_and(|s| self.own.contains(s))).collect();
+        if self.threshold == 0 || (theirs.len() as u64) < self.threshold {
+            return None;
+        }
+        let mut s = Suspicion {
+            refused: theirs.len() as u64,
+            window_seconds: self.window.as_secs(),
+            since: theirs.first().map(|r| r.at),
+            ..Default::default()
+        };
+        let mut sources: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &theirs {
+            *s.reasons.entry(r.reason.as_str().into()).or_default() += 1;
+            *sources.entry(r.source.clone().unwrap_or_else(|| "unattributed".into())).or_default() += 1;
+        }
+        let mut sources: Vec<(String, u64)> = sources.into_iter().collect();
+        sources.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        sources.truncate(5);
+        s.sources = sources;
+        Some(s)
+    }
+
+    /// The counters in the Prometheus text format (`moat_broker_*`).
+    pub fn exposition(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP moat_broker_log_lines_total Lines of the broker's log read by the agent.");
+        let _ = writeln!(out, "# TYPE moat_broker_log_lines_total counter");
+        let _ = writeln!(out, "moat_broker_log_lines_total {}", self.lines);
+        let _ = writeln!(
+            out,
+            "# HELP moat_broker_connections_total Client connections by listener port and result (accepted: a session began; refused: the login was refused; abandoned: closed before any login)."
+        );
+        let _ = writeln!(out, "# TYPE moat_broker_connections_total counter");
+        for ((listener, result), n) in &self.connections {
+            let _ = writeln!(out, "moat_broker_connections_total{{listener=\"{listener}\",result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP moat_broker_auth_failures_total Refused logins by listener port, reason (not_authorised, tls, protocol) and origin (moat: the operator's own attestation; other)."
+        );
+        let _ = writeln!(out, "# TYPE moat_broker_auth_failures_total counter");
+        for ((listener, reason, own), n) in &self.refusals {
+            let origin = if *own { "moat" } else { "other" };
+            let _ = writeln!(
+                out,
+                "moat_broker_auth_failures_total{{listener=\"{listener}\",reason=\"{}\",origin=\"{origin}\"}} {n}",
+                reason.as_str()
+            );
+        }
+    }
+}
+
+fn label(listener: Option<u16>) -> String {
+    listener.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(s).unwrap()
+    }
+
+    /// Lines Mosquitto 2.0.11 wrote (Debian bookworm), one attempt of each kind, as captured.
+    const MOSQUITTO_2_0: &str = "\
+2026-12-07T11:39:36: New connection from 127.0.0.1:47638 on port 18883.
+2026-12-07T11:39:36: New client connected from 127.0.0.1:47638 as auto-CBD6399C (p2, c1, k60, u'alice').
+2026-12-07T11:39:36: New connection from 127.0.0.1:47654 on port 18883.
+2026-12-07T11:39:36: Client <unknown> disconnected, not authorised.
+2026-12-07T11:39:36: Client auto-CBD6399C disconnected.
+2026-12-07T11:39:36: New connection from 127.0.0.1:47684 on port 18883.
+2026-12-07T11:39:36: OpenSSL Error[0]: error:0A00010B:SSL routines::wrong version number
+2026-12-07T11:39:36: Client <unknown> disconnected: Protocol error.
+2026-12-07T11:39:36: New connection from 10.0.0.9:59624 on port 18884.
+2026-12-07T11:39:36: OpenSSL Error[0]: error:0A000086:SSL routines::certificate verify failed
+2026-12-07T11:39:36: Client <unknown> disconnected: Protocol error.
+2026-12-07T11:39:37: New connection from 10.0.0.1:52268 on port 18883.
+2026-12-07T11:39:37: OpenSSL Error[0]: error:0A000126:SSL routines::unexpected eof while reading
+2026-12-07T11:39:37: Client <unknown> disconnected: Protocol error.
+";
+
+    fn fed(text: &str, threshold: u64) -> Monitor {
+        let mut m = Monitor::new(threshold, Duration::from_secs(60));
+        for l in text.lines() {
+            m.observe(l, t(0));
+        }
+        m
+    }
+
+    fn metrics(m: &Monitor) -> String {
+        let mut s = String::new();
+        m.exposition(&mut s);
+        s
+    }
+
+    #[test]
+    fn mosquitto_2_0_lines_count_by_listener_result_and_reason() {
+        let m = fed(MOSQUITTO_2_0, 0);
+        let s = metrics(&m);
+        for want in [
+            "moat_broker_connections_total{listener=\"18883\",result=\"accepted\"} 1",
+            "moat_broker_connections_total{listener=\"18883\",result=\"refused\"} 2",
+            "moat_broker_connections_total{listener=\"18884\",result=\"refused\"} 1",
+            "moat_broker_connections_total{listener=\"18883\",result=\"abandoned\"} 1",
+            "moat_broker_auth_failures_total{listener=\"18883\",reason=\"not_authorised\",origin=\"other\"} 1",
+            "moat_broker_auth_failures_total{listener=\"18883\",reason=\"tls\",origin=\"other\"} 1",
+            "moat_broker_auth_failures_total{listener=\"18884\",reason=\"tls\",origin=\"other\"} 1",
+            "moat_broker_log_lines_total 14",
+        ] {
+            assert!(s.contains(want), "missing {want} in\n{s}");
+        }
+        assert!(m.pending.is_empty(), "every connection was resolved: {:?}", m.pending);
+        assert!(m.sessions.is_empty(), "alice's session ended");
+    }
+
+    #[test]
+    fn mosquitto_2_1_refusals_carry_their_peer() {
+        let mut m = Monitor::new(1, Duration::from_secs(60));
+        for l in [
+            "New connection from 10.0.0.7:1000 on port 8883.",
+            "New connection from 10.0.0.8:2000 on port 1883.",
+            "Client <unknown> [10.0.0.8:2000] disconnected: bad username or password.",
+            "Client <unknown> [10.0.0.7:1000] disconnected: not authorised.",
+        ] {
+            m.observe(l, t(10));
+        }
+        let s = metrics(&m);
+        assert!(s.contains("listener=\"1883\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
+        assert!(s.contains("listener=\"8883\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
+        let v = m.suspicion(t(10)).unwrap();
+        assert_eq!(v.sources, vec![("10.0.0.7".into(), 1), ("10.0.0.8".into(), 1)]);
+    }
+
+    #[test]
+    fn mosquitto_2_0_refusals_are_attributed_only_when_unambiguous() {
+        let mut m = Monitor::new(1, Duration::from_secs(60));
+        m.observe("New connection from 10.0.0.7:1000 on port 8883.", t(0));
+        m.observe("New connection from 10.0.0.8:2000 on port 8883.", t(0));
+        m.observe("Client <unknown> disconnected, not authorised.", t(0));
+        // same listener, two sources: the listener is known, the source is not
+        let v = m.suspicion(t(0)).unwrap();
+        assert_eq!(v.sources, vec![("unattributed".into(), 1)]);
+        m.observe("New connection from 10.0.0.8:2001 on port 1883.", t(0));
+        m.observe("Client <unknown> disconnected, not authorised.", t(0));
+        let s = metrics(&m);
+        assert!(s.contains("listener=\"8883\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
+        assert!(s.contains("listener=\"unknown\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
+    }
+
+    #[test]
+    fn a_burst_of_refusals_is_suspicious_until_it_leaves_the_window() {
+        let mut m = Monitor::new(3, Duration::from_secs(60));
+        for i in 0..3 {
+            m.observe(&format!("New connection from 192.0.2.1:{} on port 8883.", 100 + i), t(i));
+            m.observe("Client <unknown> disconnected, not authorised.", t(i));
+        }
+        assert_eq!(m.suspicion(t(2)).map(|s| s.refused), Some(3));
+        let v = m.suspicion(t(2)).unwrap();
+        assert_eq!(v.sources, vec![("192.0.2.1".into(), 3)]);
+        assert_eq!(v.reasons, BTreeMap::from([("not_authorised".into(), 3)]));
+        assert_eq!(v.since, Some(t(0)));
+        assert!(v.summary().starts_with("3 refused logins within 60s (not_authorised 3); from 192.0.2.1 (3)"));
+        assert_eq!(m.suspicion(t(61)), None, "the first refusal left the window");
+        assert!(Monitor::new(0, Duration::from_secs(60)).suspicion(t(0)).is_none());
+    }
+
+    #[test]
+    fn refusals_from_the_source_of_moats_canary_logins_are_moats_own() {
+        let mut m = Monitor::new(1, Duration::from_secs(60));
+        m.observe("New connection from 10.1.0.5:1 on port 8883.", t(0));
+        m.observe("New client connected from 10.1.0.5:1 as c (p5, c1, k10, u'_moat-canary-1').", t(0));
+        m.observe("New connection from 10.1.0.5:2 on port 8883.", t(0));
+        m.observe("Client <unknown> disconnected, not authorised.", t(0));
+        assert_eq!(m.suspicion(t(0)), None, "the operator's anonymous CONNECT is not an attack");
+        assert!(metrics(&m).contains("reason=\"not_authorised\",origin=\"moat\"} 1"));
+        m.observe("New connection from 10.1.0.6:3 on port 8883.", t(0));
+        m.observe("Client <unknown> disconnected, not authorised.", t(0));
+        assert_eq!(m.suspicion(t(0)).map(|s| s.sources), Some(vec![("10.1.0.6".into(), 1)]));
+    }
+
+    #[test]
+    fn a_revoked_session_is_not_a_refused_login() {
+        let mut m = Monitor::new(1, Duration::from_secs(60));
+        m.observe("New connection from 10.0.0.7:1000 on port 8883.", t(0));
+        m.observe("New client connected from 10.0.0.7:1000 as bob-1 (p2, c1, k60, u'bob').", t(0));
+        m.observe("Client bob-1 disconnected, not authorised.", t(0));
+        assert_eq!(m.suspicion(t(0)), None);
+        assert!(!metrics(&m).contains("moat_broker_auth_failures_total{"));
+    }
+
+    #[test]
+    fn timestamps_and_odd_lines() {
+        assert_eq!(split_timestamp("2026-12-07T11:39:37: x: y").0, Some("2026-12-07T11:39:37Z".parse().unwrap()));
+        assert_eq!(split_timestamp("OpenSSL Error[0]: e").1, "OpenSSL Error[0]: e");
+        assert_eq!(split_timestamp("1733570000: New").1, "New");
+        assert_eq!(
+            parse("New connection from ::1:5555 on port 8883."),
+            Some(Line::Accepting { addr: "::1", src: 5555, listener: 8883 })
+        );
+        assert_eq!(parse("Opening ipv4 listen socket on port 8883."), None);
+        // a flood of half-open connections stays bounded
+        let mut m = Monitor::new(0, Duration::from_secs(60));
+        for i in 0..(MAX_PENDING + 10) {
+            m.observe(&format!("New connection from 10.0.0.1:{} on port 1.", i % 60000), t(0));
+        }
+        assert_eq!(m.pending.len(), MAX_PENDING);
+    }
+}
