@@ -7,7 +7,13 @@
 //! authorised."), only in the "New connection from A:p on port L." line before it; 2.1 adds
 //! `[A:p]` to the refusal. The monitor pairs them: exactly with 2.1; with 2.0 a refusal is
 //! attributed to a listener (or source) when every connection still in its handshake is on that
-//! listener (from that source), else to `unknown`.
+//! listener (from that source), else to `unknown`. A TLS handshake that fails at once is logged
+//! as "Client connection from A failed: ...", with the source but no port.
+//!
+//! moat attacks its own brokers at every audit (attestation). Refusals from the operator's
+//! address are not suspicious: the agent learns that address from moat's canary logins and from
+//! the callers of its `/status` (which only the operator's pods may reach), and judges a refusal
+//! only once it is [`GRACE`] old, by when the canary login of the same audit has happened.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
@@ -25,6 +31,8 @@ pub enum Reason {
     Tls,
     /// A malformed or out-of-protocol first packet.
     Protocol,
+    /// The listener's `max_connections` was reached.
+    MaxConnections,
 }
 
 impl Reason {
@@ -34,6 +42,7 @@ impl Reason {
             Reason::NotAuthorised => "not_authorised",
             Reason::Tls => "tls",
             Reason::Protocol => "protocol",
+            Reason::MaxConnections => "max_connections",
         }
     }
 }
@@ -68,6 +77,10 @@ enum Line<'a> {
     Connected { addr: &'a str, src: u16, client: &'a str, username: Option<&'a str> },
     /// `OpenSSL Error[0]: ...`; `eof` when the peer closed without a handshake.
     Tls { eof: bool },
+    /// `Client connection from A failed: <TLS error>.` (a handshake that failed at once, before
+    /// any "New connection" line) or `... denied: max_connections exceeded.`; `None` for a
+    /// peer that closed without a handshake.
+    Rejected { addr: &'a str, reason: Option<Reason> },
     /// `Client ID [A:p] disconnected...` / `Client ID closed its connection.`
     Ended { client: &'a str, peer: Option<(&'a str, u16)>, how: Ended },
 }
@@ -114,6 +127,14 @@ fn parse(msg: &str) -> Option<Line<'_>> {
         let username = props.split_once("u'").and_then(|(_, u)| u.strip_suffix("').")).filter(|u| !u.is_empty());
         return Some(Line::Connected { addr, src, client, username });
     }
+    if let Some(rest) = msg.strip_prefix("Client connection from ") {
+        if let Some((addr, error)) = rest.split_once(" failed: ") {
+            let reason = (!error.contains("unexpected eof")).then_some(Reason::Tls);
+            return Some(Line::Rejected { addr, reason });
+        }
+        let (addr, _) = rest.split_once(" denied: max_connections")?;
+        return Some(Line::Rejected { addr, reason: Some(Reason::MaxConnections) });
+    }
     if msg.starts_with("OpenSSL Error") {
         return Some(Line::Tls { eof: msg.contains("unexpected eof") });
     }
@@ -146,6 +167,9 @@ const MAX_PENDING: usize = 4096;
 const MAX_OWN: usize = 16;
 /// Refusals remembered for the window.
 const MAX_RECENT: usize = 100_000;
+/// How old a refusal must be before it is judged (moat's attestation logs its canary in within
+/// this long of its refused attempts, so their source is known as moat's by then).
+pub const GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 struct Pending {
@@ -171,7 +195,7 @@ pub struct Suspicion {
     pub window_seconds: u64,
     /// The oldest of them.
     pub since: Option<Timestamp>,
-    /// By reason (`not_authorised`, `tls`, `protocol`).
+    /// By reason (`not_authorised`, `tls`, `protocol`, `max_connections`).
     pub reasons: BTreeMap<String, u64>,
     /// The sources with the most refusals (address, or `unattributed`), most first, at most 5.
     pub sources: Vec<(String, u64)>,
@@ -241,17 +265,16 @@ impl Monitor {
                 self.tls_error = None;
                 self.count(listener, Outcome::Accepted);
                 self.sessions.insert(client.into());
-                if username.is_some_and(|u| crate::validate::RESERVED_USERNAMES.contains(&u))
-                    && !self.own.iter().any(|a| a == addr)
-                {
-                    if self.own.len() >= MAX_OWN {
-                        self.own.pop_front();
-                    }
-                    self.own.push_back(addr.into());
+                if username.is_some_and(|u| crate::validate::RESERVED_USERNAMES.contains(&u)) {
+                    self.own_source(addr);
                 }
             }
             Some(Line::Tls { eof }) => {
                 self.tls_error.get_or_insert(eof);
+            }
+            Some(Line::Rejected { addr, reason }) => {
+                let outcome = reason.map_or(Outcome::Abandoned, Outcome::Refused);
+                self.refuse(None, Some(addr.to_string()), outcome, at);
             }
             Some(Line::Ended { client, peer, how }) => {
                 if client != "<unknown>" && self.sessions.remove(client) {
@@ -269,17 +292,32 @@ impl Monitor {
                     (None, Ended::Protocol) => Outcome::Refused(Reason::Protocol),
                     (None, Ended::Closed | Ended::Other) => Outcome::Abandoned,
                 };
-                self.count(listener, outcome);
-                if let Outcome::Refused(reason) = outcome {
-                    let own = source.as_ref().is_some_and(|s| self.own.contains(s));
-                    *self.refusals.entry((label(listener), reason, own)).or_default() += 1;
-                    if self.recent.len() >= MAX_RECENT {
-                        self.recent.pop_front();
-                    }
-                    self.recent.push_back(Refusal { at, source, reason });
-                }
+                self.refuse(listener, source, outcome, at);
             }
             None => {}
+        }
+    }
+
+    /// Records `addr` as the operator's (its refusals are moat's own attestation).
+    pub fn own_source(&mut self, addr: &str) {
+        if !self.own.iter().any(|a| a == addr) {
+            if self.own.len() >= MAX_OWN {
+                self.own.pop_front();
+            }
+            self.own.push_back(addr.into());
+        }
+    }
+
+    /// Counts a connection that never became a session.
+    fn refuse(&mut self, listener: Option<u16>, source: Option<String>, outcome: Outcome, at: Timestamp) {
+        self.count(listener, outcome);
+        if let Outcome::Refused(reason) = outcome {
+            let own = source.as_ref().is_some_and(|s| self.own.contains(s));
+            *self.refusals.entry((label(listener), reason, own)).or_default() += 1;
+            if self.recent.len() >= MAX_RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(Refusal { at, source, reason });
         }
     }
 
@@ -303,15 +341,19 @@ impl Monitor {
         *self.connections.entry((label(listener), outcome.as_str())).or_default() += 1;
     }
 
-    /// Refused logins within the window before `now` that were not moat's own attempts, when
-    /// they reach the threshold.
+    /// Refused logins within the window before `now` (and at least [`GRACE`] old) that were
+    /// not moat's own attempts, when they reach the threshold.
     pub fn suspicion(&mut self, now: Timestamp) -> Option<Suspicion> {
-        let start = now - jiff::SignedDuration::try_from(self.window).unwrap_or_default();
+        let span = |d: Duration| jiff::SignedDuration::try_from(d).unwrap_or_default();
+        let (start, judged) = (now - span(self.window), now - span(GRACE));
         while self.recent.front().is_some_and(|r| r.at < start) {
             self.recent.pop_front();
         }
-        let theirs: Vec<&Refusal> =
-            self.recent.iter().filter(|r| !r.source.as_ref().is_some_and(|s| self.own.contains(s))).collect();
+        let theirs: Vec<&Refusal> = self
+            .recent
+            .iter()
+            .filter(|r| r.at <= judged && !r.source.as_ref().is_some_and(|s| self.own.contains(s)))
+            .collect();
         if self.threshold == 0 || (theirs.len() as u64) < self.threshold {
             return None;
         }
@@ -348,7 +390,7 @@ impl Monitor {
         }
         let _ = writeln!(
             out,
-            "# HELP moat_broker_auth_failures_total Refused logins by listener port, reason (not_authorised, tls, protocol) and origin (moat: the operator's own attestation; other)."
+            "# HELP moat_broker_auth_failures_total Refused logins by listener port, reason (not_authorised, tls, protocol, max_connections) and origin (moat: the operator's own attestation; other)."
         );
         let _ = writeln!(out, "# TYPE moat_broker_auth_failures_total counter");
         for ((listener, reason, own), n) in &self.refusals {
@@ -390,6 +432,9 @@ mod tests {
 2026-12-07T11:39:37: New connection from 10.0.0.1:52268 on port 18883.
 2026-12-07T11:39:37: OpenSSL Error[0]: error:0A000126:SSL routines::unexpected eof while reading
 2026-12-07T11:39:37: Client <unknown> disconnected: Protocol error.
+2026-12-07T12:05:20: Client connection from 10.0.0.4 failed: error:0A000102:SSL routines::unsupported protocol.
+2026-12-07T12:05:20: Client connection from 10.0.0.4 failed: error:0A000126:SSL routines::unexpected eof while reading.
+2026-12-07T12:05:21: Client connection from 10.0.0.4 denied: max_connections exceeded.
 ";
 
     fn fed(text: &str, threshold: u64) -> Monitor {
@@ -418,7 +463,10 @@ mod tests {
             "moat_broker_auth_failures_total{listener=\"18883\",reason=\"not_authorised\",origin=\"other\"} 1",
             "moat_broker_auth_failures_total{listener=\"18883\",reason=\"tls\",origin=\"other\"} 1",
             "moat_broker_auth_failures_total{listener=\"18884\",reason=\"tls\",origin=\"other\"} 1",
-            "moat_broker_log_lines_total 14",
+            "moat_broker_auth_failures_total{listener=\"unknown\",reason=\"tls\",origin=\"other\"} 1",
+            "moat_broker_auth_failures_total{listener=\"unknown\",reason=\"max_connections\",origin=\"other\"} 1",
+            "moat_broker_connections_total{listener=\"unknown\",result=\"abandoned\"} 1",
+            "moat_broker_log_lines_total 17",
         ] {
             assert!(s.contains(want), "missing {want} in\n{s}");
         }
@@ -440,7 +488,8 @@ mod tests {
         let s = metrics(&m);
         assert!(s.contains("listener=\"1883\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
         assert!(s.contains("listener=\"8883\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
-        let v = m.suspicion(t(10)).unwrap();
+        assert_eq!(m.suspicion(t(10)), None, "judged only once GRACE old");
+        let v = m.suspicion(t(20)).unwrap();
         assert_eq!(v.sources, vec![("10.0.0.7".into(), 1), ("10.0.0.8".into(), 1)]);
     }
 
@@ -451,7 +500,7 @@ mod tests {
         m.observe("New connection from 10.0.0.8:2000 on port 8883.", t(0));
         m.observe("Client <unknown> disconnected, not authorised.", t(0));
         // same listener, two sources: the listener is known, the source is not
-        let v = m.suspicion(t(0)).unwrap();
+        let v = m.suspicion(t(10)).unwrap();
         assert_eq!(v.sources, vec![("unattributed".into(), 1)]);
         m.observe("New connection from 10.0.0.8:2001 on port 1883.", t(0));
         m.observe("Client <unknown> disconnected, not authorised.", t(0));
@@ -467,12 +516,13 @@ mod tests {
             m.observe(&format!("New connection from 192.0.2.1:{} on port 8883.", 100 + i), t(i));
             m.observe("Client <unknown> disconnected, not authorised.", t(i));
         }
-        assert_eq!(m.suspicion(t(2)).map(|s| s.refused), Some(3));
-        let v = m.suspicion(t(2)).unwrap();
+        assert_eq!(m.suspicion(t(11)), None, "the third is not GRACE old yet");
+        let v = m.suspicion(t(12)).unwrap();
         assert_eq!(v.sources, vec![("192.0.2.1".into(), 3)]);
         assert_eq!(v.reasons, BTreeMap::from([("not_authorised".into(), 3)]));
         assert_eq!(v.since, Some(t(0)));
         assert!(v.summary().starts_with("3 refused logins within 60s (not_authorised 3); from 192.0.2.1 (3)"));
+        assert_eq!(m.suspicion(t(59)).map(|s| s.refused), Some(3));
         assert_eq!(m.suspicion(t(61)), None, "the first refusal left the window");
         assert!(Monitor::new(0, Duration::from_secs(60)).suspicion(t(0)).is_none());
     }
@@ -484,11 +534,20 @@ mod tests {
         m.observe("New client connected from 10.1.0.5:1 as c (p5, c1, k10, u'_moat-canary-1').", t(0));
         m.observe("New connection from 10.1.0.5:2 on port 8883.", t(0));
         m.observe("Client <unknown> disconnected, not authorised.", t(0));
-        assert_eq!(m.suspicion(t(0)), None, "the operator's anonymous CONNECT is not an attack");
+        assert_eq!(m.suspicion(t(10)), None, "the operator's anonymous CONNECT is not an attack");
         assert!(metrics(&m).contains("reason=\"not_authorised\",origin=\"moat\"} 1"));
         m.observe("New connection from 10.1.0.6:3 on port 8883.", t(0));
         m.observe("Client <unknown> disconnected, not authorised.", t(0));
-        assert_eq!(m.suspicion(t(0)).map(|s| s.sources), Some(vec![("10.1.0.6".into(), 1)]));
+        assert_eq!(m.suspicion(t(10)).map(|s| s.sources), Some(vec![("10.1.0.6".into(), 1)]));
+        // a refusal before the canary login of the same audit is moat's too, once judged
+        m.observe("Client connection from 10.1.0.9 failed: error:0A00010B:SSL routines::wrong version number.", t(20));
+        assert_eq!(m.suspicion(t(25)).map(|s| s.refused), Some(1));
+        m.observe("New connection from 10.1.0.9:1 on port 8883.", t(22));
+        m.observe("New client connected from 10.1.0.9:1 as c (p5, c1, k10, u'_moat-canary-2').", t(22));
+        assert_eq!(m.suspicion(t(30)).map(|s| s.refused), Some(1), "only 10.1.0.6's");
+        // the caller of /status is the operator
+        m.own_source("10.1.0.6");
+        assert_eq!(m.suspicion(t(30)), None);
     }
 
     #[test]

@@ -143,6 +143,7 @@ async fn serve(addr: std::net::SocketAddr, what: &'static str, app: axum::Router
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
             tracing::info!(%addr, "serving {what}");
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the {what} endpoint stopped");
             }
@@ -151,17 +152,24 @@ async fn serve(addr: std::net::SocketAddr, what: &'static str, app: axum::Router
     }
 }
 
+/// `GET /status`. Its caller is the operator (the probe NetworkPolicy admits only the operator's
+/// pods to this port): its address is where moat's own attestation attempts come from.
 fn status_app(state: State) -> axum::Router {
     axum::Router::new().route(
         "/status",
-        axum::routing::get(move || {
-            let state = state.clone();
-            async move {
-                let status = state.lock().unwrap().status();
-                let body = serde_json::to_string(&status).unwrap_or_default();
-                ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
-            }
-        }),
+        axum::routing::get(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>| {
+                let state = state.clone();
+                async move {
+                    let mut s = state.lock().unwrap();
+                    s.monitor.own_source(&peer.ip().to_canonical().to_string());
+                    let status = s.status();
+                    drop(s);
+                    let body = serde_json::to_string(&status).unwrap_or_default();
+                    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+                }
+            },
+        ),
     )
 }
 

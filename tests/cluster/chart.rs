@@ -115,6 +115,24 @@ async fn the_chart_lints_renders_and_dry_runs_in_both_modes() {
     }
     assert_eq!(kinds.len(), 2, "{monitoring}");
 
+    // the agents' metrics: the operator is told which namespaces may scrape them, and the
+    // PodMonitor selects the broker pods (as moat labels them) on the agent's named port
+    let agents = template(
+        &release_ns.name,
+        &["--set", "metrics.agentMetrics.namespaces={prom},metrics.agentMetrics.podMonitor.enabled=true"],
+    );
+    assert!(agents.contains("- --agent-metrics-namespaces=prom"), "{agents}");
+    let monitor = serde_norway::Deserializer::from_str(&agents)
+        .map(|d| -> serde_json::Value { serde::Deserialize::deserialize(d).unwrap() })
+        .find(|v| v["kind"] == "PodMonitor")
+        .expect("a PodMonitor");
+    let pod_labels = moat::names::labels("plant-a", "broker");
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "PodMonitor selects {k}={v}");
+    }
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], moat::render::workload::AGENT_METRICS_PORT_NAME);
+    assert_eq!(monitor["spec"]["namespaceSelector"]["any"], true);
+
     let templated = template(&release_ns.name, &["--set", "crds.templated=true"]);
     assert_eq!(templated.matches("helm.sh/resource-policy: keep").count(), 4, "the four CRDs, kept on uninstall");
 }

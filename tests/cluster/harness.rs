@@ -791,3 +791,16 @@ pub async fn broker_images(pods: &Api<k8s_openapi::api::core::v1::Pod>, broker: 
         })
         .collect()
 }
+
+/// The process of the broker container `container_id` ("containerd://<id>") on this host: the
+/// `mosquitto` process whose cgroup names the container.
+pub fn mosquitto_pid(container_id: &str) -> i32 {
+    let id = container_id.rsplit('/').next().unwrap();
+    let found = std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+        (comm.trim() == "mosquitto" && cgroup.contains(id)).then_some(pid)
+    });
+    found.unwrap_or_else(|| panic!("no mosquitto process of container {id}"))
+}

@@ -23,7 +23,9 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The series names a `/metrics` text can have: each family's `# TYPE` with its type's suffixes.
+/// The series names a `/metrics` text can have: each family's `# TYPE` with its type's suffixes
+/// (a counter's family is named without `_total` in OpenMetrics, the operator's format, and with
+/// it in the Prometheus text format, the agents').
 fn exported(scrape: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for line in scrape.lines() {
@@ -32,7 +34,7 @@ fn exported(scrape: &str) -> BTreeSet<String> {
         let (Some(name), Some(kind)) = (parts.next(), parts.next()) else { continue };
         match kind {
             "counter" => {
-                names.insert(format!("{name}_total"));
+                names.insert(format!("{}_total", name.trim_end_matches("_total")));
             }
             "histogram" => {
                 for suffix in ["_bucket", "_sum", "_count"] {
@@ -55,8 +57,11 @@ async fn the_alert_rules_and_the_dashboard_use_metrics_a_live_operator_exports()
     // a live operator with every series the rules and the dashboard read: a broker on the real
     // node (certificates, CRL, audits, attested files), a revocation timed by its agents, a drift
     // repaired, and a reconcile that fails (an invalid spec)
-    let op = Operator::start(&ns.name, real_node_operator());
-    apply_yaml(&client, &ns.name, &real_broker("plant-m", "2.0.21", None, "")).await;
+    let mut opts = real_node_operator();
+    opts.args.extend(["--agent-metrics-namespaces".into(), ns.name.clone(), "--activity-interval".into(), "1s".into()]);
+    let op = Operator::start(&ns.name, opts);
+    let logging = "  logging: {failedLoginThreshold: 3}\n";
+    apply_yaml(&client, &ns.name, &real_broker("plant-m", "2.0.21", None, logging)).await;
     apply_yaml(
         &client,
         &ns.name,
@@ -71,7 +76,42 @@ async fn the_alert_rules_and_the_dashboard_use_metrics_a_live_operator_exports()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = kubectl(&["-n", &ns.name, "delete", "networkpolicy", "plant-m-default-deny"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // refused logins from a source that is not the operator's (the test host is where the
+    // operator runs, so the host's address is moat's own): `moat probe` in the broker pod's own
+    // network namespace tries anonymous, plaintext and TLS 1.0/1.1 against the pod's address
+    let pod = live_pods(&client, &ns.name, "plant-m", 1).await.remove(0);
+    let pid = mosquitto_pid(&pod.container_id).to_string();
+    let probe = Command::new("nsenter")
+        .args(["-t", &pid, "-n", env!("CARGO_BIN_EXE_moat"), "probe", "--host", &pod.ip, "--port", "8883"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&probe.stdout).contains("anonymous refused    PASS"), "{probe:?}");
+    let (reason, note) = eventually(T, "a SuspiciousActivity Event on plant-m", || async {
+        events_for(&client, &ns.name, "plant-m").await.into_iter().find(|(r, _)| r == "SuspiciousActivity")
+    })
+    .await;
+    assert!(
+        note.starts_with(&format!("{}: ", pod.name)) && note.contains(&format!("from {} (", pod.ip)),
+        "{reason}: {note}"
+    );
+    assert!(note.contains("not_authorised 1") && note.contains("tls "), "{note}");
+    // the agent's metrics (node-local traffic reaches the pod; elsewhere only the metrics namespaces do)
+    let agent = moat::probe::http_get(&pod.ip, moat::render::workload::AGENT_METRICS_PORT, "/metrics").await.unwrap();
+    assert!(
+        agent.contains(
+            "moat_broker_auth_failures_total{listener=\"8883\",reason=\"not_authorised\",origin=\"other\"} 1"
+        ),
+        "{agent}"
+    );
+    let policy = kubectl(&["-n", &ns.name, "get", "networkpolicy", "plant-m-moat-metrics", "-o", "json"]);
+    let policy: serde_json::Value = serde_json::from_slice(&policy.stdout).expect("the metrics NetworkPolicy");
+    let ingress = &policy["spec"]["ingress"][0];
+    assert_eq!(ingress["ports"], serde_json::json!([{"port": 9884, "protocol": "TCP"}]));
+    assert_eq!(ingress["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"], serde_json::json!([ns.name]));
+
     let wanted = [
+        "moat_suspicious_activity_total{",
         "moat_revocation_seconds{",
         "moat_reconcile_errors_total{",
         "moat_drift_repaired_total{",
@@ -82,7 +122,8 @@ async fn the_alert_rules_and_the_dashboard_use_metrics_a_live_operator_exports()
         wanted.iter().all(|w| m.contains(w)).then_some(m)
     })
     .await;
-    let exported = exported(&scrape);
+    let mut exported = exported(&scrape);
+    exported.extend(self::exported(&agent));
     assert!(
         exported.contains("moat_reconciles_total") && exported.contains("moat_certificate_expiry_timestamp_seconds")
     );

@@ -694,19 +694,6 @@ async fn audited_check(
     .await
 }
 
-/// The process of the broker container `container_id` ("containerd://<id>") on this host: the
-/// `mosquitto` process whose cgroup names the container.
-fn mosquitto_pid(container_id: &str) -> i32 {
-    let id = container_id.rsplit('/').next().unwrap();
-    let found = std::fs::read_dir("/proc").unwrap().filter_map(Result::ok).find_map(|e| {
-        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
-        (comm.trim() == "mosquitto" && cgroup.contains(id)).then_some(pid)
-    });
-    found.unwrap_or_else(|| panic!("no mosquitto process of container {id}"))
-}
-
 /// The pod's run directory (the emptyDir Mosquitto reads) as the agent of the same pod sees it:
 /// the `moat` process whose view of `mosquitto.conf` is the same file as Mosquitto's (`mosquitto`).
 fn writable_run_dir(mosquitto: i32) -> std::path::PathBuf {

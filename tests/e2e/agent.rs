@@ -100,10 +100,25 @@ async fn without_the_agent_mosquitto_fails_open_on_the_same_acl() {
 
 /// The agent's `/metrics` once it holds every line of `want`.
 async fn metrics_with(s: &Pod, want: &[String]) -> String {
+    metrics_until(s, want, |_| true).await
+}
+
+/// Refused logins of `reason` on any listener.
+fn refusals(metrics: &str, reason: &str) -> u64 {
+    let label = format!("reason=\"{reason}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("moat_broker_auth_failures_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The agent's `/metrics` once it holds every line of `want` and `also` holds.
+async fn metrics_until(s: &Pod, want: &[String], also: impl Fn(&str) -> bool) -> String {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let m = s.agent.get("/metrics").await;
-        if want.iter().all(|w| m.lines().any(|l| l == w)) {
+        if want.iter().all(|w| m.lines().any(|l| l == w)) && also(&m) {
             return m;
         }
         assert!(std::time::Instant::now() < deadline, "missing {want:?} in\n{m}\nbroker log:\n{}", s.broker.log());
@@ -111,7 +126,7 @@ async fn metrics_with(s: &Pod, want: &[String]) -> String {
     }
 }
 
-fn refused(port: u16, reason: &str, n: usize) -> String {
+fn refused(port: impl std::fmt::Display, reason: &str, n: usize) -> String {
     format!("moat_broker_auth_failures_total{{listener=\"{port}\",reason=\"{reason}\",origin=\"other\"}} {n}")
 }
 
@@ -129,18 +144,25 @@ async fn refused_logins_are_counted_from_the_brokers_log_and_a_burst_is_suspicio
     for _ in 0..3 {
         assert!(matches!(connect(&conn(&s, Some(wrong.clone()))).await, Err(Refusal::Refused(_))));
     }
-    // four refusals: below the threshold of five
     assert!(matches!(connect(&conn(&s, None)).await, Err(Refusal::Refused(_))), "anonymous");
     let accepted = format!("moat_broker_connections_total{{listener=\"{port}\",result=\"accepted\"}} 1");
     metrics_with(&s, &[accepted.clone(), refused(port, "not_authorised", 4)]).await;
-    assert_eq!(status(&s.agent.get("/status").await).suspicious, None, "4 refusals are not a burst");
-
-    // the fifth: plaintext MQTT on the TLS port, a failed handshake
+    // the fifth: plaintext MQTT on the TLS port, a failed handshake (when Mosquitto 2.0 finds
+    // the bytes already there at accept, it logs the failure with the client's address only, so
+    // its listener is `unknown`; else on the listener)
     let plain = Conn { port, credentials: Some(alice.clone()), ..Default::default() };
     assert!(connect(&plain).await.is_err(), "plaintext on a TLS port");
-    let m = metrics_with(&s, &[accepted, refused(port, "not_authorised", 4), refused(port, "tls", 1)]).await;
-    let st = s.agent.get("/status").await;
-    let burst = status(&st).suspicious.expect("five refusals within a minute are a burst");
+    let m = metrics_until(&s, &[accepted, refused(port, "not_authorised", 4)], |m| refusals(m, "tls") == 1).await;
+    // five refusals within a minute are a burst, judged once GRACE old
+    let deadline = std::time::Instant::now() + moat::agent::activity::GRACE + WAIT;
+    let (st, burst) = loop {
+        let st = s.agent.get("/status").await;
+        if let Some(b) = status(&st).suspicious {
+            break (st, b);
+        }
+        assert!(std::time::Instant::now() < deadline, "no burst on /status: {st}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(burst.refused, 5);
     assert_eq!(burst.sources, vec![("127.0.0.1".to_string(), 5)]);
     assert_eq!(burst.reasons, [("not_authorised".to_string(), 4), ("tls".to_string(), 1)].into());

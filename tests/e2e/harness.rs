@@ -538,6 +538,11 @@ pub struct Agent {
     pub metrics_port: u16,
 }
 
+/// The address the tests ask the agents' `/status` from: the caller of `/status` is the
+/// operator, so it must not be the tests' MQTT clients' (127.0.0.1), whose refusals would count
+/// as moat's own.
+pub const STATUS_CALLER: &str = "127.0.0.3";
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
@@ -586,8 +591,17 @@ impl Agent {
 
     /// `GET path` from the agent's status (`/status`) or metrics (`/metrics`) endpoint.
     pub async fn get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let port = if path == "/metrics" { self.metrics_port } else { self.status_port };
-        moat::probe::http_get("127.0.0.1", port, path).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((STATUS_CALLER.parse::<std::net::Ipv4Addr>().unwrap(), 0).into()).unwrap();
+        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or_else(|| panic!("GET {path}: {answer}"));
+        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+        body.to_string()
     }
 
     /// The agent's log.
