@@ -11,7 +11,8 @@
 #  4. connects to a broker pod with the generated credentials over TLS and mTLS; shows an
 #     anonymous connect and an ACL violation being refused, the connection log in `kubectl logs`
 #  5. attacks: an allow-everything NetworkPolicy fails MOAT-FW-001 with its remediation (and
-#     passes again when removed); a deleted user's live session is ended without a restart
+#     passes again when removed); a deleted user's live session is ended without a restart; 25
+#     guessed passwords raise a SuspiciousActivity Event, counted by the agent from the broker log
 #  6. cleans up: deletes the demo namespace and uninstalls the chart. The cluster keeps running for
 #     a fast second run: `make cluster-down` stops it.
 set -euo pipefail
@@ -189,5 +190,18 @@ printf '    %-58s%d.%d s (%s)\n' "kubectl delete mqttuser sensor-17 -> live sess
 printf '    %-58s' "sensor-17 connects again:"
 if out=$(pub -p 8883 -u sensor-17 -P "$PW" -t plant/b/sensors/sensor-17/telemetry -m x); then echo "ACCEPTED (unexpected)"; exit 1; else echo "refused: ${out##*: }"; fi
 info "broker container restarts: $RESTARTS before, $(restarts) after (the agent reloaded the password file)"
+
+step "attack 3: someone guesses passwords"
+for i in $(seq 25); do
+  mosquitto_pub -h "$IP" -p 8883 --cafile "$CA" --insecure -u "admin$i" -P "guess-$i" -t x -m x >/dev/null 2>&1 || true
+done
+info "25 wrong logins sent; the agent reads them in Mosquitto's log, the operator asks it every 15 s"
+deadline=$((SECONDS + 60))
+until kubectl -n "$NS" get events --field-selector reason=SuspiciousActivity -o name | grep -q .; do
+  ((SECONDS < deadline)) || { echo "no SuspiciousActivity Event" >&2; exit 1; }; sleep 1
+done
+kubectl -n "$NS" get events --field-selector reason=SuspiciousActivity | sed 's/^/    /'
+info "the agent's metrics (port 9884; NetworkPolicy plant-b-moat-metrics admits only chart-named namespaces):"
+curl -s "http://$IP:9884/metrics" | grep '^moat_broker_auth_failures_total' | sed 's/^/    /'
 
 step "demo complete"
