@@ -7,7 +7,8 @@
 //! authorised."), only in the "New connection from A:p on port L." line before it; 2.1 adds
 //! `[A:p]` to the refusal. The monitor pairs them: exactly with 2.1; with 2.0 a refusal is
 //! attributed to a listener (or source) when every connection still in its handshake is on that
-//! listener (from that source), else to `unknown`. A TLS handshake that fails at once is logged
+//! listener (from that source), else to `unknown` (and to the set of sources it may have come
+//! from: it is moat's own when they all are). A TLS handshake that fails at once is logged
 //! as "Client connection from A failed: ...", with the source but no port.
 //!
 //! moat attacks its own brokers at every audit (attestation). Refusals from the operator's
@@ -165,6 +166,8 @@ fn parse(msg: &str) -> Option<Line<'_>> {
 const MAX_PENDING: usize = 4096;
 /// Sources of moat's own canary logins remembered.
 const MAX_OWN: usize = 16;
+/// Candidate sources of a refusal remembered (more: the source is unknown).
+const MAX_CANDIDATES: usize = 8;
 /// Refusals remembered for the window.
 const MAX_RECENT: usize = 100_000;
 /// How old a refusal must be before it is judged (moat's attestation logs its canary in within
@@ -181,7 +184,8 @@ struct Pending {
 #[derive(Clone, Debug)]
 struct Refusal {
     at: Timestamp,
-    source: Option<String>,
+    /// The sources it may have come from (one: attributed; none: unknown), sorted.
+    sources: Vec<String>,
     reason: Reason,
 }
 
@@ -261,7 +265,7 @@ impl Monitor {
                 self.pending.push_back(Pending { addr: addr.into(), src, listener });
             }
             Some(Line::Connected { addr, src, client, username }) => {
-                let listener = self.take_pending(Some((addr, src))).map(|p| p.0);
+                let (listener, _) = self.take_pending(Some((addr, src)));
                 self.tls_error = None;
                 self.count(listener, Outcome::Accepted);
                 self.sessions.insert(client.into());
@@ -274,17 +278,14 @@ impl Monitor {
             }
             Some(Line::Rejected { addr, reason }) => {
                 let outcome = reason.map_or(Outcome::Abandoned, Outcome::Refused);
-                self.refuse(None, Some(addr.to_string()), outcome, at);
+                self.refuse(None, vec![addr.to_string()], outcome, at);
             }
             Some(Line::Ended { client, peer, how }) => {
                 if client != "<unknown>" && self.sessions.remove(client) {
                     self.tls_error = None;
                     return;
                 }
-                let (listener, source) = match self.take_pending(peer) {
-                    Some((l, s)) => (Some(l), s),
-                    None => (None, None),
-                };
+                let (listener, sources) = self.take_pending(peer);
                 let outcome = match (self.tls_error.take(), how) {
                     (Some(true), _) => Outcome::Abandoned,
                     (Some(false), _) => Outcome::Refused(Reason::Tls),
@@ -292,7 +293,7 @@ impl Monitor {
                     (None, Ended::Protocol) => Outcome::Refused(Reason::Protocol),
                     (None, Ended::Closed | Ended::Other) => Outcome::Abandoned,
                 };
-                self.refuse(listener, source, outcome, at);
+                self.refuse(listener, sources, outcome, at);
             }
             None => {}
         }
@@ -309,32 +310,39 @@ impl Monitor {
     }
 
     /// Counts a connection that never became a session.
-    fn refuse(&mut self, listener: Option<u16>, source: Option<String>, outcome: Outcome, at: Timestamp) {
+    fn refuse(&mut self, listener: Option<u16>, sources: Vec<String>, outcome: Outcome, at: Timestamp) {
         self.count(listener, outcome);
         if let Outcome::Refused(reason) = outcome {
-            let own = source.as_ref().is_some_and(|s| self.own.contains(s));
-            *self.refusals.entry((label(listener), reason, own)).or_default() += 1;
+            let r = Refusal { at, sources, reason };
+            *self.refusals.entry((label(listener), reason, self.is_own(&r))).or_default() += 1;
             if self.recent.len() >= MAX_RECENT {
                 self.recent.pop_front();
             }
-            self.recent.push_back(Refusal { at, source, reason });
+            self.recent.push_back(r);
         }
     }
 
-    /// The pending connection of `peer` (exact), or with no peer the oldest one: its listener,
-    /// and its source, each only when every pending connection shares it.
-    fn take_pending(&mut self, peer: Option<(&str, u16)>) -> Option<(u16, Option<String>)> {
+    /// Whether every source a refusal may have come from is the operator's.
+    fn is_own(&self, r: &Refusal) -> bool {
+        !r.sources.is_empty() && r.sources.iter().all(|s| self.own.contains(s))
+    }
+
+    /// Resolves the pending connection of `peer` (exact), or with no peer the oldest one: the
+    /// listener when every candidate shares it, and the sources it may have come from.
+    fn take_pending(&mut self, peer: Option<(&str, u16)>) -> (Option<u16>, Vec<String>) {
         if let Some((addr, src)) = peer {
-            let i = self.pending.iter().position(|p| p.addr == addr && p.src == src)?;
-            let p = self.pending.remove(i)?;
-            return Some((p.listener, Some(p.addr)));
+            return match self.pending.iter().position(|p| p.addr == addr && p.src == src) {
+                Some(i) => (self.pending.remove(i).map(|p| p.listener), vec![addr.to_string()]),
+                None => (None, vec![addr.to_string()]),
+            };
         }
-        let first = self.pending.front()?;
-        let same_listener = self.pending.iter().all(|p| p.listener == first.listener);
-        let same_source = self.pending.iter().all(|p| p.addr == first.addr);
-        let (listener, addr) = (first.listener, first.addr.clone());
+        let Some(first) = self.pending.front() else { return (None, vec![]) };
+        let listener = self.pending.iter().all(|p| p.listener == first.listener).then_some(first.listener);
+        let sources: std::collections::BTreeSet<&str> = self.pending.iter().map(|p| p.addr.as_str()).collect();
+        let sources =
+            if sources.len() <= MAX_CANDIDATES { sources.into_iter().map(String::from).collect() } else { vec![] };
         self.pending.pop_front();
-        same_listener.then_some((listener, same_source.then_some(addr)))
+        (listener, sources)
     }
 
     fn count(&mut self, listener: Option<u16>, outcome: Outcome) {
@@ -349,11 +357,7 @@ impl Monitor {
         while self.recent.front().is_some_and(|r| r.at < start) {
             self.recent.pop_front();
         }
-        let theirs: Vec<&Refusal> = self
-            .recent
-            .iter()
-            .filter(|r| r.at <= judged && !r.source.as_ref().is_some_and(|s| self.own.contains(s)))
-            .collect();
+        let theirs: Vec<&Refusal> = self.recent.iter().filter(|r| r.at <= judged && !self.is_own(r)).collect();
         if self.threshold == 0 || (theirs.len() as u64) < self.threshold {
             return None;
         }
@@ -366,7 +370,11 @@ impl Monitor {
         let mut sources: BTreeMap<String, u64> = BTreeMap::new();
         for r in &theirs {
             *s.reasons.entry(r.reason.as_str().into()).or_default() += 1;
-            *sources.entry(r.source.clone().unwrap_or_else(|| "unattributed".into())).or_default() += 1;
+            let source = match r.sources.as_slice() {
+                [one] => one.clone(),
+                _ => "unattributed".into(),
+            };
+            *sources.entry(source).or_default() += 1;
         }
         let mut sources: Vec<(String, u64)> = sources.into_iter().collect();
         sources.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -507,6 +515,10 @@ mod tests {
         let s = metrics(&m);
         assert!(s.contains("listener=\"8883\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
         assert!(s.contains("listener=\"unknown\",reason=\"not_authorised\",origin=\"other\"} 1"), "{s}");
+        // every candidate source is moat's: moat's own
+        m.own_source("10.0.0.7");
+        m.own_source("10.0.0.8");
+        assert_eq!(m.suspicion(t(10)), None);
     }
 
     #[test]
