@@ -170,6 +170,8 @@ const MAX_OWN: usize = 16;
 const MAX_CANDIDATES: usize = 8;
 /// Refusals remembered for the window.
 const MAX_RECENT: usize = 100_000;
+/// The longest window a caller may ask about (refusals are kept this long).
+pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// How old a refusal must be before it is judged (moat's attestation logs its canary in within
 /// this long of its refused attempts, so their source is known as moat's by then).
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -236,7 +238,8 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// A monitor that calls `threshold` refused logins within `window` suspicious (0: never).
+    /// A monitor that calls `threshold` refused logins within `window` suspicious (0: never)
+    /// unless asked about another threshold and window.
     pub fn new(threshold: u64, window: Duration) -> Self {
         Self {
             threshold,
@@ -281,7 +284,10 @@ impl Monitor {
                 self.refuse(None, vec![addr.to_string()], outcome, at);
             }
             Some(Line::Ended { client, peer, how }) => {
-                if client != "<unknown>" && self.sessions.remove(client) {
+                if client != "<unknown>" && (self.sessions.remove(client) || how != Ended::NotAuthorised) {
+                    // the end of a session (one that began before the agent read the log, or
+                    // was taken over, is not known by id); only a refused CONNECT can name a
+                    // client that never had a session
                     self.tls_error = None;
                     return;
                 }
@@ -349,21 +355,28 @@ impl Monitor {
         *self.connections.entry((label(listener), outcome.as_str())).or_default() += 1;
     }
 
-    /// Refused logins within the window before `now` (and at least [`GRACE`] old) that were
-    /// not moat's own attempts, when they reach the threshold.
+    /// [`Monitor::suspicion_over`] the monitor's own threshold and window.
     pub fn suspicion(&mut self, now: Timestamp) -> Option<Suspicion> {
+        self.suspicion_over(now, self.threshold, self.window)
+    }
+
+    /// Refused logins within `window` (at most [`MAX_WINDOW`]) before `now`, at least
+    /// [`GRACE`] old, that were not moat's own attempts, when they reach `threshold` (0: never).
+    pub fn suspicion_over(&mut self, now: Timestamp, threshold: u64, window: Duration) -> Option<Suspicion> {
+        let window = window.min(MAX_WINDOW);
         let span = |d: Duration| jiff::SignedDuration::try_from(d).unwrap_or_default();
-        let (start, judged) = (now - span(self.window), now - span(GRACE));
-        while self.recent.front().is_some_and(|r| r.at < start) {
+        let (kept, start, judged) = (now - span(MAX_WINDOW), now - span(window), now - span(GRACE));
+        while self.recent.front().is_some_and(|r| r.at < kept) {
             self.recent.pop_front();
         }
-        let theirs: Vec<&Refusal> = self.recent.iter().filter(|r| r.at <= judged && !self.is_own(r)).collect();
-        if self.threshold == 0 || (theirs.len() as u64) < self.threshold {
+        let theirs: Vec<&Refusal> =
+            self.recent.iter().filter(|r| r.at >= start && r.at <= judged && !self.is_own(r)).collect();
+        if threshold == 0 || (theirs.len() as u64) < threshold {
             return None;
         }
         let mut s = Suspicion {
             refused: theirs.len() as u64,
-            window_seconds: self.window.as_secs(),
+            window_seconds: window.as_secs(),
             since: theirs.first().map(|r| r.at),
             ..Default::default()
         };
@@ -536,6 +549,12 @@ mod tests {
         assert!(v.summary().starts_with("3 refused logins within 60s (not_authorised 3); from 192.0.2.1 (3)"));
         assert_eq!(m.suspicion(t(59)).map(|s| s.refused), Some(3));
         assert_eq!(m.suspicion(t(61)), None, "the first refusal left the window");
+        assert_eq!(
+            m.suspicion_over(t(61), 3, Duration::from_secs(120)).map(|s| s.refused),
+            Some(3),
+            "kept for longer windows"
+        );
+        assert_eq!(m.suspicion_over(t(61), 4, Duration::from_secs(120)), None);
         assert!(Monitor::new(0, Duration::from_secs(60)).suspicion(t(0)).is_none());
     }
 
@@ -560,6 +579,17 @@ mod tests {
         // the caller of /status is the operator
         m.own_source("10.1.0.6");
         assert_eq!(m.suspicion(t(30)), None);
+    }
+
+    #[test]
+    fn the_end_of_a_session_the_agent_never_saw_begin_is_no_refusal() {
+        let mut m = Monitor::new(1, Duration::from_secs(60));
+        m.observe("New connection from 10.0.0.9:5 on port 8883.", t(0));
+        m.observe("Client old-session closed its connection.", t(0));
+        m.observe("Client taken-over disconnected.", t(0));
+        assert_eq!(m.pending.len(), 1, "the connection in its handshake is still pending");
+        m.observe("Client <unknown> disconnected, not authorised.", t(0));
+        assert_eq!(m.suspicion(t(10)).map(|s| s.sources), Some(vec![("10.0.0.9".into(), 1)]));
     }
 
     #[test]

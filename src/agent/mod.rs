@@ -58,7 +58,9 @@ pub struct AgentArgs {
     /// Mosquitto's log file to follow (its `log_dest file`); rotated by the agent.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Refused logins within `--failed-login-window` that make a burst suspicious (0: never).
+    /// Refused logins within `--failed-login-window` that make a burst suspicious (0: never),
+    /// unless `GET /status?failedLogins=N&windowSeconds=S` asks about others (the operator
+    /// passes each broker's, so changing them restarts nothing).
     #[arg(long, default_value_t = 20)]
     pub failed_logins: u64,
     /// The window of `--failed-logins`.
@@ -104,8 +106,14 @@ struct Shared {
 type State = std::sync::Arc<std::sync::Mutex<Shared>>;
 
 impl Shared {
-    fn status(&mut self) -> AgentStatus {
-        AgentStatus { suspicious: self.monitor.suspicion(jiff::Timestamp::now()), ..self.status.clone() }
+    /// The status, with the burst judged by `(threshold, window)` or the agent's defaults.
+    fn status(&mut self, judge: Option<(u64, Duration)>) -> AgentStatus {
+        let now = jiff::Timestamp::now();
+        let suspicious = match judge {
+            Some((threshold, window)) => self.monitor.suspicion_over(now, threshold, window),
+            None => self.monitor.suspicion(now),
+        };
+        AgentStatus { suspicious, ..self.status.clone() }
     }
 
     fn metrics(&self) -> String {
@@ -158,12 +166,13 @@ fn status_app(state: State) -> axum::Router {
     axum::Router::new().route(
         "/status",
         axum::routing::get(
-            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>| {
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+                  uri: axum::http::Uri| {
                 let state = state.clone();
                 async move {
                     let mut s = state.lock().unwrap();
                     s.monitor.own_source(&peer.ip().to_canonical().to_string());
-                    let status = s.status();
+                    let status = s.status(judge(uri.query().unwrap_or_default()));
                     drop(s);
                     let body = serde_json::to_string(&status).unwrap_or_default();
                     ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
@@ -171,6 +180,18 @@ fn status_app(state: State) -> axum::Router {
             },
         ),
     )
+}
+
+/// `failedLogins=N&windowSeconds=S` of a `/status` query, when both are there.
+pub fn judge(query: &str) -> Option<(u64, Duration)> {
+    let value =
+        |key: &str| query.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse::<u64>().ok());
+    Some((value("failedLogins")?, Duration::from_secs(value("windowSeconds")?)))
+}
+
+/// The `/status` query that asks about `threshold` refused logins within `window`.
+pub fn status_path(threshold: u64, window: Duration) -> String {
+    format!("/status?failedLogins={threshold}&windowSeconds={}", window.as_secs())
 }
 
 fn metrics_app(state: State) -> axum::Router {
@@ -560,6 +581,15 @@ async fn follow(path: PathBuf, args: AgentArgs, state: State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_query_carries_the_brokers_threshold_and_window() {
+        let path = status_path(7, Duration::from_secs(90));
+        assert_eq!(judge(path.split_once('?').unwrap().1), Some((7, Duration::from_secs(90))));
+        assert_eq!(judge(""), None);
+        assert_eq!(judge("failedLogins=7"), None);
+        assert_eq!(judge("failedLogins=x&windowSeconds=9"), None);
+    }
 
     #[test]
     fn pem_blocks_are_split_with_their_armor() {

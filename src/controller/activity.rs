@@ -70,12 +70,17 @@ pub async fn watch(ctx: Arc<Context>) {
 
 /// The bursts the broker's running pods report now, by pod name.
 async fn bursts(ctx: &Context, broker: &MqttBroker) -> Vec<(String, Suspicion)> {
+    // the broker's threshold and window go with the question (changing them restarts nothing)
+    let logging = &broker.spec.logging;
+    let Ok(window) = logging.failed_login_window.parse() else { return vec![] };
+    let path = crate::agent::status_path(logging.failed_login_threshold.into(), window);
     let pods = labelled_of(&ctx.stores.pods, &broker.namespace().unwrap_or_default(), &broker.name_any());
     let asks = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let name = p.name_any();
+        let path = &path;
         Some(async move {
-            match tokio::time::timeout(TIMEOUT, super::broker::attest::fetch(&ip)).await {
+            match tokio::time::timeout(TIMEOUT, super::broker::attest::fetch_path(&ip, path)).await {
                 Ok(Ok(status)) => status.suspicious.map(|s| (name, s)),
                 _ => None,
             }

@@ -159,8 +159,6 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
                 format!("--status-addr=0.0.0.0:{AGENT_STATUS_PORT}"),
                 format!("--metrics-addr=0.0.0.0:{AGENT_METRICS_PORT}"),
                 format!("--log-file={LOG_FILE}"),
-                format!("--failed-logins={}", spec.logging.failed_login_threshold),
-                format!("--failed-login-window={}s", model.durations.failed_login_window.as_secs()),
             ]);
         }
         args

@@ -44,7 +44,12 @@ fn classify(s: &AgentStatus, expected: &str) -> PodFiles {
 
 /// `GET /status` from the agent at `ip`.
 pub async fn fetch(ip: &str) -> Result<AgentStatus, String> {
-    let body = crate::probe::http_get(ip, AGENT_STATUS_PORT, "/status").await?;
+    fetch_path(ip, "/status").await
+}
+
+/// `GET path` (`/status` with a query) from the agent at `ip`.
+pub async fn fetch_path(ip: &str, path: &str) -> Result<AgentStatus, String> {
+    let body = crate::probe::http_get(ip, AGENT_STATUS_PORT, path).await?;
     serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
 
