@@ -95,8 +95,10 @@ async fn a_broker_becomes_ready_with_hardened_owned_objects_and_a_no_op_reconcil
     // kwok pods are Ready and the broker's Ready reflects the rollout.
     assert_eq!(sts.status.as_ref().unwrap().ready_replicas, Some(1));
 
-    // After convergence, a reconcile with nothing to do writes nothing.
-    let before = wait_quiet(&ns.name, Duration::from_secs(3), T).await;
+    // After convergence, a reconcile with nothing to do writes nothing. Converged means quiet for
+    // longer than one reconcile can take: the audit of a kwok pod (no real address) runs into
+    // every attack's 3 s timeout, three canary logins one after another, then the 2 s attestation.
+    let before = wait_quiet(&ns.name, Duration::from_secs(12), T).await;
     poke(&client, &op, &ns.name, "plant-a").await;
     poke(&client, &op, &ns.name, "plant-a").await;
     let after = operator_writes(&ns.name);

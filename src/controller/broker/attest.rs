@@ -22,8 +22,11 @@ pub async fn attest(seen: &Observed, expected: &str) -> Vec<(String, PodFiles)> 
         let name = p.name_any();
         Some(async move {
             let files = match tokio::time::timeout(TIMEOUT, fetch(&ip)).await {
-                Err(_) => PodFiles::Unreachable(format!("no answer within {}s", TIMEOUT.as_secs())),
-                Ok(Err(e)) => PodFiles::Unreachable(e),
+                Err(_) => PodFiles::Unreachable(unreachable(None)),
+                Ok(Err(e)) => {
+                    tracing::debug!(pod = %name, error = %e, "the agent did not answer");
+                    PodFiles::Unreachable(unreachable(Some(&e)))
+                }
                 Ok(Ok(s)) => classify(&s, expected),
             };
             (name, files)
@@ -32,6 +35,18 @@ pub async fn attest(seen: &Observed, expected: &str) -> Vec<(String, PodFiles)> 
     let mut out = futures::future::join_all(asks).await;
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Why an agent did not answer, in words that stay the same from one attempt to the next (it
+/// goes into the status: a connect that times out once and finds no route the next time must
+/// not make a status write).
+fn unreachable(error: Option<&str>) -> String {
+    match error {
+        Some(e) if e.contains("refused") => "connection refused".into(),
+        Some(e) if e.starts_with("HTTP/") => format!("unexpected answer: {e}"),
+        Some(e) if e.starts_with("unexpected answer") || e == "no HTTP response" => "unexpected answer".into(),
+        _ => format!("no answer within {}s", TIMEOUT.as_secs()),
+    }
 }
 
 fn classify(s: &AgentStatus, expected: &str) -> PodFiles {
@@ -60,6 +75,15 @@ mod tests {
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
+    }
+
+    #[test]
+    fn an_unreachable_agent_is_described_the_same_way_each_time() {
+        let timeout = unreachable(None);
+        assert_eq!(unreachable(Some("No route to host (os error 113)")), timeout);
+        assert_eq!(unreachable(Some("Connection timed out (os error 110)")), timeout);
+        assert_eq!(unreachable(Some("Connection refused (os error 111)")), "connection refused");
+        assert_eq!(unreachable(Some("HTTP/1.1 404 Not Found")), "unexpected answer: HTTP/1.1 404 Not Found");
     }
 
     #[test]
