@@ -552,6 +552,24 @@ mod tests {
     /// Which of moat's policies admit the outsider: none for label-scoped firewalls, the firewall
     /// itself when it admits every namespace (or by an expression the outsider's namespace meets).
     #[test]
+    fn metrics_policy_admits_only_the_monitoring_namespaces_to_the_metrics_port() {
+        let m = model(|_| {});
+        assert!(metrics_policy(&m, &[]).is_none(), "no namespace: no policy, the port stays closed");
+        let policies = vec![default_deny(&m), metrics_policy(&m, &["prom".into(), "prom".into()]).unwrap()];
+        let src = |ns: &'static str| Source {
+            ip: "10.244.2.2".parse().unwrap(),
+            namespace: Some((ns, BTreeMap::from([("kubernetes.io/metadata.name".to_string(), ns.to_string())]))),
+            pod_labels: Some(BTreeMap::new()),
+        };
+        let metrics = crate::render::workload::AGENT_METRICS_PORT.into();
+        assert!(allowed(&policies, &src("prom"), metrics));
+        assert!(!allowed(&policies, &src("prom"), 8883), "not the listeners");
+        assert!(!allowed(&policies, &src("prom"), crate::render::workload::AGENT_STATUS_PORT.into()), "not the status");
+        assert!(!allowed(&policies, &src("iot"), metrics));
+        assert!(!allowed(&policies, &ip("10.244.2.2"), metrics));
+    }
+
+    #[test]
     fn admitted_by_names_the_policies_that_admit_a_pod() {
         let m = model(|_| {});
         let outsider = Source {
