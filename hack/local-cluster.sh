@@ -3,13 +3,13 @@
 # on 127.0.0.1 only: etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok fake nodes.
 # No Docker, no downloads outside the registries, nothing built inside the repository.
 #
-#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|openreports|promtool|node|netpol|all]  build/fetch and cache (skips what is cached)
+#   hack/local-cluster.sh build [k8s|etcd|kwok|helm|policyreport|openreports|promtool|cert-manager|node|netpol|all]  build/fetch and cache (skips what is cached)
 #   hack/local-cluster.sh up                              start everything (idempotent), create fake nodes,
 #                                                         then the real node (hack/local-node.sh; MOAT_REAL_NODE=0 skips it)
 #                                                         and NetworkPolicy enforcement on it (hack/netpol.sh; MOAT_NETPOL=0 skips it)
 #   hack/local-cluster.sh down                            stop NetworkPolicy enforcement and the real node, then what `up`
 #                                                         started (by PID), delete state
-#   hack/local-cluster.sh status | env | bin-dir | policyreport-crd | openreports-crd | promtool (paths of cached upstream parts)
+#   hack/local-cluster.sh status | env | bin-dir | policyreport-crd | openreports-crd | promtool | cert-manager | cert-manager-crds (paths of cached upstream parts)
 #
 # Environment:
 #   MOAT_CACHE   cache root (default ~/.cache/moat): binaries, GOMODCACHE, GOCACHE
@@ -33,6 +33,8 @@ KYVERNO_VERSION=${KYVERNO_VERSION:-v1.13.4}
 OPENREPORTS_VERSION=${OPENREPORTS_VERSION:-v0.2.1}
 # Prometheus's promtool, to unit-test the chart's alert rules (module tag v0.316.0 = Prometheus 3.x).
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-v0.316.0}
+# cert-manager's controller (CA and self-signed issuers) for the issuerRef test; v1.21.x is all the proxy serves.
+CERT_MANAGER_VERSION=${CERT_MANAGER_VERSION:-v1.21.2}
 
 CACHE=${MOAT_CACHE:-$HOME/.cache/moat}
 BIN_DIR=$CACHE/bin/k8s-$K8S_VERSION
@@ -245,6 +247,103 @@ build_promtool() {
   GOBIN=$(dirname "$PROMTOOL") with_progress "promtool $PROMETHEUS_VERSION: go install" \
     go install -trimpath -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
     "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+}
+
+# cert-manager's controller. Upstream's main package (module .../controller-binary in cmd/controller)
+# is not on the module proxy, and its Venafi issuer needs github.com/Venafi/vcert, which the proxy
+# refuses, so a small main of ours runs the library's certificate controllers and the CA and
+# self-signed issuers (no ACME, Vault, Venafi; no webhook or cainjector: nothing here needs them).
+CERT_MANAGER=$CACHE/bin/cert-manager-$CERT_MANAGER_VERSION/controller
+CERT_MANAGER_CRDS=$CACHE/crds/cert-manager-$CERT_MANAGER_VERSION.yaml
+build_cert_manager() {
+  [[ -x $CERT_MANAGER && -s $CERT_MANAGER_CRDS ]] && { log "cert-manager ($CERT_MANAGER_VERSION): cached"; return 0; }
+  go_env
+  local dir=$SRC_DIR/cert-manager-$CERT_MANAGER_VERSION
+  mkdir -p "$dir" "$(dirname "$CERT_MANAGER")" "$(dirname "$CERT_MANAGER_CRDS")"
+  printf 'module moat.local/cert-manager-controller\n\ngo 1.26.0\n\nrequire github.com/cert-manager/cert-manager %s\n' \
+    "$CERT_MANAGER_VERSION" > "$dir/go.mod"
+  cat > "$dir/main.go" <<'GO'
+// The cert-manager controllers moat's tests need, run from cert-manager's library packages.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cert-manager/cert-manager/pkg/controller"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	// each registers itself (controller.Register) in init
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/approver"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/ca"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificaterequests/selfsigned"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/issuing"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/keymanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/readiness"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/requestmanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/revisionmanager"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/certificates/trigger"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/clusterissuers"
+	_ "github.com/cert-manager/cert-manager/pkg/controller/issuers"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/ca"
+	_ "github.com/cert-manager/cert-manager/pkg/issuer/selfsigned"
+)
+
+func main() {
+	kubeconfig := flag.String("kubeconfig", "", "kubeconfig file")
+	clusterNs := flag.String("cluster-resource-namespace", "cert-manager", "namespace of ClusterIssuers' Secrets")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	q := resource.MustParse
+	f, err := controller.NewContextFactory(ctx, controller.ContextOptions{
+		Kubeconfig: *kubeconfig, KubernetesAPIQPS: 20, KubernetesAPIBurst: 50,
+		IssuerOptions: controller.IssuerOptions{ClusterResourceNamespace: *clusterNs},
+		ACMEOptions: controller.ACMEOptions{
+			HTTP01SolverResourceRequestCPU: q("10m"), HTTP01SolverResourceRequestMemory: q("64Mi"),
+			HTTP01SolverResourceLimitsCPU: q("100m"), HTTP01SolverResourceLimitsMemory: q("64Mi"),
+		},
+		SchedulerOptions: controller.SchedulerOptions{MaxConcurrentChallenges: 1},
+		CertificateOptions: controller.CertificateOptions{
+			CertificateRequestMinimumBackoffDuration: time.Second,
+			CertificateRequestMaximumBackoffDuration: time.Minute,
+		},
+	})
+	must(err)
+	cctx, err := f.Build()
+	must(err)
+	for name, ctor := range controller.Known() {
+		c, err := ctor(f)
+		must(err)
+		fmt.Fprintln(os.Stderr, "starting controller", name)
+		go func() { must(c.Run(2, ctx)) }()
+	}
+	cctx.SharedInformerFactory.Start(ctx.Done())
+	cctx.KubeSharedInformerFactory.Start(ctx.Done())
+	cctx.HTTP01ResourceMetadataInformersFactory.Start(ctx.Done())
+	<-ctx.Done()
+}
+
+func must(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+GO
+  (cd "$dir" && with_progress "cert-manager $CERT_MANAGER_VERSION: go mod tidy" go mod tidy &&
+    with_progress "cert-manager $CERT_MANAGER_VERSION: go build" \
+      go build -trimpath -ldflags "-s -w" -o "$CERT_MANAGER.tmp" . && mv "$CERT_MANAGER.tmp" "$CERT_MANAGER")
+  local crds=$GOMODCACHE/github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION/deploy/crds
+  for kind in certificates certificaterequests issuers clusterissuers; do
+    printf -- '---\n'; cat "$crds/cert-manager.io_$kind.yaml"
+  done > "$CERT_MANAGER_CRDS.tmp"
+  mv "$CERT_MANAGER_CRDS.tmp" "$CERT_MANAGER_CRDS"
 }
 
 # ------------------------------------------------------------------ pki ----
@@ -528,6 +627,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
              k8s) build_k8s;; etcd) build_etcd;; kwok) build_kwok;; helm) build_helm;; policyreport) fetch_policyreport;;
              openreports) fetch_openreports;;
              promtool) build_promtool;;
+             cert-manager) build_cert_manager;;
              node) bash "$NODE_SCRIPT" build;;
              netpol) bash "$NETPOL_SCRIPT" build;;
              all) build_etcd; build_k8s; build_kwok; build_helm; fetch_policyreport; fetch_openreports; bash "$NODE_SCRIPT" build
@@ -542,6 +642,8 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     policyreport-crd) echo "$POLICYREPORT_CRD";;
     openreports-crd) echo "$OPENREPORTS_CRD";;
     promtool) echo "$PROMTOOL";;
+    cert-manager) echo "$CERT_MANAGER";;
+    cert-manager-crds) echo "$CERT_MANAGER_CRDS";;
     *) sed -n '2,18p' "$0"; exit 2;;
   esac
 fi

@@ -31,6 +31,14 @@ pub fn ca_secret(broker: &str) -> String {
 pub fn tls_secret(broker: &str) -> String {
     format!("{broker}-tls")
 }
+/// cert-manager `Certificate` of the server certificate (`spec.tls.server.issuerRef`).
+pub fn server_certificate(broker: &str) -> String {
+    format!("{broker}-server")
+}
+/// Secret cert-manager issues the server certificate into.
+pub fn server_certificate_secret(broker: &str) -> String {
+    format!("{broker}-server-cert")
+}
 /// Secret with mosquitto.conf.
 pub fn config_secret(broker: &str) -> String {
     format!("{broker}-config")

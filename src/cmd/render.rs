@@ -252,6 +252,9 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     for s in objs.user_secrets.values() {
         push(s);
     }
+    if let Some(c) = &objs.server_certificate {
+        push(c);
+    }
 
     let bundle = args.out.join("bundle");
     fs::create_dir_all(&bundle)?;

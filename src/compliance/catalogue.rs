@@ -52,7 +52,7 @@ checks! {
         "moat renews it automatically; if it stays failing, look at the broker's Events and the operator's logs for issuance errors.";
     "MOAT-TLS-004", Encryption, High, "The CA is valid and rolled over before it expires",
         "moat rolls the CA over with trust overlap automatically; make sure spec.tls.ca.renewBefore leaves time for clients to pick up the new bundle.";
-    "MOAT-TLS-005", Encryption, High, "The live broker refuses TLS 1.0/1.1 and plaintext MQTT on every TLS port, and serves a certificate from moat's CA (active probe)",
+    "MOAT-TLS-005", Encryption, High, "The live broker refuses TLS 1.0/1.1 and plaintext MQTT on every TLS port, and serves a certificate its published trust bundle verifies (active probe)",
         "The running broker does not serve what moat rendered: check that the agent installed the files (its logs) and that the pods are up to date.";
     "MOAT-TLS-006", Encryption, Medium, "Certificate listeners check revocations (CRL)",
         "Certificate listeners must be MQTT listeners with a crlfile so deleted users' certificates are refused (Mosquitto loads no CRL on WebSockets listeners); let moat render the listener.";

@@ -356,6 +356,45 @@ pub struct ServerCertificate {
     #[schemars(length(max = 16), inner(length(min = 2, max = 45)))]
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "self.all(ip, isIP(ip))", "message": "every entry must be an IP address"}]))]
     pub ip_addresses: Vec<String>,
+    /// Take the server certificate from cert-manager instead of moat's CA (e.g. a corporate or
+    /// public CA): moat requests it with a cert-manager `Certificate` `<broker>-server` (ECDSA
+    /// P-256, the broker's names, `validity` and `renewBefore`), serves what cert-manager issues
+    /// into the Secret `<broker>-server-cert`, reloads the broker when it is renewed (no restart)
+    /// and adds the issuer's CA to the trust bundle ConfigMap. moat's own CA still signs client
+    /// certificates and the CRL. Until cert-manager has issued, moat serves a certificate of its
+    /// own CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the Issuer (in the broker's namespace) or ClusterIssuer.
+    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+    /// API group of the issuer. Default: cert-manager.io.
+    #[serde(default = "default_issuer_group")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub group: String,
+}
+
+/// The kind of a cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    /// A namespaced Issuer.
+    #[default]
+    Issuer,
+    /// A ClusterIssuer.
+    ClusterIssuer,
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".into()
 }
 
 fn default_server_validity() -> GoDuration {
@@ -373,6 +412,7 @@ impl Default for ServerCertificate {
             renew_before: default_server_renew_before(),
             dns_names: vec![],
             ip_addresses: vec![],
+            issuer_ref: None,
         }
     }
 }

@@ -129,6 +129,17 @@ pub struct Existing {
     pub canary: Option<Issued>,
     /// The canary logins (`<broker>-ca`, key `canary.logins`).
     pub canary_logins: Option<canary::Logins>,
+    /// What cert-manager issued for `spec.tls.server.issuerRef` (`<broker>-server-cert`).
+    pub external_server: Option<ExternalServer>,
+}
+
+/// A server certificate cert-manager issued: certificate and key, and its issuer's CA.
+#[derive(Clone, Debug)]
+pub struct ExternalServer {
+    /// Certificate (with any intermediates) and key.
+    pub issued: Issued,
+    /// The issuing CA (`ca.crt`), for the trust bundle.
+    pub ca_pem: String,
 }
 
 /// What an administrator asked for by annotation (any new value is a new request).
@@ -319,6 +330,8 @@ pub struct BrokerPlan {
     pub ca_transition: Option<CaTransition>,
     /// The server certificate to serve.
     pub server: Issued,
+    /// The CA of cert-manager's issuer, when the server certificate is cert-manager's.
+    pub external_ca: Option<String>,
     /// Why the server certificate was (re)issued now, if it was.
     pub server_renewal: Option<RenewReason>,
     /// The active CA certificate, parsed (for status, checks and metrics).
@@ -402,7 +415,22 @@ impl BrokerPlan {
             server_renewal_handled: self.server_renewal_handled.clone(),
             canary: self.canary.clone(),
             canary_logins: self.canary_logins.clone(),
+            external_server: self
+                .external_ca
+                .as_ref()
+                .map(|ca_pem| ExternalServer { issued: self.server.clone(), ca_pem: ca_pem.clone() }),
         })
+    }
+
+    /// What clients trust the server with: moat's CAs and, when cert-manager issued the server
+    /// certificate, its issuer's CA (the trust bundle ConfigMap, the users' `ca.crt`).
+    pub fn trust_bundle(&self) -> String {
+        let mut out = self.ca.trust_bundle();
+        if let Some(ca) = self.external_ca.as_deref().filter(|ca| !out.contains(ca.trim())) {
+            out.push_str(ca.trim_end());
+            out.push('\n');
+        }
+        out
     }
 }
 
@@ -520,9 +548,17 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         other => other,
     };
     let server_renewal_handled = requests.renew_server.clone().or(existing.server_renewal_handled);
-    let server = match (server_renewal, existing.server) {
-        (None, Some(s)) => s,
-        _ => pki::issue_server(&ca.active, &names, d.server_validity, now)?,
+    // a server certificate cert-manager issued (spec.tls.server.issuerRef) is served as it is,
+    // once its key matches; until then, and when the issuerRef is removed, moat's own
+    let external = existing.external_server.filter(|e| {
+        model.spec.tls.server.issuer_ref.is_some()
+            && pki::key_matches(&e.issued.cert_pem, &e.issued.key_pem)
+            && pki::inspect(&e.issued.cert_pem).is_ok()
+    });
+    let (server, server_renewal, external_ca) = match (external, server_renewal, existing.server) {
+        (Some(e), _, _) => (e.issued, None, Some(e.ca_pem)),
+        (None, None, Some(s)) => (s, None, None),
+        (None, renewal, _) => (pki::issue_server(&ca.active, &names, d.server_validity, now)?, renewal, None),
     };
 
     // --- who holds which username: validate, then the oldest claimant of a username wins
@@ -944,6 +980,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         ca,
         ca_transition,
         server,
+        external_ca,
         server_renewal,
         ca_info,
         server_info,

@@ -78,6 +78,8 @@ pub struct BrokerObjects {
     pub statefulset: StatefulSet,
     /// The PodDisruptionBudget (replicas > 1).
     pub pdb: Option<PodDisruptionBudget>,
+    /// The cert-manager `Certificate` of the server certificate (`spec.tls.server.issuerRef`).
+    pub server_certificate: Option<serde_json::Value>,
 }
 
 /// What the objects need beyond the plan.
@@ -150,7 +152,7 @@ pub fn broker_objects(
                 user,
                 names::certificate_secret(user),
                 CLIENT_CERTIFICATE_COMPONENT,
-                super::user::certificate_data(model, &cert.issued, &plan.ca),
+                super::user::certificate_data(model, &cert.issued, &plan.trust_bundle()),
                 BTreeMap::new(),
             );
             (user.clone(), s)
@@ -178,7 +180,42 @@ pub fn broker_objects(
         metrics_policy: network::metrics_policy(model, inputs.metrics_namespaces),
         statefulset: workload::statefulset(model, &params),
         pdb: workload::pod_disruption_budget(model),
+        server_certificate: server_certificate(model),
     })
+}
+
+/// The cert-manager `Certificate` (cert-manager.io/v1) that asks the broker's issuer for its
+/// server certificate: the names, lifetime and key type moat would use itself; the Secret is
+/// labelled as the broker's, so moat's cache sees it and its renewal reaches the pods.
+pub fn server_certificate(model: &BrokerModel) -> Option<serde_json::Value> {
+    let issuer = model.spec.tls.server.issuer_ref.as_ref()?;
+    let labels = model.labels("server-certificate");
+    let ips: Vec<String> = model.server_ip_addresses().iter().map(|ip| ip.to_string()).collect();
+    let d = &model.durations;
+    Some(serde_json::json!({
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": {
+            "name": names::server_certificate(&model.name),
+            "namespace": model.namespace,
+            "labels": labels,
+        },
+        "spec": {
+            "secretName": names::server_certificate_secret(&model.name),
+            "secretTemplate": {"labels": labels},
+            "dnsNames": model.server_dns_names(),
+            "ipAddresses": ips,
+            "duration": format!("{}s", d.server_validity.as_secs()),
+            "renewBefore": format!("{}s", d.server_renew_before.as_secs()),
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8", "rotationPolicy": "Always"},
+            "usages": ["server auth", "digital signature"],
+            "issuerRef": {
+                "name": issuer.name,
+                "kind": format!("{:?}", issuer.kind),
+                "group": issuer.group,
+            },
+        },
+    }))
 }
 
 impl BrokerObjects {
@@ -211,7 +248,7 @@ impl BrokerObjects {
 pub fn ca_bundle(model: &BrokerModel, plan: &BrokerPlan) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta { ..model.object_meta(names::ca_bundle_configmap(&model.name), "ca-bundle") },
-        data: Some(BTreeMap::from([("ca.crt".into(), plan.ca.trust_bundle())])),
+        data: Some(BTreeMap::from([("ca.crt".into(), plan.trust_bundle())])),
         ..Default::default()
     }
 }

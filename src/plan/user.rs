@@ -10,7 +10,7 @@ use super::{Password, after};
 use crate::crd::MqttUser;
 use crate::crd::broker::ListenerAuthentication;
 use crate::model::BrokerModel;
-use crate::pki::{CaSet, Issued};
+use crate::pki::Issued;
 
 /// Annotation on the credentials Secret: when the password in it was generated.
 pub const ROTATED_AT_ANNOTATION: &str = "mqtt.moat.dev/rotated-at";
@@ -111,11 +111,11 @@ pub fn credentials_data(model: &BrokerModel, username: &str, password: &Password
 }
 
 /// Data of the certificate Secret: `tls.crt`, `tls.key`, `ca.crt` (the whole trust bundle) and hints.
-pub fn certificate_data(model: &BrokerModel, cert: &Issued, ca: &CaSet) -> BTreeMap<String, String> {
+pub fn certificate_data(model: &BrokerModel, cert: &Issued, trust_bundle: &str) -> BTreeMap<String, String> {
     let mut data = BTreeMap::from([
         ("tls.crt".to_string(), cert.cert_pem.clone()),
         ("tls.key".to_string(), cert.key_pem.clone()),
-        ("ca.crt".to_string(), ca.trust_bundle()),
+        ("ca.crt".to_string(), trust_bundle.to_string()),
     ]);
     data.extend(connection_hints(model, ListenerAuthentication::Certificate));
     data

@@ -77,6 +77,58 @@ pub fn promtool() -> PathBuf {
     .clone()
 }
 
+/// cert-manager's controller (its library's certificate controllers with the CA and self-signed
+/// issuers, built into the cache on first use by `hack/local-cluster.sh build cert-manager`: about
+/// 90 s on a warm Go module cache) with its CRDs applied, running until dropped. One test uses it.
+pub struct CertManager {
+    child: Child,
+    /// Where its log goes.
+    pub log: PathBuf,
+}
+
+impl CertManager {
+    /// Starts it; ClusterIssuers would read their Secrets from `cluster_resource_namespace`.
+    pub fn start(cluster_resource_namespace: &str) -> CertManager {
+        let script = repo().join("hack/local-cluster.sh");
+        let built = Command::new("bash")
+            .arg(&script)
+            .args(["build", "cert-manager"])
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(built.status.success(), "hack/local-cluster.sh build cert-manager failed");
+        let path = |what: &str| {
+            let out = Command::new("bash").arg(&script).arg(what).output().unwrap();
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        };
+        let out = kubectl(&["apply", "--server-side", "-f", path("cert-manager-crds").to_str().unwrap()]);
+        assert!(out.status.success(), "cert-manager CRDs: {}", String::from_utf8_lossy(&out.stderr));
+        let crds = ["certificates", "certificaterequests", "issuers", "clusterissuers"]
+            .map(|c| format!("crd/{c}.cert-manager.io"));
+        let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        wait.extend(crds.iter().map(String::as_str));
+        let out = kubectl(&wait);
+        assert!(out.status.success(), "cert-manager CRDs: {}", String::from_utf8_lossy(&out.stderr));
+        let log = std::env::temp_dir().join(format!("moat-cert-manager-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(path("cert-manager"))
+            .arg(format!("--kubeconfig={}", kubeconfig().display()))
+            .arg(format!("--cluster-resource-namespace={cluster_resource_namespace}"))
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        CertManager { child, log }
+    }
+}
+
+impl Drop for CertManager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs kubectl (matching the server minor) with the admin kubeconfig.
 pub fn kubectl(args: &[&str]) -> std::process::Output {
     Command::new(bin_dir().join("kubectl")).env("KUBECONFIG", kubeconfig()).args(args).output().unwrap()

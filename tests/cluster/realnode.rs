@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use moat::crd::{CheckResult, MqttBroker, MqttUser};
 
@@ -783,4 +783,128 @@ async fn a_broker_changed_by_hand_inside_its_pod_fails_the_live_checks_with_evid
     }
     let (status, _, message) = condition(&b, "Compliant").unwrap();
     assert_eq!(status, "False", "{message}");
+}
+
+/// An issuer chain in a real cert-manager: a self-signed root, a CA `Certificate` from it, and the
+/// CA `Issuer` `corporate` that signs with it (what a corporate PKI looks like to cert-manager).
+const CORPORATE_PKI: &str = "\
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {name: bootstrap}
+spec: {selfSigned: {}}
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata: {name: corporate-ca}
+spec:
+  isCA: true
+  commonName: Corporate Test CA
+  secretName: corporate-ca
+  privateKey: {algorithm: ECDSA, size: 256}
+  issuerRef: {name: bootstrap, kind: Issuer}
+---
+apiVersion: cert-manager.io/v1
+kind: Issuer
+metadata: {name: corporate}
+spec: {ca: {secretName: corporate-ca}}
+";
+
+/// `spec.tls.server.issuerRef` with a real cert-manager controller: the broker serves the
+/// certificate cert-manager issued (its names, ECDSA P-256), clients verify it with the trust
+/// bundle moat publishes (which gains the issuer's CA), every check passes, and a renewal by
+/// cert-manager reaches the running broker without a restart. moat's own CA keeps the client
+/// side: the TLS Secret's client trust (`ca.crt`) holds moat's CA only.
+#[tokio::test]
+async fn a_server_certificate_from_cert_manager_is_served_renewed_and_trusted() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "realcm").await;
+    let cm = CertManager::start(&ns.name);
+    apply_yaml(&client, &ns.name, CORPORATE_PKI).await;
+    let op = Operator::start(&ns.name, real_node_operator());
+    let issuer = "  tls: {server: {issuerRef: {name: corporate}}}\n";
+    apply_yaml(&client, &ns.name, &real_broker("plant-m", "2.0.21", None, issuer)).await;
+    wait_condition::<MqttBroker>(&client, &ns.name, "plant-m", "Ready", "True", T).await;
+    let pod = live_pods(&client, &ns.name, "plant-m", 1).await.remove(0);
+
+    // what cert-manager issued is what the broker serves, trusted through moat's bundle
+    let corporate = eventually(T, "cert-manager's corporate CA", || async {
+        let s: Option<Secret> = get(&client, &ns.name, "corporate-ca").await;
+        String::from_utf8(s?.data?.get("tls.crt")?.0.clone()).ok()
+    })
+    .await;
+    let issued = eventually(T, "the server certificate cert-manager issued", || async {
+        let s: Option<Secret> = get(&client, &ns.name, "plant-m-server-cert").await;
+        String::from_utf8(s?.data?.get("tls.crt")?.0.clone()).ok()
+    })
+    .await;
+    let info = moat::pki::inspect(&issued).unwrap();
+    assert!(info.issuer_dn.contains("Corporate Test CA"), "{info:?}");
+    let serial0 = eventually(T, "cert-manager's certificate served and trusted with moat's bundle", || async {
+        let bundle = trust_bundle(&client, &ns.name, "plant-m").await;
+        if !bundle.contains(corporate.trim()) {
+            return None;
+        }
+        let b: MqttBroker = get(&client, &ns.name, "plant-m").await?;
+        let serial = b.status?.certificates?.server?.serial?;
+        (served_serial(&pod, 8883, &bundle).await? == serial).then_some(serial)
+    })
+    .await;
+    let cm_log = || std::fs::read_to_string(&cm.log).unwrap_or_default();
+    assert_eq!(
+        serial0.trim_start_matches('0').to_lowercase(),
+        info.serial_hex.trim_start_matches('0'),
+        "the served certificate is cert-manager's\n{}",
+        cm_log()
+    );
+    let client_trust = secret_key(&client, &ns.name, "plant-m-tls", "ca.crt").await;
+    assert!(!client_trust.contains(corporate.trim()), "client certificates are still verified with moat's CA only");
+    let certificate = kubectl(&["-n", &ns.name, "get", "certificate", "plant-m-server", "-o", "json"]);
+    let certificate: serde_json::Value = serde_json::from_slice(&certificate.stdout).unwrap();
+    assert_eq!(certificate["spec"]["privateKey"]["algorithm"], "ECDSA");
+    assert_eq!(certificate["metadata"]["ownerReferences"][0]["kind"], "MqttBroker");
+
+    // every check passes on the audit after the switch (chain, names, renewal window, key type)
+    for id in ["MOAT-TLS-003", "MOAT-TLS-005"] {
+        let c = audited_check(&client, &ns.name, "plant-m", id, "after-switch").await;
+        assert_eq!(c.result, CheckResult::Pass, "{id}: {}", c.message);
+    }
+    wait_condition::<MqttBroker>(&client, &ns.name, "plant-m", "Compliant", "True", T).await;
+
+    // cert-manager renews (what `cmctl renew` asks for: the Issuing condition); the running broker
+    // serves the new certificate without a restart
+    let issuing = serde_json::json!({"status": {"conditions": [{
+        "type": "Issuing", "status": "True", "reason": "ManuallyTriggered",
+        "message": "renewal requested by the test", "lastTransitionTime": jiff::Timestamp::now().to_string(),
+    }]}});
+    let out = kubectl(&[
+        "-n",
+        &ns.name,
+        "patch",
+        "certificate",
+        "plant-m-server",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        &issuing.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let serial1 = eventually(T, "the renewed certificate served", || async {
+        let bundle = trust_bundle(&client, &ns.name, "plant-m").await;
+        let s = served_serial(&pod, 8883, &bundle).await?;
+        (s != serial0).then_some(s)
+    })
+    .await;
+    println!("server serials from cert-manager: {serial0} -> {serial1}");
+    // moat wrote the Certificate once: cert-manager's renewals need nothing from it
+    let applied = "moat_api_writes_total{kind=\"Certificate\",verb=\"apply\"} 1\n";
+    assert!(op.metrics().contains(applied), "{}", op.metrics());
+    let after = live_pods(&client, &ns.name, "plant-m", 1).await.remove(0);
+    assert_eq!(
+        (after.container_id.as_str(), after.restarts),
+        (pod.container_id.as_str(), 0),
+        "the broker was restarted"
+    );
 }

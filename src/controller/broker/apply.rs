@@ -37,6 +37,43 @@ pub struct Applied {
     pub drift: Vec<Drift>,
 }
 
+/// cert-manager's `Certificate` API.
+fn certificate_api(ctx: &Context, ns: &str) -> kube::Api<kube::api::DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("cert-manager.io", "v1", "Certificate");
+    kube::Api::namespaced_with(ctx.client.clone(), ns, &kube::api::ApiResource::from_gvk(&gvk))
+}
+
+/// Applies the server certificate's cert-manager `Certificate` unless it already has this spec
+/// and owner (no write when nothing changed); returns the writes made.
+async fn apply_server_certificate(
+    ctx: &Context,
+    owner: &OwnerReference,
+    ns: &str,
+    desired: &serde_json::Value,
+) -> Result<usize> {
+    let api = certificate_api(ctx, ns);
+    let name = desired["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let current = api.get_opt(&name).await?;
+    let current = current.map(|c| serde_json::to_value(c).unwrap_or_default());
+    let ours = current.as_ref().is_some_and(|c| {
+        c["spec"] == desired["spec"]
+            && c["metadata"]["ownerReferences"].as_array().is_some_and(|o| o.iter().any(|r| r["uid"] == owner.uid))
+    });
+    if ours {
+        return Ok(0);
+    }
+    let mut object = desired.clone();
+    object["metadata"]["ownerReferences"] = serde_json::json!([owner]);
+    ctx.metrics.write("Certificate", "apply");
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply(crate::names::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&object),
+    )
+    .await?;
+    Ok(1)
+}
+
 /// Writes the decided objects of `broker`.
 pub async fn apply(
     ctx: &Context,
@@ -113,6 +150,9 @@ pub async fn apply(
     let mut sts = objects.statefulset.clone();
     ap.apply(&mut sts, seen.statefulset.as_deref()).await?;
     ap.apply_or_delete(objects.pdb.clone(), seen.pdb.clone(), &ns, &name).await?;
+    if let Some(cert) = &objects.server_certificate {
+        ap.changed += apply_server_certificate(ctx, owner, &ns, cert).await?;
+    }
 
     // 5: what is no longer wanted
     let wanted: Vec<String> = objects.secrets.iter().map(|s| s.name_any()).collect();

@@ -95,7 +95,7 @@ async fn probe_pods(model: &BrokerModel, seen: &Observed, decided: &Decided, now
     }) else {
         return vec![];
     };
-    let bundle = decided.plan.ca.trust_bundle();
+    let bundle = decided.plan.trust_bundle();
     let tls_ports: Vec<u16> = model.spec.listeners.iter().filter(|l| l.tls.enabled).map(|l| l.port as u16).collect();
     let cert_ports: Vec<u16> = model
         .spec

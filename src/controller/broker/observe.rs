@@ -103,6 +103,15 @@ impl Observed {
             ex.canary_logins = extras.canary_logins;
             ex.ca_rotation_handled = data.get(bp::KEY_ROTATION_HANDLED).cloned();
         }
+        // cert-manager's Secret is labelled as the broker's (the Certificate's secretTemplate) but
+        // not owned by it: taken only when cert-manager says it holds the broker's Certificate
+        let from_cert_manager = |s: &&Arc<Secret>| {
+            s.annotations().get("cert-manager.io/certificate-name") == Some(&names::server_certificate(broker))
+        };
+        if let Some(s) = self.labelled.get(&names::server_certificate_secret(broker)).filter(from_cert_manager) {
+            ex.external_server = issued_from(s)
+                .map(|issued| bp::ExternalServer { issued, ca_pem: secret_text(s, "ca.crt").unwrap_or_default() });
+        }
         if let Some(s) = self.secrets.get(&names::tls_secret(broker)) {
             ex.server = issued_from(s);
             ex.crl_pem = secret_text(s, "crl.pem");

@@ -692,3 +692,65 @@ fn the_canary_logins_exist_only_while_the_broker_is_attested() {
     assert_eq!(passwd_users(&off), ["sensor-1"]);
     assert!(off.canary_logins.is_none() && !ca_secret_data(&off).contains_key(crate::plan::canary::KEY_LOGINS));
 }
+
+/// `spec.tls.server.issuerRef`: the certificate cert-manager issued is served as it is (no renewal
+/// of moat's), its issuer's CA joins the clients' trust bundle but not the client-certificate
+/// trust; without the issuerRef, or with a key that does not match, moat's own is served.
+#[test]
+fn a_server_certificate_from_cert_manager_is_served_and_its_ca_trusted() {
+    use crate::pki::ServerNames;
+    let day = std::time::Duration::from_secs(86400);
+    let corporate = crate::pki::new_ca("Corporate CA", day * 365, now()).unwrap();
+    let names = ServerNames { dns: vec!["plant-a.iot.svc".into()], ips: vec![] };
+    let theirs = crate::pki::issue_server(&corporate, &names, day * 90, now()).unwrap();
+    let external = |issued: Issued| ExternalServer { issued, ca_pem: corporate.cert_pem.clone() };
+    let with_issuer = model_with(|s| {
+        s.tls.server.issuer_ref = Some(crate::crd::broker::IssuerRef {
+            name: "corporate".into(),
+            kind: Default::default(),
+            group: "cert-manager.io".into(),
+        })
+    });
+    let existing = |e: Option<ExternalServer>| Existing { external_server: e, ..Existing::default() };
+
+    let p = run_with(&with_issuer, &[], &[], existing(Some(external(theirs.clone()))), now());
+    assert_eq!(p.server, theirs);
+    assert_eq!(p.server_renewal, None);
+    assert!(p.trust_bundle().contains(corporate.cert_pem.trim()));
+    assert!(p.trust_bundle().starts_with(p.ca.trust_bundle().trim_end()), "moat's CAs stay first");
+    assert!(!p.ca.trust_bundle().contains(corporate.cert_pem.trim()), "client certificates: moat's CA only");
+    let objects = crate::plan::objects::broker_objects(
+        &with_issuer,
+        &p,
+        &crate::plan::objects::ObjectInputs {
+            agent_image: "moat",
+            version: "2.0.22",
+            partition: 0,
+            firewalls: &[],
+            operator: &crate::render::network::OperatorIdentity {
+                namespace: "moat-system".into(),
+                pod_labels: Default::default(),
+            },
+            metrics_namespaces: &[],
+        },
+    )
+    .unwrap();
+    let cert = objects.server_certificate.expect("a cert-manager Certificate");
+    assert_eq!(
+        cert["spec"]["issuerRef"],
+        serde_json::json!({"name": "corporate", "kind": "Issuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(cert["spec"]["secretTemplate"]["labels"]["mqtt.moat.dev/broker"], "plant-a");
+    assert_eq!(cert["spec"]["privateKey"]["algorithm"], "ECDSA");
+    assert!(objects.ca_bundle.data.unwrap()["ca.crt"].contains(corporate.cert_pem.trim()));
+
+    // a key that does not belong to the certificate: moat's own
+    let mismatched = Issued { key_pem: p.ca.active.key_pem.clone(), ..theirs.clone() };
+    let p = run_with(&with_issuer, &[], &[], existing(Some(external(mismatched))), now());
+    assert_ne!(p.server, theirs);
+    assert_eq!(p.external_ca, None);
+    // no issuerRef (removed): moat's own, and no Certificate
+    let p = run_with(&model(), &[], &[], existing(Some(external(theirs.clone()))), now());
+    assert_ne!(p.server, theirs);
+    assert!(!p.trust_bundle().contains(corporate.cert_pem.trim()));
+}
