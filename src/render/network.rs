@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::crd::broker::ServiceType;
@@ -121,18 +121,30 @@ pub fn probe_policy(model: &BrokerModel, operator: &OperatorIdentity) -> Network
         pod_selector: Some(LabelSelector { match_labels: Some(operator.pod_labels.clone()), match_expressions: None }),
         ip_block: None,
     };
+    let ports = [ports(model, &[]), vec![tcp_port(super::workload::AGENT_STATUS_PORT.into())]].concat();
+    ingress_policy(
+        model,
+        model.object_meta(probe_policy_name(&model.name), "firewall"),
+        vec![NetworkPolicyIngressRule { from: Some(vec![peer]), ports: Some(ports) }],
+    )
+}
+
+/// An Ingress policy selecting the broker's pods with these rules.
+fn ingress_policy(model: &BrokerModel, metadata: ObjectMeta, rules: Vec<NetworkPolicyIngressRule>) -> NetworkPolicy {
     NetworkPolicy {
-        metadata: model.object_meta(probe_policy_name(&model.name), "firewall"),
+        metadata,
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(model.pod_selector()),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![peer]),
-                ports: Some([ports(model, &[]), vec![agent_status_port()]].concat()),
-            }]),
+            ingress: Some(rules),
             egress: None,
         }),
     }
+}
+
+/// One TCP port of a policy rule.
+fn tcp_port(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort { port: Some(IntOrString::Int(port)), protocol: Some("TCP".into()), end_port: None }
 }
 
 /// Name of the policy that lets monitoring scrape the agents' metrics.
@@ -160,30 +172,14 @@ pub fn metrics_policy(model: &BrokerModel, namespaces: &[String]) -> Option<Netw
         pod_selector: None,
         ip_block: None,
     };
-    Some(NetworkPolicy {
-        metadata: model.object_meta(metrics_policy_name(&model.name), "firewall"),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(model.pod_selector()),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![peer]),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(super::workload::AGENT_METRICS_PORT.into())),
-                    protocol: Some("TCP".into()),
-                    end_port: None,
-                }]),
-            }]),
-            egress: None,
-        }),
-    })
-}
-
-fn agent_status_port() -> NetworkPolicyPort {
-    NetworkPolicyPort {
-        port: Some(IntOrString::Int(super::workload::AGENT_STATUS_PORT.into())),
-        protocol: Some("TCP".into()),
-        end_port: None,
-    }
+    Some(ingress_policy(
+        model,
+        model.object_meta(metrics_policy_name(&model.name), "firewall"),
+        vec![NetworkPolicyIngressRule {
+            from: Some(vec![peer]),
+            ports: Some(vec![tcp_port(super::workload::AGENT_METRICS_PORT.into())]),
+        }],
+    ))
 }
 
 fn ports(model: &BrokerModel, listener_names: &[String]) -> Vec<NetworkPolicyPort> {
@@ -192,11 +188,7 @@ fn ports(model: &BrokerModel, listener_names: &[String]) -> Vec<NetworkPolicyPor
         .listeners
         .iter()
         .filter(|l| listener_names.is_empty() || listener_names.contains(&l.name))
-        .map(|l| NetworkPolicyPort {
-            port: Some(IntOrString::Int(l.port)),
-            protocol: Some("TCP".into()),
-            end_port: None,
-        })
+        .map(|l| tcp_port(l.port))
         .collect()
 }
 
@@ -292,15 +284,7 @@ pub fn firewall_policy(
     }
     let mut metadata = model.object_meta(firewall_policy_name(&model.name, firewall), "firewall");
     metadata.labels.get_or_insert_with(Default::default).insert(FIREWALL_LABEL.into(), firewall.into());
-    Ok(NetworkPolicy {
-        metadata,
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(model.pod_selector()),
-            policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(ingress),
-            egress: None,
-        }),
-    })
+    Ok(ingress_policy(model, metadata, ingress))
 }
 
 /// Label on a firewall's NetworkPolicy naming the MqttFirewall it came from.
