@@ -112,6 +112,18 @@ fn secret_volume(name: &str, secret: String, keys: &[&str]) -> Volume {
     }
 }
 
+/// A memory-backed emptyDir of at most `size`.
+fn memory_volume(name: &str, size: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(Quantity(size.into())),
+        }),
+        ..Default::default()
+    }
+}
+
 fn mount(name: &str, path: String, read_only: bool) -> VolumeMount {
     // the apiserver drops `readOnly: false` (omitempty): render it only when true
     VolumeMount { name: name.into(), mount_path: path, read_only: read_only.then_some(true), ..Default::default() }
@@ -266,23 +278,9 @@ pub fn statefulset(model: &BrokerModel, params: &WorkloadParams) -> StatefulSet 
             projected: Some(ProjectedVolumeSource { default_mode: Some(0o440), sources: Some(passwd_sources) }),
             ..Default::default()
         },
-        Volume {
-            name: "run".into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: Some("Memory".into()),
-                size_limit: Some(Quantity("64Mi".into())),
-            }),
-            ..Default::default()
-        },
-        Volume {
-            name: "log".into(),
-            // the agent rotates at 1 MiB: the file and its rotated predecessor stay far below this
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: Some("Memory".into()),
-                size_limit: Some(Quantity("16Mi".into())),
-            }),
-            ..Default::default()
-        },
+        memory_volume("run", "64Mi"),
+        // the agent rotates at 1 MiB: the file and its rotated predecessor stay far below this
+        memory_volume("log", "16Mi"),
     ];
 
     let volume_claim_templates = spec.persistence.enabled.then(|| {
