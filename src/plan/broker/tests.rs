@@ -95,6 +95,21 @@ fn holder<'a>(p: &'a BrokerPlan, name: &str) -> &'a Holder {
     }
 }
 
+/// The objects of a plan, with a fixed agent image, version and operator and no firewalls.
+fn objects_of(m: &BrokerModel, p: &BrokerPlan) -> crate::plan::objects::BrokerObjects {
+    let operator =
+        crate::render::network::OperatorIdentity { namespace: "moat-system".into(), pod_labels: Default::default() };
+    let inputs = crate::plan::objects::ObjectInputs {
+        agent_image: "moat",
+        version: "2.0.22",
+        partition: 0,
+        firewalls: &[],
+        operator: &operator,
+        metrics_namespaces: &[],
+    };
+    crate::plan::objects::broker_objects(m, p, &inputs).unwrap()
+}
+
 fn crl_serials(p: &BrokerPlan) -> Vec<String> {
     crate::pki::parse_crls(&p.crl_pem).unwrap().into_iter().flat_map(|c| c.revoked_serials).collect()
 }
@@ -631,21 +646,7 @@ fn the_expected_files_are_what_the_agent_installs_from_the_pods_volumes() {
     );
     let p = run(&views, &[&own], Existing::default(), now());
     assert!(p.shards.len() > 1, "several password shards");
-    let operator =
-        crate::render::network::OperatorIdentity { namespace: "moat-system".into(), pod_labels: Default::default() };
-    let objects = crate::plan::objects::broker_objects(
-        &model(),
-        &p,
-        &crate::plan::objects::ObjectInputs {
-            agent_image: "moat",
-            version: "2.0.22",
-            partition: 0,
-            firewalls: &[],
-            operator: &operator,
-            metrics_namespaces: &[],
-        },
-    )
-    .unwrap();
+    let objects = objects_of(&model(), &p);
     let mounted = kubelet_view(&objects.statefulset, &objects.secrets);
     let expected = crate::render::bundle::assemble(&objects.mounted("plant-a")).unwrap();
     assert_eq!(crate::render::bundle::assemble(&mounted).unwrap().digest(), expected.digest());
@@ -719,22 +720,7 @@ fn a_server_certificate_from_cert_manager_is_served_and_its_ca_trusted() {
     assert!(p.trust_bundle().contains(corporate.cert_pem.trim()));
     assert!(p.trust_bundle().starts_with(p.ca.trust_bundle().trim_end()), "moat's CAs stay first");
     assert!(!p.ca.trust_bundle().contains(corporate.cert_pem.trim()), "client certificates: moat's CA only");
-    let objects = crate::plan::objects::broker_objects(
-        &with_issuer,
-        &p,
-        &crate::plan::objects::ObjectInputs {
-            agent_image: "moat",
-            version: "2.0.22",
-            partition: 0,
-            firewalls: &[],
-            operator: &crate::render::network::OperatorIdentity {
-                namespace: "moat-system".into(),
-                pod_labels: Default::default(),
-            },
-            metrics_namespaces: &[],
-        },
-    )
-    .unwrap();
+    let objects = objects_of(&with_issuer, &p);
     let cert = objects.server_certificate.expect("a cert-manager Certificate");
     assert_eq!(
         cert["spec"]["issuerRef"],
