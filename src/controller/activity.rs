@@ -20,8 +20,6 @@ use crate::crd::MqttBroker;
 /// Least time between two `SuspiciousActivity` Events of one broker (an ongoing attack is one
 /// Event every 10 minutes, not one per poll).
 pub const COOLDOWN: Duration = Duration::from_secs(600);
-/// How long one agent may take to answer.
-const TIMEOUT: Duration = Duration::from_secs(2);
 /// Agents asked at once.
 const PARALLEL: usize = 32;
 
@@ -75,20 +73,8 @@ async fn bursts(ctx: &Context, broker: &MqttBroker) -> Vec<(String, Suspicion)> 
     let Ok(window) = logging.failed_login_window.parse() else { return vec![] };
     let path = crate::agent::status_path(logging.failed_login_threshold.into(), window);
     let pods = labelled_of(&ctx.stores.pods, &broker.namespace().unwrap_or_default(), &broker.name_any());
-    let asks = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| {
-        let ip = p.status.as_ref()?.pod_ip.clone()?;
-        let name = p.name_any();
-        let path = &path;
-        Some(async move {
-            match tokio::time::timeout(TIMEOUT, super::broker::attest::fetch_path(&ip, path)).await {
-                Ok(Ok(status)) => status.suspicious.map(|s| (name, s)),
-                _ => None,
-            }
-        })
-    });
-    let mut out: Vec<_> = futures::future::join_all(asks).await.into_iter().flatten().collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    let answers = super::broker::attest::ask(&pods, &path).await;
+    answers.into_iter().filter_map(|(pod, answer)| Some((pod, answer.ok()?.suspicious?))).collect()
 }
 
 #[cfg(test)]

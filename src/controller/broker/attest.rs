@@ -3,8 +3,10 @@
 //! evidence behind `status.files` (do the pods run what moat wrote?) and behind the revocation
 //! deadline (when did a revocation reach every pod?).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use super::observe::Observed;
@@ -17,19 +19,37 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks every pod with an IP (in parallel) what it runs.
 pub async fn attest(seen: &Observed, expected: &str) -> Vec<(String, PodFiles)> {
-    let asks = seen.pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| {
+    ask(&seen.pods, "/status")
+        .await
+        .into_iter()
+        .map(|(pod, answer)| {
+            let files = match answer {
+                Ok(s) => classify(&s, expected),
+                Err(e) => {
+                    if let Some(e) = &e {
+                        tracing::debug!(%pod, error = %e, "the agent did not answer");
+                    }
+                    PodFiles::Unreachable(unreachable(e.as_deref()))
+                }
+            };
+            (pod, files)
+        })
+        .collect()
+}
+
+/// `GET path` (`/status`, with a query or not) from the agent of every pod with an IP that is not
+/// being deleted, in parallel, each within [`TIMEOUT`]: by pod name, the answer or why there is
+/// none (`None`: no answer in time).
+pub async fn ask(pods: &[Arc<Pod>], path: &str) -> Vec<(String, Result<AgentStatus, Option<String>>)> {
+    let asks = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| {
         let ip = p.status.as_ref()?.pod_ip.clone()?;
         let name = p.name_any();
         Some(async move {
-            let files = match tokio::time::timeout(TIMEOUT, fetch(&ip)).await {
-                Err(_) => PodFiles::Unreachable(unreachable(None)),
-                Ok(Err(e)) => {
-                    tracing::debug!(pod = %name, error = %e, "the agent did not answer");
-                    PodFiles::Unreachable(unreachable(Some(&e)))
-                }
-                Ok(Ok(s)) => classify(&s, expected),
+            let answer = match tokio::time::timeout(TIMEOUT, fetch(&ip, path)).await {
+                Err(_) => Err(None),
+                Ok(answer) => answer.map_err(Some),
             };
-            (name, files)
+            (name, answer)
         })
     });
     let mut out = futures::future::join_all(asks).await;
@@ -57,13 +77,8 @@ fn classify(s: &AgentStatus, expected: &str) -> PodFiles {
     }
 }
 
-/// `GET /status` from the agent at `ip`.
-pub async fn fetch(ip: &str) -> Result<AgentStatus, String> {
-    fetch_path(ip, "/status").await
-}
-
-/// `GET path` (`/status` with a query) from the agent at `ip`.
-pub async fn fetch_path(ip: &str, path: &str) -> Result<AgentStatus, String> {
+/// `GET path` from the agent at `ip`.
+async fn fetch(ip: &str, path: &str) -> Result<AgentStatus, String> {
     let body = crate::probe::http_get(ip, AGENT_STATUS_PORT, path).await?;
     serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
