@@ -262,10 +262,7 @@ impl Monitor {
         let at = at.unwrap_or(now);
         match parse(msg) {
             Some(Line::Accepting { addr, src, listener }) => {
-                if self.pending.len() >= MAX_PENDING {
-                    self.pending.pop_front();
-                }
-                self.pending.push_back(Pending { addr: addr.into(), src, listener });
+                push_bounded(&mut self.pending, Pending { addr: addr.into(), src, listener }, MAX_PENDING);
             }
             Some(Line::Connected { addr, src, client, username }) => {
                 let (listener, _) = self.take_pending(Some((addr, src)));
@@ -308,10 +305,7 @@ impl Monitor {
     /// Records `addr` as the operator's (its refusals are moat's own attestation).
     pub fn own_source(&mut self, addr: &str) {
         if !self.own.iter().any(|a| a == addr) {
-            if self.own.len() >= MAX_OWN {
-                self.own.pop_front();
-            }
-            self.own.push_back(addr.into());
+            push_bounded(&mut self.own, addr.into(), MAX_OWN);
         }
     }
 
@@ -321,10 +315,7 @@ impl Monitor {
         if let Outcome::Refused(reason) = outcome {
             let r = Refusal { at, sources, reason };
             *self.refusals.entry((label(listener), reason, self.is_own(&r))).or_default() += 1;
-            if self.recent.len() >= MAX_RECENT {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(r);
+            push_bounded(&mut self.recent, r, MAX_RECENT);
         }
     }
 
@@ -423,6 +414,14 @@ impl Monitor {
             );
         }
     }
+}
+
+/// Appends to a queue kept at most `max` long (the oldest entry goes).
+fn push_bounded<T>(queue: &mut VecDeque<T>, item: T, max: usize) {
+    if queue.len() >= max {
+        queue.pop_front();
+    }
+    queue.push_back(item);
 }
 
 fn label(listener: Option<u16>) -> String {
