@@ -150,6 +150,8 @@ impl Shared {
 async fn serve(addr: std::net::SocketAddr, what: &'static str, app: axum::Router) {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(listener) => {
+            // the address bound (port 0 asks for any free one)
+            let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(%addr, "serving {what}");
             let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             if let Err(e) = axum::serve(listener, app).await {

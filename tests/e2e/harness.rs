@@ -532,21 +532,12 @@ impl Pod {
 pub struct Agent {
     child: Child,
     log: Arc<Mutex<String>>,
-    /// Port of its `GET /status` on 127.0.0.1.
-    pub status_port: u16,
-    /// Port of its `GET /metrics` on 127.0.0.1.
-    pub metrics_port: u16,
 }
 
 /// The address the tests ask the agents' `/status` from: the caller of `/status` is the
 /// operator, so it must not be the tests' MQTT clients' (127.0.0.1), whose refusals would count
 /// as moat's own.
 pub const STATUS_CALLER: &str = "127.0.0.3";
-
-/// A loopback port free at the time of asking.
-pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
-}
 
 impl Agent {
     /// Runs `moat agent` over `source`, installing into `target`, signalling `pid`, following
@@ -558,11 +549,10 @@ impl Agent {
     /// [`Agent::start`] with more arguments.
     pub fn start_with(source: &Path, target: &Path, pid: u32, extra: &[&str]) -> Agent {
         let (uid, gid) = mosquitto_ids();
-        let (status_port, metrics_port) = (free_port(), free_port());
         let mut child = Command::new(moat_bin())
             .args(["agent", "--interval", "100ms", "--settle", "300ms", "--failed-logins", "5"])
-            .arg(format!("--status-addr=127.0.0.1:{status_port}"))
-            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            // any free ports: the agent logs the ones it bound
+            .args(["--status-addr=127.0.0.1:0", "--metrics-addr=127.0.0.1:0"])
             .arg("--log-file")
             .arg(log_dir(target).join("mosquitto.log"))
             .args(extra)
@@ -586,13 +576,28 @@ impl Agent {
                 l.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        Agent { child, log, status_port, metrics_port }
+        Agent { child, log }
+    }
+
+    /// The port the agent serves `path` (`/status` or `/metrics`) on, from its log.
+    fn port(&self, path: &str) -> u16 {
+        let needle = format!("serving {path} addr=127.0.0.1:");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            let port = log.lines().find_map(|l| l.split_once(&needle)?.1.split_whitespace().next()?.parse().ok());
+            if let Some(port) = port {
+                return port;
+            }
+            assert!(Instant::now() < deadline, "the agent does not serve {path}:\n{log}");
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// `GET path` from the agent's status (`/status`) or metrics (`/metrics`) endpoint.
     pub async fn get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let port = if path == "/metrics" { self.metrics_port } else { self.status_port };
+        let port = self.port(path.split('?').next().unwrap_or(path));
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind((STATUS_CALLER.parse::<std::net::Ipv4Addr>().unwrap(), 0).into()).unwrap();
         let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
