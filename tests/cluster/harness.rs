@@ -55,9 +55,7 @@ pub fn bin_dir() -> PathBuf {
 /// An upstream CRD cached by `hack/local-cluster.sh build <which>` (`policyreport`: the
 /// wgpolicyk8s.io/v1alpha2 PolicyReport; `openreports`: the openreports.io/v1alpha1 Report).
 pub fn upstream_crd(which: &str) -> PathBuf {
-    let out =
-        Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg(format!("{which}-crd")).output().unwrap();
-    let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let path = cached_path(&format!("{which}-crd"));
     assert!(path.is_file(), "{} is missing: run `hack/local-cluster.sh build {which}`", path.display());
     path
 }
@@ -67,14 +65,23 @@ pub fn upstream_crd(which: &str) -> PathBuf {
 pub fn promtool() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let script = repo().join("hack/local-cluster.sh");
-        let built =
-            Command::new("bash").arg(&script).args(["build", "promtool"]).stderr(Stdio::inherit()).output().unwrap();
-        assert!(built.status.success(), "hack/local-cluster.sh build promtool failed");
-        let out = Command::new("bash").arg(&script).arg("promtool").output().unwrap();
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        build_part("promtool");
+        cached_path("promtool")
     })
     .clone()
+}
+
+/// Builds an upstream part into the cache unless it is there (`hack/local-cluster.sh build <target>`).
+fn build_part(target: &str) {
+    let script = repo().join("hack/local-cluster.sh");
+    let built = Command::new("bash").arg(&script).args(["build", target]).stderr(Stdio::inherit()).output().unwrap();
+    assert!(built.status.success(), "hack/local-cluster.sh build {target} failed");
+}
+
+/// The cache path `hack/local-cluster.sh <what>` names.
+fn cached_path(what: &str) -> PathBuf {
+    let out = Command::new("bash").arg(repo().join("hack/local-cluster.sh")).arg(what).output().unwrap();
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// cert-manager's controller (its library's certificate controllers with the CA and self-signed
@@ -89,19 +96,8 @@ pub struct CertManager {
 impl CertManager {
     /// Starts it; ClusterIssuers would read their Secrets from `cluster_resource_namespace`.
     pub fn start(cluster_resource_namespace: &str) -> CertManager {
-        let script = repo().join("hack/local-cluster.sh");
-        let built = Command::new("bash")
-            .arg(&script)
-            .args(["build", "cert-manager"])
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "hack/local-cluster.sh build cert-manager failed");
-        let path = |what: &str| {
-            let out = Command::new("bash").arg(&script).arg(what).output().unwrap();
-            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        };
-        let out = kubectl(&["apply", "--server-side", "-f", path("cert-manager-crds").to_str().unwrap()]);
+        build_part("cert-manager");
+        let out = kubectl(&["apply", "--server-side", "-f", cached_path("cert-manager-crds").to_str().unwrap()]);
         assert!(out.status.success(), "cert-manager CRDs: {}", String::from_utf8_lossy(&out.stderr));
         let crds = ["certificates", "certificaterequests", "issuers", "clusterissuers"]
             .map(|c| format!("crd/{c}.cert-manager.io"));
@@ -111,7 +107,7 @@ impl CertManager {
         assert!(out.status.success(), "cert-manager CRDs: {}", String::from_utf8_lossy(&out.stderr));
         let log = std::env::temp_dir().join(format!("moat-cert-manager-{}.log", std::process::id()));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(path("cert-manager"))
+        let child = Command::new(cached_path("cert-manager"))
             .arg(format!("--kubeconfig={}", kubeconfig().display()))
             .arg(format!("--cluster-resource-namespace={cluster_resource_namespace}"))
             .stdout(file.try_clone().unwrap())
