@@ -533,32 +533,35 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
     let mut ips = model.server_ip_addresses();
     ips.extend(extra_ips.iter().copied());
     let names = ServerNames { dns: model.server_dns_names(), ips };
-    let server_renewal = pki::leaf_renewal(
-        existing.server.as_ref(),
-        Want::Server(&names),
-        &ca.active,
-        d.server_validity,
-        d.server_renew_before,
-        now,
-    );
-    let server_requested =
-        requests.renew_server.as_ref().is_some_and(|r| existing.server_renewal_handled.as_ref() != Some(r));
-    let server_renewal = match server_renewal {
-        None if server_requested => Some(RenewReason::Requested),
-        other => other,
-    };
-    let server_renewal_handled = requests.renew_server.clone().or(existing.server_renewal_handled);
+    let server_renewal_handled = requests.renew_server.clone().or(existing.server_renewal_handled.clone());
     // a server certificate cert-manager issued (spec.tls.server.issuerRef) is served as it is,
-    // once its key matches; until then, and when the issuerRef is removed, moat's own
+    // once its key matches (which also parses it); until then, and when the issuerRef is
+    // removed, moat's own
     let external = existing.external_server.filter(|e| {
-        model.spec.tls.server.issuer_ref.is_some()
-            && pki::key_matches(&e.issued.cert_pem, &e.issued.key_pem)
-            && pki::inspect(&e.issued.cert_pem).is_ok()
+        model.spec.tls.server.issuer_ref.is_some() && pki::key_matches(&e.issued.cert_pem, &e.issued.key_pem)
     });
-    let (server, server_renewal, external_ca) = match (external, server_renewal, existing.server) {
-        (Some(e), _, _) => (e.issued, None, Some(e.ca_pem)),
-        (None, None, Some(s)) => (s, None, None),
-        (None, renewal, _) => (pki::issue_server(&ca.active, &names, d.server_validity, now)?, renewal, None),
+    let (server, server_renewal, external_ca) = match external {
+        Some(e) => (e.issued, None, Some(e.ca_pem)),
+        None => {
+            let renewal = pki::leaf_renewal(
+                existing.server.as_ref(),
+                Want::Server(&names),
+                &ca.active,
+                d.server_validity,
+                d.server_renew_before,
+                now,
+            );
+            let requested =
+                requests.renew_server.as_ref().is_some_and(|r| existing.server_renewal_handled.as_ref() != Some(r));
+            let renewal = match renewal {
+                None if requested => Some(RenewReason::Requested),
+                other => other,
+            };
+            match (renewal, existing.server) {
+                (None, Some(s)) => (s, None, None),
+                (renewal, _) => (pki::issue_server(&ca.active, &names, d.server_validity, now)?, renewal, None),
+            }
+        }
     };
 
     // --- who holds which username: validate, then the oldest claimant of a username wins
