@@ -103,10 +103,13 @@ pub fn judge(answer: &Answer, from: &str, admitted_by: &[String], timeout: Durat
         Answer::Connected => Outcome::Fail(format!(
             "a TCP connection from {from} was accepted: the network admits a namespace no MqttFirewall admits"
         )),
-        Answer::Refused => Outcome::Pass(format!("refused by the network from {from}")),
-        Answer::Timeout => {
-            Outcome::Pass(format!("dropped by the network from {from} (no answer within {}s)", timeout.as_secs()))
-        }
+        // a REJECT and a DROP both keep the outsider out, and which one a client sees varies from
+        // attempt to attempt (the kernel rate-limits the ICMP a REJECT answers with): one text for
+        // both, so the status does not change between audits that found the same thing
+        Answer::Refused | Answer::Timeout => Outcome::Pass(format!(
+            "blocked by the network from {from} (refused, or no answer within {}s)",
+            timeout.as_secs()
+        )),
         Answer::Failed { error } => Outcome::Unknown(format!("the attempt from {from} failed: {error}")),
     }
 }
@@ -183,6 +186,8 @@ mod tests {
         let from = "moat-outsider/outsider-0 (10.88.0.9)";
         assert!(judge(&Answer::Refused, from, &[], t).is_pass());
         assert!(judge(&Answer::Timeout, from, &[], t).is_pass());
+        // the same evidence either way: a refusal one audit and a timeout the next is no change
+        assert_eq!(judge(&Answer::Refused, from, &[], t), judge(&Answer::Timeout, from, &[], t));
         let open = judge(&Answer::Connected, from, &[], t);
         assert!(matches!(open, Outcome::Fail(ref m) if m.contains(from)), "{open:?}");
         let odd = Answer::Failed { error: "No route to host".into() };

@@ -171,17 +171,7 @@ async fn the_audit_advances_last_audit_time_and_nothing_else() {
         s["compliance"]["lastAuditTime"] = serde_json::Value::Null;
         s
     };
-    let (a, b) = (strip(&first), strip(&second));
-    let changed: Vec<String> = a
-        .as_object()
-        .unwrap()
-        .keys()
-        .chain(b.as_object().unwrap().keys())
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            format!("{k}: {} -> {}", a.get(k).unwrap_or(&Default::default()), b.get(k).unwrap_or(&Default::default()))
-        })
-        .collect();
+    let changed = json_changes(&strip(&first), &strip(&second), "status");
     assert!(changed.is_empty(), "an audit with no findings changed more than lastAuditTime:\n{}", changed.join("\n"));
     let writes: Vec<String> = operator_writes(&ns.name)[writes_before..]
         .iter()
@@ -195,6 +185,32 @@ async fn the_audit_advances_last_audit_time_and_nothing_else() {
         writes.iter().all(|w| w == "patch mqttbrokers/status"),
         "the audit wrote more than the broker status: {writes:?}"
     );
+}
+
+/// Where two JSON values differ: one line per changed leaf (arrays by index, the compliance
+/// checks by id), so a failure names the field instead of printing two whole statuses.
+fn json_changes(a: &serde_json::Value, b: &serde_json::Value, path: &str) -> Vec<String> {
+    use serde_json::Value;
+    let key = |i: usize, v: &Value| v.get("id").and_then(Value::as_str).map_or(i.to_string(), str::to_string);
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let (p, q) = (x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null));
+                    json_changes(p, q, &format!("{path}.{k}"))
+                })
+                .collect()
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .flat_map(|(i, (p, q))| json_changes(p, q, &format!("{path}[{}]", key(i, p))))
+            .collect(),
+        _ if a == b => vec![],
+        _ => vec![format!("{path}: {a} -> {b}")],
+    }
 }
 
 /// Honest status: a broker whose pods run on kwok's fake nodes cannot be probed (no container

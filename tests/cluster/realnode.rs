@@ -119,7 +119,7 @@ async fn a_hardened_broker_runs_on_the_real_node_and_every_check_passes() {
     assert_eq!(message("MOAT-AUTH-007").matches(takeover).count(), 2, "{}", message("MOAT-AUTH-007"));
     let after_login = "port 8883 dropped a logged-in client's PUBLISH declaring 1048577 bytes";
     assert_eq!(message("MOAT-CFG-008").matches(after_login).count(), 2, "{}", message("MOAT-CFG-008"));
-    // the outsider (a namespace no MqttFirewall admits) was refused by the network at every
+    // the outsider (a namespace no MqttFirewall admits) was blocked by the network at every
     // listener of every pod
     let outside = format!("by the network from {OUTSIDER_NS}/");
     assert_eq!(message("MOAT-FW-004").matches(&outside).count(), 4, "{}", message("MOAT-FW-004"));
@@ -637,7 +637,7 @@ async fn only_namespaces_an_mqtt_firewall_admits_reach_the_broker() {
     let fw004 = audited_check(&client, &ns.name, "plant-n", "MOAT-FW-004", "1").await;
     assert_eq!(fw004.result, CheckResult::Pass, "{}", fw004.message);
     assert!(
-        fw004.message.contains(&format!("port 8883: refused by the network from {OUTSIDER_NS}/")),
+        fw004.message.contains(&format!("port 8883: blocked by the network from {OUTSIDER_NS}/")),
         "{}",
         fw004.message
     );
