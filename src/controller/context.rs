@@ -248,13 +248,16 @@ impl Board {
     /// (including those that appeared or disappeared). Nothing is woken when nothing changed.
     pub fn publish(&self, namespace: &str, broker: &str, next: Published) {
         let key = (namespace.to_string(), broker.to_string());
-        let previous = self.published.lock().unwrap().insert(key, Arc::new(next.clone()));
+        let next = Arc::new(next);
+        // stored before anyone is woken (a woken controller reads the new verdicts), and not
+        // copied: at 10,000 users every copy of the verdicts is megabytes at the burst's peak
+        let previous = self.published.lock().unwrap().insert(key, next.clone());
         let empty = Published::Applied { users: BTreeMap::new(), acls: BTreeMap::new() };
         let previous = previous.as_deref().unwrap_or(&empty);
-        if *previous == next {
+        if previous == &*next {
             return;
         }
-        let (pu, pa, nu, na) = match (previous, &next) {
+        let (pu, pa, nu, na) = match (previous, &*next) {
             (Published::Applied { users: pu, acls: pa }, Published::Applied { users: nu, acls: na }) => {
                 (Some(pu), Some(pa), Some(nu), Some(na))
             }
