@@ -151,6 +151,24 @@ pub fn report<K: Resource<DynamicType = ()>>(
     body
 }
 
+/// Whether `existing` (a report read back from the API) already says what `desired` says: the
+/// same scope, summary and results, each result's timestamp aside (a restarted operator then
+/// leaves it alone instead of rewriting every report).
+pub fn same_findings(existing: &serde_json::Value, desired: &serde_json::Value) -> bool {
+    let results = |v: &serde_json::Value| {
+        let mut r = v["results"].clone();
+        for x in r.as_array_mut().into_iter().flatten() {
+            if let Some(o) = x.as_object_mut() {
+                o.remove("timestamp");
+            }
+        }
+        r
+    };
+    existing["scope"] == desired["scope"]
+        && existing["summary"] == desired["summary"]
+        && results(existing) == results(desired)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +212,16 @@ mod tests {
             assert_eq!(results[1]["properties"]["remediation"], "fix it");
             assert_eq!(results[1]["properties"]["severity"], "critical");
             assert_eq!(r["scope"]["uid"], "u-1");
+            // read back later: the same findings at another time are no news; another result is
+            let later = report(api, &broker, "plant-a", &status, "2026-01-02T00:00:00Z".parse().unwrap());
+            assert!(same_findings(&later, &r));
+            let mut changed = status.clone();
+            changed.checks[0].message = "other".into();
+            assert!(!same_findings(
+                &report(api, &broker, "plant-a", &changed, "2026-01-01T00:00:00Z".parse().unwrap()),
+                &r
+            ));
+            assert!(!same_findings(&serde_json::json!({}), &r), "a report that is not there");
         }
         let open = report(ReportApi::OpenReports, &broker, "plant-a", &status, "2026-01-01T00:00:00Z".parse().unwrap());
         assert_eq!(

@@ -5,7 +5,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchP
 use kube::{Resource, ResourceExt};
 
 use super::context::Context;
-use crate::compliance::reports::{ReportApi, report, report_name};
+use crate::compliance::reports::{ReportApi, report, report_name, same_findings};
 use crate::crd::ComplianceStatus;
 use crate::names;
 
@@ -28,6 +28,16 @@ pub async fn write<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, broker
         }
         let reports: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &resource(api));
         let body = report(api, obj, broker, compliance, ctx.clock.now());
+        // nothing remembered (this operator just started): a report that already says the same
+        // is left alone (one read instead of a write per report at every restart)
+        let unknown = !ctx.reports.lock().unwrap().contains_key(&key);
+        if unknown
+            && let Ok(Some(existing)) = reports.get_opt(&name).await
+            && same_findings(&serde_json::to_value(&existing).unwrap_or_default(), &body)
+        {
+            ctx.reports.lock().unwrap().insert(key, fingerprint.clone());
+            continue;
+        }
         // strict: a field the installed CRD does not know is an error, not silently pruned
         let params = PatchParams::apply(names::FIELD_MANAGER).force().validation_strict();
         match reports.patch(&name, &params, &Patch::Apply(&body)).await {
