@@ -46,6 +46,11 @@ struct Report {
 }
 
 impl Report {
+    /// The value of the figure named `name`, if it was measured in this run.
+    fn value(&self, name: &str) -> Option<f64> {
+        self.figures.iter().find(|f| f.name == name).map(|f| f.value)
+    }
+
     /// One row of the table: each argument is one of its columns.
     #[allow(clippy::too_many_arguments)]
     fn add(
@@ -89,7 +94,23 @@ impl Op {
     fn start_with(ns: &str, log: std::path::PathBuf, extra: &[String]) -> Op {
         let bin = repo().join("target/release/moat");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
+        // MOAT_BENCH_WRAP="heaptrack -o /tmp/{log}" runs the operator under a profiler ({log}: the
+        // run's log name; the RSS figures are then the wrapper's: for finding where memory goes only)
+        let stem = log.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let wrap: Vec<String> = std::env::var("MOAT_BENCH_WRAP")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|w| w.replace("{log}", &stem))
+            .collect();
+        let mut cmd = match wrap.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0)
             .args([
                 "run",
                 "--watch-namespaces",
@@ -133,7 +154,8 @@ impl Op {
         (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
     }
     fn stop(&mut self) {
-        let _ = nix::sys::signal::kill(
+        // the whole process group: a wrapper's child too
+        let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
@@ -143,7 +165,10 @@ impl Op {
 
 impl Drop for Op {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.child.wait();
     }
 }
@@ -403,7 +428,21 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     let start = Instant::now();
     create_users(client, &ns.name, names, false, 16).await;
     wait_ready(client, &ns.name, 10_000, Duration::from_secs(1800)).await;
-    r.add("scale", "10,000 users on one broker: all Ready", start.elapsed().as_secs_f64(), "s", "", None, "");
+    let all_ready = start.elapsed().as_secs_f64();
+    r.add("scale", "10,000 users on one broker: all Ready", all_ready, "s", "", None, "");
+    // the scaling ratio, against the 1,000-user convergence of the same run
+    if let Some(k1) = r.value("1,000 password users applied at once: all Ready") {
+        let ratio = all_ready / k1;
+        r.add(
+            "scale",
+            "10,000 users / 1,000 users, all Ready",
+            ratio,
+            "x",
+            "<= 11x",
+            Some(ratio <= 11.0),
+            "10x the work",
+        );
+    }
     wait_quiet(&ns.name, Duration::from_secs(5), LONG).await;
     let shards = passwd_shards(client, &ns.name, "bench").await;
     let sizes: Vec<usize> = shards.iter().map(|s| s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()).collect();
