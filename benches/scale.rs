@@ -541,6 +541,140 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     drop(op2);
 }
 
+/// How many MqttAcls of `ns` are Ready (paged, like the users).
+async fn ready_acls(client: &kube::Client, ns: &str) -> usize {
+    let api: Api<moat::crd::MqttAcl> = Api::namespaced(client.clone(), ns);
+    let (mut ready, mut token) = (0, None::<String>);
+    loop {
+        let mut lp = kube::api::ListParams::default().limit(2000);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = api.list(&lp).await.unwrap();
+        ready += page.items.iter().filter(|a| condition(*a, "Ready").is_some_and(|c| c.0 == "True")).count();
+        match page.metadata.continue_ {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => return ready,
+        }
+    }
+}
+
+/// The sizes (bytes of data) of broker `broker`'s ACL part Secrets.
+async fn acl_parts(client: &kube::Client, ns: &str, broker: &str) -> Vec<usize> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    let selector = format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=acl");
+    let parts = secrets.list(&kube::api::ListParams::default().labels(&selector)).await.unwrap().items;
+    parts.iter().map(|s| s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()).collect()
+}
+
+/// One MqttAcl per user: the user's own topic tree.
+fn own_acl(user: &str) -> moat::crd::MqttAcl {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "mqtt.moat.dev/v1alpha1", "kind": "MqttAcl",
+        "metadata": {"name": format!("acl-{user}")},
+        "spec": {"brokerRef": {"name": "bench"}, "users": [user], "rules": [{"topic": format!("devices/{user}/#"), "access": "ReadWrite"}]},
+    }))
+    .unwrap()
+}
+
+/// 10,000 certificate users, and 10,000 password users each with an MqttAcl of its own, on one
+/// broker each: time to all Ready, peak RSS, and the issuances/hashes during the burst and after.
+async fn section_scale_kinds(r: &mut Report, client: &kube::Client) {
+    for certs in [true, false] {
+        let (what, prefix) = if certs {
+            ("certificate users", "bench-10k-certs")
+        } else {
+            ("users with an MqttAcl each", "bench-10k-acls")
+        };
+        let ns = TestNs::new(client, prefix).await;
+        let log = std::env::temp_dir().join(format!("moat-{prefix}.log"));
+        let op = Op::start(&ns.name, log.clone());
+        broker(client, &ns.name).await;
+        wait_condition::<MqttBroker>(client, &ns.name, "bench", "Ready", "True", LONG).await;
+        let names: Vec<String> = (0..10_000).map(|i| format!("d{i:05}")).collect();
+        let start = Instant::now();
+        if certs {
+            create_users(client, &ns.name, names, true, 16).await;
+        } else {
+            let acls: Api<moat::crd::MqttAcl> = Api::namespaced(client.clone(), &ns.name);
+            let (_, results) = tokio::join!(
+                create_users(client, &ns.name, names.clone(), false, 8),
+                futures::stream::iter(names.clone())
+                    .map(|n| {
+                        let acls = acls.clone();
+                        async move { acls.create(&PostParams::default(), &own_acl(&n)).await }
+                    })
+                    .buffer_unordered(8)
+                    .collect::<Vec<_>>()
+            );
+            assert!(
+                results.iter().all(|x| x.is_ok()),
+                "creating ACLs failed: {:?}",
+                results.iter().find(|x| x.is_err())
+            );
+        }
+        wait_ready(client, &ns.name, 10_000, Duration::from_secs(1800)).await;
+        while !certs && ready_acls(client, &ns.name).await < 10_000 {
+            assert!(start.elapsed() < Duration::from_secs(1800), "the ACLs never became Ready");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let all_ready = start.elapsed().as_secs_f64();
+        let note =
+            if certs { "issued from the broker CA, P-256" } else { "20,000 objects: users and their ACLs Ready" };
+        r.add("scale", &format!("10,000 {what} on one broker: all Ready"), all_ready, "s", "", None, note);
+        wait_quiet(&ns.name, Duration::from_secs(5), LONG).await;
+        let (_, peak) = op.rss();
+        r.add(
+            "scale",
+            &format!("operator peak RSS with 10,000 {what}"),
+            peak,
+            "MiB",
+            "<= 64 MiB",
+            Some(peak <= 64.0),
+            "",
+        );
+        if certs {
+            let issued = op.counter("moat_certificates_issued_total");
+            r.add(
+                "pki",
+                "certificates issued for 10,000 certificate users",
+                issued,
+                "certs",
+                "10000",
+                Some(issued == 10_000.0),
+                "one per user: none issued twice",
+            );
+        } else {
+            let parts = acl_parts(client, &ns.name, "bench").await;
+            let largest = parts.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+            r.add(
+                "scale",
+                &format!("ACL Secrets: {} parts, largest", parts.len()),
+                largest,
+                "KiB",
+                "<= 512 KiB",
+                Some(largest <= 512.0),
+                "",
+            );
+        }
+        let before = op.metrics();
+        tokio::time::sleep(Duration::from_secs(10)).await; // steady-state window (measured)
+        let after = op.metrics();
+        let delta = |m: &str| sum_counter(&after, m) - sum_counter(&before, m);
+        let (hashes, issued) = (delta("moat_password_hashes_total"), delta("moat_certificates_issued_total"));
+        r.add(
+            "hashing",
+            &format!("PBKDF2 computations and certificate issuances in a 10 s steady-state window, 10,000 {what}"),
+            hashes + issued,
+            "ops",
+            "0",
+            Some(hashes + issued == 0.0),
+            &format!("{hashes} hashes, {issued} certificates"),
+        );
+        drop(op);
+    }
+}
+
 fn section_broker(r: &mut Report) {
     // the rendered hardened bundle, with one extra insecurePlaintext listener for the comparison
     let dir = tempfile::tempdir().unwrap();
@@ -803,7 +937,7 @@ fn write_results(r: &Report) {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut report = Report { figures: vec![] };
-    // MOAT_BENCH_ONLY=real,broker runs only those sections (while working on one); results.md is
+    // MOAT_BENCH_ONLY=real,broker runs only those sections (convergence, scale, kinds, real, broker) (while working on one); results.md is
     // then not written
     let only = std::env::var("MOAT_BENCH_ONLY").ok();
     let run = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
@@ -815,6 +949,9 @@ fn main() {
         }
         if run("scale") {
             section_scale(&mut report, &client).await;
+        }
+        if run("kinds") {
+            section_scale_kinds(&mut report, &client).await;
         }
         if run("real") {
             section_real_node(&mut report, &client).await;
