@@ -318,7 +318,7 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
     let (w0, _) = operator_calls(&ns.name);
     let api_before = apiserver_writes(client).await;
     let start = Instant::now();
-    create_users(client, &ns.name, names, false, 16).await;
+    create_users(client, &ns.name, names.clone(), false, 16).await;
     wait_ready(client, &ns.name, 1000, LONG).await;
     let converge = start.elapsed();
     let ratio = converge.as_secs_f64() / floor.as_secs_f64();
@@ -357,21 +357,24 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         .count();
     r.add("hashing", "password-file Secret updates during the 1,000-user burst", shard_updates as f64, "updates", "a handful", Some(shard_updates <= 20), &format!("each may trigger one agent reload; the agent coalesces updates within 3 s; {passwd_writes} Secret writes in total"));
 
-    // no-op resync of 1,000 users: poke the broker (the broker and every user of it reconcile)
+    // no-op resync of 1,000 users: poke every user (an annotation, no spec change: each user
+    // and the broker reconcile; a broker change alone no longer requeues its users)
     let before = op.metrics();
     let hashes_before = sum_counter(&before, "moat_password_hashes_total");
     let user_reconciles = sum_counter(&before, USER_RECONCILES);
     let broker_reconciles = sum_counter(&before, BROKER_RECONCILES);
     let (w2, r2) = operator_calls(&ns.name);
-    let brokers: Api<MqttBroker> = Api::namespaced(client.clone(), &ns.name);
-    brokers
-        .patch(
-            "bench",
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"metadata": {"annotations": {"bench/poke": "1"}}})),
-        )
-        .await
-        .unwrap();
+    let users: Api<MqttUser> = Api::namespaced(client.clone(), &ns.name);
+    let poke = serde_json::json!({"metadata": {"annotations": {"bench/poke": "1"}}});
+    let poked: Vec<_> = futures::stream::iter(names.clone())
+        .map(|n| {
+            let (users, poke) = (users.clone(), poke.clone());
+            async move { users.patch(&n, &PatchParams::default(), &Patch::Merge(&poke)).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(poked.iter().all(|p| p.is_ok()), "poking the users failed");
     // measured once the resync has run: the broker and the 1,000 users reconciled since the poke
     let deadline = Instant::now() + RESYNC_TIMEOUT;
     loop {
