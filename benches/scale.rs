@@ -153,22 +153,19 @@ impl Op {
         };
         (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
     }
+    /// Signals the operator's whole process group (a wrapper's child too).
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.child.id() as i32), sig);
+    }
     fn stop(&mut self) {
-        // the whole process group: a wrapper's child too
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        self.signal(nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
     }
 }
 
 impl Drop for Op {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        self.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -405,7 +402,7 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         }
         assert!(
             Instant::now() < deadline,
-            "no resync after poking the broker: {user_delta} MqttUser (of 1,000) and {broker_delta} MqttBroker reconciles in {RESYNC_TIMEOUT:?}"
+            "no resync after poking the users: {user_delta} MqttUser (of 1,000) and {broker_delta} MqttBroker reconciles in {RESYNC_TIMEOUT:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -467,7 +464,7 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     }
     wait_quiet(&ns.name, Duration::from_secs(5), LONG).await;
     let shards = passwd_shards(client, &ns.name, "bench").await;
-    let sizes: Vec<usize> = shards.iter().map(|s| s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()).collect();
+    let sizes: Vec<usize> = shards.iter().map(data_bytes).collect();
     let lines: usize =
         shards.iter().map(|s| String::from_utf8_lossy(&s.data.as_ref().unwrap()["passwd"].0).lines().count()).sum();
     let largest = *sizes.iter().max().unwrap() as f64 / 1024.0;
@@ -489,31 +486,17 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     let (rss, peak) = op.rss();
     r.add("scale", "operator peak RSS with 10,000 users", peak, "MiB", "<= 64 MiB", Some(peak <= 64.0), "");
     r.add("scale", "operator steady-state RSS", rss, "MiB", "", None, "");
-    let before = op.metrics();
-    let hashes = sum_counter(&before, "moat_password_hashes_total");
-    let issued = sum_counter(&before, "moat_certificates_issued_total");
-    tokio::time::sleep(Duration::from_secs(10)).await; // steady-state window (measured)
-    let after = op.metrics();
-    let hashes_after = sum_counter(&after, "moat_password_hashes_total");
-    let issued_after = sum_counter(&after, "moat_certificates_issued_total");
+    let (hashes, issued) = steady_window(&op).await;
     r.add(
         "hashing",
         "PBKDF2 computations in a 10 s steady-state window",
-        hashes_after - hashes,
+        hashes,
         "hashes",
         "0",
-        Some(hashes_after == hashes),
+        Some(hashes == 0.0),
         "",
     );
-    r.add(
-        "hashing",
-        "certificate issuances in that window",
-        issued_after - issued,
-        "certs",
-        "0",
-        Some(issued_after == issued),
-        "",
-    );
+    r.add("hashing", "certificate issuances in that window", issued, "certs", "0", Some(issued == 0.0), "");
 
     // restart with 10,000 users: time to steady state, writes
     op.stop();
@@ -563,30 +546,18 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     drop(op2);
 }
 
-/// How many MqttAcls of `ns` are Ready (paged, like the users).
-async fn ready_acls(client: &kube::Client, ns: &str) -> usize {
-    let api: Api<moat::crd::MqttAcl> = Api::namespaced(client.clone(), ns);
-    let (mut ready, mut token) = (0, None::<String>);
-    loop {
-        let mut lp = kube::api::ListParams::default().limit(2000);
-        if let Some(t) = &token {
-            lp = lp.continue_token(t);
-        }
-        let page = api.list(&lp).await.unwrap();
-        ready += page.items.iter().filter(|a| condition(*a, "Ready").is_some_and(|c| c.0 == "True")).count();
-        match page.metadata.continue_ {
-            Some(t) if !t.is_empty() => token = Some(t),
-            _ => return ready,
-        }
-    }
+/// Bytes of data in a Secret.
+fn data_bytes(s: &k8s_openapi::api::core::v1::Secret) -> usize {
+    s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()
 }
 
-/// The sizes (bytes of data) of broker `broker`'s ACL part Secrets.
-async fn acl_parts(client: &kube::Client, ns: &str, broker: &str) -> Vec<usize> {
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
-    let selector = format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=acl");
-    let parts = secrets.list(&kube::api::ListParams::default().labels(&selector)).await.unwrap().items;
-    parts.iter().map(|s| s.data.iter().flatten().map(|(_, v)| v.0.len()).sum()).collect()
+/// PBKDF2 hashes and certificate issuances of `op` in a 10 s steady-state window (measured).
+async fn steady_window(op: &Op) -> (f64, f64) {
+    let before = op.metrics();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = op.metrics();
+    let delta = |m: &str| sum_counter(&after, m) - sum_counter(&before, m);
+    (delta("moat_password_hashes_total"), delta("moat_certificates_issued_total"))
 }
 
 /// One MqttAcl per user: the user's own topic tree.
@@ -636,7 +607,7 @@ async fn section_scale_kinds(r: &mut Report, client: &kube::Client) {
             );
         }
         wait_ready(client, &ns.name, 10_000, Duration::from_secs(1800)).await;
-        while !certs && ready_acls(client, &ns.name).await < 10_000 {
+        while !certs && readiness::<moat::crd::MqttAcl>(client, &ns.name).await.unwrap().1 < 10_000 {
             assert!(start.elapsed() < Duration::from_secs(1800), "the ACLs never became Ready");
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -667,8 +638,8 @@ async fn section_scale_kinds(r: &mut Report, client: &kube::Client) {
                 "one per user: none issued twice",
             );
         } else {
-            let parts = acl_parts(client, &ns.name, "bench").await;
-            let largest = parts.iter().max().copied().unwrap_or(0) as f64 / 1024.0;
+            let parts = broker_secrets(client, &ns.name, "bench", "acl").await;
+            let largest = parts.iter().map(data_bytes).max().unwrap_or(0) as f64 / 1024.0;
             r.add(
                 "scale",
                 &format!("ACL Secrets: {} parts, largest", parts.len()),
@@ -679,11 +650,7 @@ async fn section_scale_kinds(r: &mut Report, client: &kube::Client) {
                 "",
             );
         }
-        let before = op.metrics();
-        tokio::time::sleep(Duration::from_secs(10)).await; // steady-state window (measured)
-        let after = op.metrics();
-        let delta = |m: &str| sum_counter(&after, m) - sum_counter(&before, m);
-        let (hashes, issued) = (delta("moat_password_hashes_total"), delta("moat_certificates_issued_total"));
+        let (hashes, issued) = steady_window(&op).await;
         r.add(
             "hashing",
             &format!("PBKDF2 computations and certificate issuances in a 10 s steady-state window, 10,000 {what}"),
@@ -959,8 +926,8 @@ fn write_results(r: &Report) {
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut report = Report { figures: vec![] };
-    // MOAT_BENCH_ONLY=real,broker runs only those sections (convergence, scale, kinds, real, broker) (while working on one); results.md is
-    // then not written
+    // MOAT_BENCH_ONLY=real,broker runs only those sections (of convergence, scale, kinds, real,
+    // broker) while working on one; results.md is then not written
     let only = std::env::var("MOAT_BENCH_ONLY").ok();
     let run = |s: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == s));
     rt.block_on(async {

@@ -534,7 +534,19 @@ where
 
 /// The MqttUsers of `ns`: (how many, how many with Ready=True), listed in pages of 2,000.
 pub async fn user_readiness(client: &Client, ns: &str) -> kube::Result<(usize, usize)> {
-    let api: Api<moat::crd::MqttUser> = Api::namespaced(client.clone(), ns);
+    readiness::<moat::crd::MqttUser>(client, ns).await
+}
+
+/// (objects, Ready ones) of kind `K` in `ns`, listed in pages.
+pub async fn readiness<K>(client: &Client, ns: &str) -> kube::Result<(usize, usize)>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let (mut total, mut ready) = (0, 0);
     let mut token: Option<String> = None;
     loop {
@@ -560,11 +572,16 @@ pub async fn ready_users(client: &Client, ns: &str) -> usize {
 
 /// The password-file shard Secrets of broker `broker` in `ns`, sorted by name.
 pub async fn passwd_shards(client: &Client, ns: &str, broker: &str) -> Vec<Secret> {
+    broker_secrets(client, ns, broker, "passwd").await
+}
+
+/// The Secrets of broker `broker` in `ns` with component label `component`, sorted by name.
+pub async fn broker_secrets(client: &Client, ns: &str, broker: &str, component: &str) -> Vec<Secret> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let selector = format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component=passwd");
-    let mut shards = secrets.list(&ListParams::default().labels(&selector)).await.unwrap().items;
-    shards.sort_by_key(|s| s.metadata.name.clone());
-    shards
+    let selector = format!("mqtt.moat.dev/broker={broker},app.kubernetes.io/component={component}");
+    let mut found = secrets.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    found.sort_by_key(|s| s.metadata.name.clone());
+    found
 }
 
 /// The assembled ACL file of a broker (its `<broker>-acl-<n>` parts joined as the agent does);
