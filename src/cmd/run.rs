@@ -38,7 +38,8 @@ pub struct RunArgs {
     /// Maximum concurrent reconciles per controller.
     #[arg(long, env = "MOAT_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
-    /// Coalesce bursts of changes to one object within this window.
+    /// Coalesce bursts of changes to one object within this window (a broker whose users, ACLs
+    /// or Secrets keep changing is reconciled at least every 2 s all the same).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub debounce: Duration,
     /// Elect a leader with a Lease so several replicas are safe (only the leader reconciles).

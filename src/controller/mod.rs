@@ -11,6 +11,7 @@ pub mod apply;
 pub mod broker;
 pub mod conditions;
 pub mod context;
+pub mod debounce;
 pub mod firewall;
 pub mod report;
 pub mod secrets;
@@ -167,6 +168,9 @@ where
     }
 }
 
+/// The longest a broker's reconcile waits while its children keep changing (see [`debounce`]).
+const BROKER_MAX_WAIT: Duration = Duration::from_secs(2);
+
 fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={}", names::MANAGED_BY))
 }
@@ -293,44 +297,52 @@ pub async fn run(
         }};
     }
 
-    // --- MqttBroker controller: aggregates everything of one broker.
+    // --- MqttBroker controller: aggregates everything of one broker. Its children wake it
+    // through one debounce with a deadline (the runtime's debounce would postpone the broker for
+    // as long as a burst of new users lasts); its own changes wake it at once.
+    type Wake = futures::stream::BoxStream<'static, ObjectRef<MqttBroker>>;
+    fn wake<K, I>(handle: ReflectHandle<K>, to_broker: impl Fn(Arc<K>) -> I + Send + 'static) -> Wake
+    where
+        K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+        I: IntoIterator<Item = ObjectRef<MqttBroker>> + Send + 'static,
+        I::IntoIter: Send,
+    {
+        handle.flat_map(move |o| futures::stream::iter(to_broker(o))).boxed()
+    }
+    let by_ref = |name: &str, ns: Option<String>| ns.map(|ns| ObjectRef::new(name).within(&ns));
     let s = stores.clone();
-    let broker_ctl = Controller::for_shared_stream(brokers.subscribe(), stores.brokers.clone())
-        .with_config(cc.clone())
-        .watches_shared_stream(users.subscribe(), |u: Arc<MqttUser>| {
-            u.namespace().map(|ns| ObjectRef::new(&u.spec.broker_ref.name).within(&ns))
-        })
-        .watches_shared_stream(acls.subscribe(), |a: Arc<MqttAcl>| {
-            a.namespace().map(|ns| ObjectRef::new(&a.spec.broker_ref.name).within(&ns))
-        })
-        .watches_shared_stream(firewalls.subscribe(), |f: Arc<MqttFirewall>| {
-            f.namespace().map(|ns| ObjectRef::new(&f.spec.broker_ref.name).within(&ns))
-        })
-        .watches_shared_stream(secrets.subscribe(), |o: Arc<Secret>| broker_of_label(&*o))
-        .watches_shared_stream(watched.subscribe(), move |o: Arc<Secret>| {
+    let s2 = stores.clone();
+    let children: Vec<Wake> = vec![
+        wake(users.subscribe(), move |u: Arc<MqttUser>| by_ref(&u.spec.broker_ref.name, u.namespace())),
+        wake(acls.subscribe(), move |a: Arc<MqttAcl>| by_ref(&a.spec.broker_ref.name, a.namespace())),
+        wake(firewalls.subscribe(), move |f: Arc<MqttFirewall>| by_ref(&f.spec.broker_ref.name, f.namespace())),
+        wake(secrets.subscribe(), |o: Arc<Secret>| broker_of_label(&*o)),
+        wake(watched.subscribe(), move |o: Arc<Secret>| {
             user::users_referencing(&s, &o)
                 .into_iter()
                 .filter_map(|u| u.namespace().map(|ns| ObjectRef::new(&u.spec.broker_ref.name).within(&ns)))
                 .collect::<Vec<_>>()
-        })
-        .watches_shared_stream(sts.subscribe(), |o: Arc<StatefulSet>| broker_of_label(&*o))
-        .watches_shared_stream(svcs.subscribe(), |o: Arc<Service>| broker_of_label(&*o))
-        .watches_shared_stream(nps.subscribe(), {
-            // any NetworkPolicy may select a broker's pods: its brokers are those of its namespace
-            let s = stores.clone();
-            move |o: Arc<NetworkPolicy>| {
-                let ns = o.namespace().unwrap_or_default();
-                s.brokers
-                    .state_filter(|b| b.metadata.namespace.as_deref() == Some(ns.as_str()))
-                    .iter()
-                    .map(|b| ObjectRef::from_obj(&**b))
-                    .collect::<Vec<_>>()
-            }
-        })
-        .watches_shared_stream(sas.subscribe(), |o: Arc<ServiceAccount>| broker_of_label(&*o))
-        .watches_shared_stream(pdbs.subscribe(), |o: Arc<PodDisruptionBudget>| broker_of_label(&*o))
-        .watches_shared_stream(pods.subscribe(), |o: Arc<Pod>| broker_of_label(&*o))
-        .watches_shared_stream(cms.subscribe(), |o: Arc<ConfigMap>| broker_of_label(&*o))
+        }),
+        wake(sts.subscribe(), |o: Arc<StatefulSet>| broker_of_label(&*o)),
+        wake(svcs.subscribe(), |o: Arc<Service>| broker_of_label(&*o)),
+        // any NetworkPolicy may select a broker's pods: its brokers are those of its namespace
+        wake(nps.subscribe(), move |o: Arc<NetworkPolicy>| {
+            let ns = o.namespace().unwrap_or_default();
+            s2.brokers
+                .state_filter(|b| b.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .iter()
+                .map(|b| ObjectRef::from_obj(&**b))
+                .collect::<Vec<_>>()
+        }),
+        wake(sas.subscribe(), |o: Arc<ServiceAccount>| broker_of_label(&*o)),
+        wake(pdbs.subscribe(), |o: Arc<PodDisruptionBudget>| broker_of_label(&*o)),
+        wake(pods.subscribe(), |o: Arc<Pod>| broker_of_label(&*o)),
+        wake(cms.subscribe(), |o: Arc<ConfigMap>| broker_of_label(&*o)),
+    ];
+    let children = debounce::debounced(futures::stream::select_all(children), config.debounce, BROKER_MAX_WAIT);
+    let broker_ctl = Controller::for_shared_stream(brokers.subscribe(), stores.brokers.clone())
+        .with_config(cc.clone().debounce(Duration::ZERO))
+        .reconcile_on(children)
         .reconcile_on(wakeups(deleted_rx))
         .graceful_shutdown_on(shutdown.clone())
         .run(broker::reconcile, error_policy::<MqttBroker>, ctx.clone())
