@@ -162,6 +162,7 @@ pub fn summarize(mut checks: Vec<ComplianceCheck>, last_audit: Option<jiff::Time
         },
         last_audit_time: last_audit.map(Time),
         checks,
+        checks_digest: None,
     }
 }
 

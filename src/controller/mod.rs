@@ -12,7 +12,12 @@ pub mod broker;
 pub mod conditions;
 pub mod context;
 pub mod debounce;
+#[cfg(test)]
+pub mod fake;
 pub mod firewall;
+pub mod lean;
+#[cfg(test)]
+mod pipeline_tests;
 pub mod report;
 pub mod secrets;
 pub mod user;
@@ -146,14 +151,26 @@ where
         wc: watcher::Config,
         on_delete: impl Fn(&K) + Send + 'static,
     ) -> futures::future::BoxFuture<'static, ()> {
+        self.drive_lean(api, wc, on_delete, |_| {})
+    }
+
+    /// [`Self::drive`], each object made `lean` before it is stored (see [`lean`]).
+    fn drive_lean(
+        &mut self,
+        api: Api<K>,
+        wc: watcher::Config,
+        on_delete: impl Fn(&K) + Send + 'static,
+        lean: fn(&mut K),
+    ) -> futures::future::BoxFuture<'static, ()> {
         let writer = self.writer.take().expect("drive once");
         watcher(api, wc)
             .default_backoff()
-            .modify(|o: &mut K| {
+            .modify(move |o: &mut K| {
                 o.meta_mut().managed_fields = None;
                 if let Some(a) = o.meta_mut().annotations.as_mut() {
                     a.remove("kubectl.kubernetes.io/last-applied-configuration");
                 }
+                lean(o);
             })
             .reflect_shared(writer)
             .for_each(move |ev| {
@@ -417,10 +434,10 @@ pub async fn run(
     let watched_cfg = watcher::Config::default().labels(&format!("{}=true", names::WATCH_LABEL));
     let drivers = futures::future::join_all(vec![
         brokers.drive(api(&client, &scope), watcher::Config::default(), broker_deleted),
-        users.drive(api(&client, &scope), watcher::Config::default(), |_| {}),
+        users.drive_lean(api(&client, &scope), watcher::Config::default(), |_| {}, lean::user),
         acls.drive(api(&client, &scope), watcher::Config::default(), |_| {}),
         firewalls.drive(api(&client, &scope), watcher::Config::default(), |_| {}),
-        secrets.drive(api(&client, &scope), managed(), owned_delete!()),
+        secrets.drive_lean(api(&client, &scope), managed(), owned_delete!(), lean::secret),
         watched.drive(api(&client, &scope), watched_cfg, |_| {}),
         sts.drive(api(&client, &scope), managed(), owned_delete!()),
         svcs.drive(api(&client, &scope), managed(), owned_delete!()),

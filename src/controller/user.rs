@@ -221,7 +221,10 @@ async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
     if first_status_can_wait(user, &previous, &decided, now) {
         return Ok(Action::requeue(FIRST_STATUS_GRACE));
     }
-    super::write_status(ctx, user, &previous, &decided.status).await?;
+    // the cache keeps a lean status (see `lean`): compared in that form
+    if super::lean::user_status(&decided.status) != previous {
+        super::write_status(ctx, user, &previous, &decided.status).await?;
+    }
     certificate_metric(ctx, user, &decided.status);
     let next_rotation = generated.and_then(|(g, _)| pu::next_rotation(g.rotated_at, model.rotate_after));
     Ok(match next_rotation.filter(|t| *t > now) {
@@ -443,6 +446,8 @@ async fn write_conditions(
     let status = MqttUserStatus {
         observed_generation: user.metadata.generation,
         conditions: conditions::merge(&previous.conditions, conds, user.metadata.generation, now),
+        // nothing to evaluate against (and the cache keeps no checks to copy)
+        compliance: None,
         ..previous.clone()
     };
     super::write_status(ctx, user, previous, &status).await

@@ -250,6 +250,11 @@ pub struct ComplianceStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub checks: Vec<ComplianceCheck>,
+    /// In the operator's cache only (never serialized): the digest of `checks`, which the lean
+    /// cache of MqttUsers keeps instead of them (see `controller::lean`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub checks_digest: Option<String>,
 }
 
 /// Schema attribute helper: conditions are a list-map keyed by `type`.
