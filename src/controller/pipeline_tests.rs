@@ -1,0 +1,200 @@
+//! The controller tier without a cluster: each controller's whole pipeline (observe → model →
+//! plan → apply → status) run against [`super::fake::FakeCluster`], asserting on the writes it
+//! planned and made, and that a reconcile with nothing to do writes nothing.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use super::fake::{Call, FakeCluster};
+use super::{Config, broker, user};
+use crate::crd::{MqttBroker, MqttUser};
+
+const NS: &str = "iot";
+const BROKER: &str = "plant-a";
+
+fn cluster() -> FakeCluster {
+    // no active probe: the attestation would dial the pods, which this tier has none of
+    FakeCluster::new(Config { active_probe: false, ..Config::default() })
+}
+
+fn new_broker(fc: &FakeCluster) {
+    let mut b = MqttBroker::new(BROKER, serde_json::from_value(json!({"version": "2.0.22"})).unwrap());
+    b.metadata.namespace = Some(NS.into());
+    fc.create(&b);
+}
+
+fn new_user(fc: &FakeCluster, name: &str) {
+    let mut u = MqttUser::new(name, serde_json::from_value(json!({"brokerRef": {"name": BROKER}})).unwrap());
+    u.metadata.namespace = Some(NS.into());
+    fc.create(&u);
+}
+
+fn cached_broker(fc: &FakeCluster) -> Arc<MqttBroker> {
+    fc.ctx.stores.brokers.get(&ObjectRef::new(BROKER).within(NS)).expect("broker in the cache")
+}
+
+fn cached_user(fc: &FakeCluster, name: &str) -> Arc<MqttUser> {
+    fc.ctx.stores.users.get(&ObjectRef::new(name).within(NS)).expect("user in the cache")
+}
+
+async fn reconcile_broker(fc: &FakeCluster) -> Vec<Call> {
+    broker::reconcile(cached_broker(fc), fc.ctx.clone()).await.expect("broker reconcile");
+    fc.take_writes()
+}
+
+async fn reconcile_user(fc: &FakeCluster, name: &str) -> Vec<Call> {
+    user::reconcile(cached_user(fc, name), fc.ctx.clone()).await.expect("user reconcile");
+    fc.take_writes()
+}
+
+fn call(verb: &'static str, resource: &str, name: &str) -> Call {
+    Call { verb, resource: resource.into(), name: name.into() }
+}
+
+fn ready(u: &MqttUser) -> Option<(String, String)> {
+    let c = u.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone()))
+}
+
+/// A broker reconciled until it has nothing to do.
+async fn settled_broker(fc: &FakeCluster) {
+    new_broker(fc);
+    reconcile_broker(fc).await;
+    reconcile_broker(fc).await;
+    assert_eq!(reconcile_broker(fc).await, vec![], "a settled broker writes nothing");
+}
+
+#[tokio::test]
+async fn a_new_broker_writes_its_objects_secrets_first_then_its_status_and_then_nothing() {
+    let fc = cluster();
+    new_broker(&fc);
+    let first = reconcile_broker(&fc).await;
+    let resources: Vec<&str> = first.iter().map(|c| c.resource.as_str()).collect();
+    // secrets (ledger, CA, TLS, password shard, ACL, config) before anything that uses them
+    let last_secret = resources.iter().rposition(|r| *r == "secrets").unwrap();
+    assert!(resources[..=last_secret].iter().all(|r| *r == "secrets"), "{resources:?}");
+    for kind in ["configmaps", "serviceaccounts", "services", "networkpolicies", "statefulsets"] {
+        assert!(first.iter().any(|c| c.resource == kind && c.verb == "create"), "{kind} created: {first:?}");
+    }
+    assert!(!resources.contains(&"poddisruptionbudgets"), "no PDB for one replica");
+    // then the status, and the first audit's compliance reports
+    let n = first.len();
+    assert_eq!(
+        first[n - 3..],
+        [
+            call("status", "mqttbrokers", BROKER),
+            call("apply", "reports", "moat-plant-a"),
+            call("apply", "policyreports", "moat-plant-a")
+        ]
+    );
+    assert!(first[..n - 3].iter().all(|c| c.verb == "create"), "only creates: {first:?}");
+    let ready = |b: &MqttBroker| {
+        b.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone())
+    };
+    assert!(ready(&cached_broker(&fc)).is_some());
+
+    // the second reconcile sees its own objects: at most a status update, then quiet
+    let second = reconcile_broker(&fc).await;
+    assert!(second.iter().all(|c| c == &call("status", "mqttbrokers", BROKER)), "{second:?}");
+    assert_eq!(reconcile_broker(&fc).await, vec![]);
+    assert_eq!(reconcile_broker(&fc).await, vec![]);
+}
+
+#[tokio::test]
+async fn a_new_user_costs_one_secret_and_one_status_write_then_nothing() {
+    let fc = cluster();
+    settled_broker(&fc).await;
+    new_user(&fc, "sensor-1");
+
+    // the user controller creates the generated password; its status waits for the verdict
+    assert_eq!(reconcile_user(&fc, "sensor-1").await, vec![call("create", "secrets", &creds("sensor-1"))]);
+    assert_eq!(cached_user(&fc, "sensor-1").status, None);
+
+    // the broker hashes it into its password shard and publishes the user's verdict
+    let writes = reconcile_broker(&fc).await;
+    assert!(writes.contains(&call("apply", "secrets", &crate::names::passwd_secret(BROKER, 0))), "{writes:?}");
+    let woken = fc.woken_users();
+    assert_eq!(woken, vec!["sensor-1".to_string()]);
+
+    assert_eq!(reconcile_user(&fc, "sensor-1").await, vec![call("status", "mqttusers", "sensor-1")]);
+    let u = cached_user(&fc, "sensor-1");
+    assert_eq!(ready(&u), Some(("True".into(), "Ready".into())));
+    // the cache keeps the status lean; the API has every compliance check
+    assert!(u.status.as_ref().unwrap().compliance.as_ref().unwrap().checks.is_empty());
+    let stored: MqttUser = fc.get(NS, "sensor-1").unwrap();
+    assert!(!stored.status.unwrap().compliance.unwrap().checks.is_empty());
+
+    assert_eq!(reconcile_user(&fc, "sensor-1").await, vec![]);
+    assert_eq!(reconcile_broker(&fc).await, vec![]);
+    assert_eq!(reconcile_user(&fc, "sensor-1").await, vec![]);
+}
+
+#[tokio::test]
+async fn a_credentials_secret_changed_by_hand_is_restored_with_its_password() {
+    let fc = cluster();
+    settled_broker(&fc).await;
+    new_user(&fc, "sensor-1");
+    reconcile_user(&fc, "sensor-1").await;
+    reconcile_broker(&fc).await;
+    reconcile_user(&fc, "sensor-1").await;
+    let before: Secret = fc.get(NS, &creds("sensor-1")).unwrap();
+    fc.woken_users();
+
+    // the cache holds only the password and a digest of the rest: the change is still seen
+    fc.edit::<Secret>(NS, &creds("sensor-1"), |s| {
+        s["data"]["host"] = json!(base64_of("attacker.example.com"));
+    });
+    let cached = fc.ctx.stores.secrets.get(&ObjectRef::new(&creds("sensor-1")).within(NS)).unwrap();
+    let kept: Vec<&String> = cached.data.as_ref().unwrap().keys().collect();
+    assert_eq!(kept, vec![super::lean::DATA_DIGEST_KEY, "password"]);
+    // restored; the user cannot know the broker has the same password until it has read the
+    // rewritten Secret, so it waits for the broker's verdict on it
+    let writes = reconcile_user(&fc, "sensor-1").await;
+    assert_eq!(writes, vec![call("apply", "secrets", &creds("sensor-1")), call("status", "mqttusers", "sensor-1")]);
+    assert_eq!(ready(&cached_user(&fc, "sensor-1")), Some(("False".into(), "WaitingForBroker".into())));
+    let after: Secret = fc.get(NS, &creds("sensor-1")).unwrap();
+    assert_eq!(after.data, before.data, "host restored, password kept");
+    // the password did not change: the broker re-hashes nothing and writes nothing but its verdict
+    assert_eq!(reconcile_broker(&fc).await, vec![]);
+    assert_eq!(fc.woken_users(), vec!["sensor-1".to_string()]);
+    assert_eq!(reconcile_user(&fc, "sensor-1").await, vec![call("status", "mqttusers", "sensor-1")]);
+    assert_eq!(ready(&cached_user(&fc, "sensor-1")), Some(("True".into(), "Ready".into())));
+    assert_eq!(reconcile_user(&fc, "sensor-1").await, vec![]);
+}
+
+#[tokio::test]
+async fn the_younger_of_two_users_claiming_one_username_gets_no_credential() {
+    let fc = cluster();
+    settled_broker(&fc).await;
+    new_user(&fc, "first");
+    let mut second = MqttUser::new(
+        "second",
+        serde_json::from_value(json!({"brokerRef": {"name": BROKER}, "username": "first"})).unwrap(),
+    );
+    second.metadata.namespace = Some(NS.into());
+    fc.create(&second);
+    reconcile_user(&fc, "first").await;
+    reconcile_user(&fc, "second").await;
+    reconcile_broker(&fc).await;
+    reconcile_user(&fc, "first").await;
+    reconcile_user(&fc, "second").await;
+    assert_eq!(ready(&cached_user(&fc, "first")), Some(("True".into(), "Ready".into())));
+    assert_eq!(ready(&cached_user(&fc, "second")), Some(("False".into(), "UsernameConflict".into())));
+    let passwd = fc.get::<Secret>(NS, &crate::names::passwd_secret(BROKER, 0)).unwrap();
+    let text = String::from_utf8(passwd.data.unwrap()["passwd"].0.clone()).unwrap();
+    assert_eq!(text.lines().filter(|l| l.starts_with("first:")).count(), 1);
+    assert_eq!(cached_user(&fc, "second").name_any(), "second");
+}
+
+fn creds(user: &str) -> String {
+    crate::names::credentials_secret(user)
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
