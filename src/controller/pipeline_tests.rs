@@ -10,8 +10,10 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::fake::{Call, FakeCluster};
-use super::{Config, broker, user};
-use crate::crd::{MqttBroker, MqttUser};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::{Config, acl, broker, firewall, user};
+use crate::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
 
 const NS: &str = "iot";
 const BROKER: &str = "plant-a";
@@ -22,13 +24,21 @@ fn cluster() -> FakeCluster {
 }
 
 fn new_broker(fc: &FakeCluster) {
-    let mut b = MqttBroker::new(BROKER, serde_json::from_value(json!({"version": "2.0.22"})).unwrap());
+    new_broker_with(fc, json!({"version": "2.0.22"}));
+}
+
+fn new_broker_with(fc: &FakeCluster, spec: serde_json::Value) {
+    let mut b = MqttBroker::new(BROKER, serde_json::from_value(spec).unwrap());
     b.metadata.namespace = Some(NS.into());
     fc.create(&b);
 }
 
 fn new_user(fc: &FakeCluster, name: &str) {
-    let mut u = MqttUser::new(name, serde_json::from_value(json!({"brokerRef": {"name": BROKER}})).unwrap());
+    new_user_with(fc, name, json!({"brokerRef": {"name": BROKER}}));
+}
+
+fn new_user_with(fc: &FakeCluster, name: &str, spec: serde_json::Value) {
+    let mut u = MqttUser::new(name, serde_json::from_value(spec).unwrap());
     u.metadata.namespace = Some(NS.into());
     fc.create(&u);
 }
@@ -63,6 +73,10 @@ fn ready(u: &MqttUser) -> Option<(String, String)> {
 /// A broker reconciled until it has nothing to do.
 async fn settled_broker(fc: &FakeCluster) {
     new_broker(fc);
+    settle(fc).await;
+}
+
+async fn settle(fc: &FakeCluster) {
     reconcile_broker(fc).await;
     reconcile_broker(fc).await;
     assert_eq!(reconcile_broker(fc).await, vec![], "a settled broker writes nothing");
@@ -188,6 +202,115 @@ async fn the_younger_of_two_users_claiming_one_username_gets_no_credential() {
     let text = String::from_utf8(passwd.data.unwrap()["passwd"].0.clone()).unwrap();
     assert_eq!(text.lines().filter(|l| l.starts_with("first:")).count(), 1);
     assert_eq!(cached_user(&fc, "second").name_any(), "second");
+}
+
+#[tokio::test]
+async fn a_certificate_user_is_issued_one_certificate_and_then_nothing_is_written() {
+    let fc = cluster();
+    new_broker_with(
+        &fc,
+        json!({"version": "2.0.22", "listeners": [
+            {"name": "mqtts", "port": 8883, "authentication": "Password"},
+            {"name": "mqtts-mtls", "port": 8884, "authentication": "Certificate"}]}),
+    );
+    settle(&fc).await;
+    new_user_with(
+        &fc,
+        "gateway-1",
+        json!({"brokerRef": {"name": BROKER}, "authentication": {"certificate": {"validity": "2160h", "renewBefore": "360h"}}}),
+    );
+    // nothing to generate: the broker is the only issuer
+    assert_eq!(reconcile_user(&fc, "gateway-1").await, vec![]);
+    let writes = reconcile_broker(&fc).await;
+    let cert_secret = crate::names::certificate_secret("gateway-1");
+    // recorded in the ledger before it reaches the user's Secret
+    let ledger = writes.iter().position(|c| c.name == crate::names::ledger_secret(BROKER, 0)).expect("ledger written");
+    let secret = writes.iter().position(|c| c == &call("create", "secrets", &cert_secret)).expect("Secret created");
+    assert!(ledger < secret, "{writes:?}");
+    let issued = || {
+        let labels = crate::metrics::KindLabels { kind: "client".into() };
+        fc.ctx.metrics.certificates_issued.get_or_create(&labels).get()
+    };
+    assert_eq!(issued(), 1);
+    assert_eq!(reconcile_user(&fc, "gateway-1").await, vec![call("status", "mqttusers", "gateway-1")]);
+    let u = cached_user(&fc, "gateway-1");
+    assert_eq!(ready(&u), Some(("True".into(), "Ready".into())));
+    assert!(u.status.as_ref().unwrap().certificate.is_some());
+    // the cached Secret keeps the pair, not the trust bundle; the broker sees it unchanged
+    let cached = fc.ctx.stores.secrets.get(&ObjectRef::new(&cert_secret).within(NS)).unwrap();
+    let kept: Vec<&String> = cached.data.as_ref().unwrap().keys().collect();
+    assert_eq!(kept, vec![super::lean::DATA_DIGEST_KEY, "tls.crt", "tls.key"]);
+    assert_eq!(reconcile_broker(&fc).await, vec![]);
+    assert_eq!(reconcile_user(&fc, "gateway-1").await, vec![]);
+    assert_eq!(issued(), 1, "never issued twice");
+}
+
+#[tokio::test]
+async fn an_acl_reaches_the_broker_files_and_its_status_once() {
+    let fc = cluster();
+    settled_broker(&fc).await;
+    new_user(&fc, "sensor-17");
+    let mut a = MqttAcl::new(
+        "sensor-17-telemetry",
+        serde_json::from_value(json!({"brokerRef": {"name": BROKER}, "users": ["sensor-17"],
+            "rules": [{"topic": "plant/b/sensors/sensor-17/telemetry", "access": "Write"}]}))
+        .unwrap(),
+    );
+    a.metadata.namespace = Some(NS.into());
+    fc.create(&a);
+    reconcile_user(&fc, "sensor-17").await;
+    let writes = reconcile_broker(&fc).await;
+    assert!(writes.contains(&call("apply", "secrets", &format!("{BROKER}-acl-0"))), "{writes:?}");
+    let cached_acl = || fc.ctx.stores.acls.get(&ObjectRef::new("sensor-17-telemetry").within(NS)).unwrap();
+    acl::reconcile(cached_acl(), fc.ctx.clone()).await.unwrap();
+    let report = "moat-mqttacl-sensor-17-telemetry";
+    assert_eq!(
+        fc.take_writes(),
+        vec![
+            call("status", "mqttacls", "sensor-17-telemetry"),
+            call("apply", "reports", report),
+            call("apply", "policyreports", report)
+        ]
+    );
+    let acl_ready = cached_acl().status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").cloned();
+    assert_eq!(acl_ready.map(|c| c.status), Some("True".to_string()));
+    acl::reconcile(cached_acl(), fc.ctx.clone()).await.unwrap();
+    assert_eq!(fc.take_writes(), vec![]);
+    let text = fc.get::<Secret>(NS, &format!("{BROKER}-acl-0")).unwrap().data.unwrap()["acl"].0.clone();
+    assert!(String::from_utf8(text).unwrap().contains("topic write plant/b/sensors/sensor-17/telemetry"));
+}
+
+#[tokio::test]
+async fn a_firewall_policy_widened_by_hand_is_restored() {
+    let fc = cluster();
+    settled_broker(&fc).await;
+    let mut f = MqttFirewall::new(
+        "clients",
+        serde_json::from_value(json!({"brokerRef": {"name": BROKER},
+            "ingress": [{"from": [{"cidr": "10.20.0.0/16"}], "listeners": ["mqtts"]}]}))
+        .unwrap(),
+    );
+    f.metadata.namespace = Some(NS.into());
+    fc.create(&f);
+    let cached_fw = || fc.ctx.stores.firewalls.get(&ObjectRef::new("clients").within(NS)).unwrap();
+    firewall::reconcile(cached_fw(), fc.ctx.clone()).await.unwrap();
+    let writes = fc.take_writes();
+    assert_eq!(writes.iter().filter(|c| c.resource == "networkpolicies").count(), 1, "{writes:?}");
+    let policy = writes.iter().find(|c| c.resource == "networkpolicies").unwrap().name.clone();
+    assert!(writes.contains(&call("status", "mqttfirewalls", "clients")));
+    firewall::reconcile(cached_fw(), fc.ctx.clone()).await.unwrap();
+    assert_eq!(fc.take_writes(), vec![]);
+
+    // someone opens it to the world: the next reconcile puts moat's rule back
+    fc.edit::<NetworkPolicy>(NS, &policy, |p| {
+        p["spec"]["ingress"][0]["from"] = json!([{"ipBlock": {"cidr": "0.0.0.0/0"}}]);
+    });
+    firewall::reconcile(cached_fw(), fc.ctx.clone()).await.unwrap();
+    let writes = fc.take_writes();
+    assert_eq!(writes.first(), Some(&call("apply", "networkpolicies", &policy)), "{writes:?}");
+    let restored: NetworkPolicy = fc.get(NS, &policy).unwrap();
+    let from = serde_json::to_value(&restored.spec.unwrap().ingress.unwrap()[0].from).unwrap();
+    assert_eq!(from, json!([{"ipBlock": {"cidr": "10.20.0.0/16"}}]));
 }
 
 fn creds(user: &str) -> String {
