@@ -388,4 +388,26 @@ mod tests {
         assert_eq!(drift(&json!({"a": 1}), &json!({"a": 1.0})), None);
         assert!(drift(&json!({"a": 1}), &json!({"a": 2})).is_some());
     }
+
+    #[test]
+    fn drift_compares_a_desired_secret_with_a_lean_one_by_digest() {
+        use super::super::lean::{self, tests::user_secret};
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::Secret;
+        let whole = user_secret(&[("username", "u"), ("password", "p"), ("port", "1883")]);
+        let mut lean = whole.clone();
+        lean::secret(&mut lean);
+        let with_kind = |s: &Secret| {
+            let mut v = serde_json::to_value(s).unwrap();
+            v["kind"] = "Secret".into();
+            v
+        };
+        assert_eq!(drift(&with_kind(&whole), &with_kind(&lean)), None);
+        let mut moved = whole.clone();
+        moved.data.as_mut().unwrap().insert("port".into(), ByteString(b"8883".to_vec()));
+        assert_eq!(
+            drift(&with_kind(&moved), &with_kind(&lean)).as_deref(),
+            Some("data (differs from what moat applied)")
+        );
+    }
 }

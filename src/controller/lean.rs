@@ -72,11 +72,11 @@ pub fn user_status(status: &MqttUserStatus) -> MqttUserStatus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    fn user_secret(data: &[(&str, &str)]) -> Secret {
+    pub(crate) fn user_secret(data: &[(&str, &str)]) -> Secret {
         let mut s = Secret::default();
         s.metadata.labels = Some(BTreeMap::from([(names::USER_LABEL.to_string(), "u".to_string())]));
         s.data = Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect());
@@ -101,26 +101,6 @@ mod tests {
         }
         // a whole Secret is compared as before
         assert_eq!(lean_data_matches(&same["data"], &same["data"]), None);
-    }
-
-    #[test]
-    fn drift_compares_a_desired_secret_with_a_lean_one_by_digest() {
-        use crate::controller::apply::drift;
-        let whole = user_secret(&[("username", "u"), ("password", "p"), ("port", "1883")]);
-        let mut lean = whole.clone();
-        secret(&mut lean);
-        let with_kind = |s: &Secret| {
-            let mut v = serde_json::to_value(s).unwrap();
-            v["kind"] = "Secret".into();
-            v
-        };
-        assert_eq!(drift(&with_kind(&whole), &with_kind(&lean)), None);
-        let mut moved = whole.clone();
-        moved.data.as_mut().unwrap().insert("port".into(), ByteString(b"8883".to_vec()));
-        assert_eq!(
-            drift(&with_kind(&moved), &with_kind(&lean)).as_deref(),
-            Some("data (differs from what moat applied)")
-        );
     }
 
     #[test]
