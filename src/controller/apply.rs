@@ -300,7 +300,23 @@ impl<'a> Applier<'a> {
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
     {
-        let outcome = ensure(self.ctx, desired, observed, self.owner, self.established).await?;
+        self.apply_as(desired, observed, self.established).await
+    }
+
+    /// [`Self::apply`] of an object that may be new although the owner is established (a part
+    /// added as a sharded file grows): when missing it is created, not reported as deleted.
+    pub async fn apply_new<K>(&mut self, desired: &mut K, observed: Option<&K>) -> Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        self.apply_as(desired, observed, false).await
+    }
+
+    async fn apply_as<K>(&mut self, desired: &mut K, observed: Option<&K>, established: bool) -> Result<()>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Serialize + DeserializeOwned + Clone + Debug,
+    {
+        let outcome = ensure(self.ctx, desired, observed, self.owner, established).await?;
         if outcome.applied != Applied::Unchanged {
             self.changed += 1;
         }

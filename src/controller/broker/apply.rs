@@ -74,6 +74,18 @@ async fn apply_server_certificate(
     Ok(1)
 }
 
+/// Whether `secret` is a part of a sharded file (password shards, ACL parts, ledger parts) past
+/// the last part the cache shows: the file grew, nobody deleted it. (A deleted last part looks
+/// the same: it is restored all the same, only not reported as drift.)
+fn grown_part(broker: &str, secret: &str, seen: &Observed) -> bool {
+    ["passwd", "acl", "certs"].iter().any(|what| {
+        names::part_index(broker, what, secret).is_some_and(|i| {
+            let last = seen.secrets.keys().filter_map(|n| names::part_index(broker, what, n)).max();
+            last.is_none_or(|last| i > last)
+        })
+    })
+}
+
 /// Writes the decided objects of `broker`.
 pub async fn apply(
     ctx: &Context,
@@ -94,7 +106,10 @@ pub async fn apply(
         let mut s = secret.clone();
         let observed = seen.secrets.get(&s.name_any()).cloned();
         let before = ap.changed;
-        ap.apply(&mut s, observed.as_deref()).await?;
+        match grown_part(&name, &s.name_any(), seen) {
+            true => ap.apply_new(&mut s, observed.as_deref()).await?,
+            false => ap.apply(&mut s, observed.as_deref()).await?,
+        }
         if ap.changed > before {
             written.push(s.name_any());
         }
