@@ -369,6 +369,15 @@ fn decide_status(
                         byo.map(|r| r.name.as_str()).unwrap_or("?")
                     ),
                 ),
+                // the password this controller generated, which the broker has not read yet
+                (Cred::Unavailable(_), _) if generated.is_some() => {
+                    waiting = true;
+                    Cond::not(
+                        CONDITION_READY,
+                        "WaitingForBroker",
+                        "the generated password is not yet in the broker's password file",
+                    )
+                }
                 (Cred::Unavailable(why), _) => Cond::not(CONDITION_READY, "PasswordUnavailable", why.clone()),
                 (Cred::Pending(why), _) | (_, Cred::Pending(why)) => {
                     Cond::not(CONDITION_READY, "CertificatePending", why.clone())
