@@ -59,6 +59,8 @@ struct State {
     calls: Vec<Call>,
     /// Feeds a resource's store: (previous, next); next None = deleted.
     sinks: HashMap<String, Sink>,
+    /// Resources whose API is not served (a CRD that is not installed).
+    missing: Vec<String>,
 }
 
 /// The in-memory API server, its client, and the controllers' context on it.
@@ -163,6 +165,11 @@ impl FakeCluster {
         let collection = collection_of::<K>(namespace);
         let st = self.state.lock().unwrap();
         st.objects.get(&(collection, name.to_string())).map(|v| serde_json::from_value(v.clone()).unwrap())
+    }
+
+    /// Stops serving `resource` (as if its CRD were not installed).
+    pub fn uninstall(&self, resource: &str) {
+        self.state.lock().unwrap().missing.push(resource.to_string());
     }
 
     /// The users the broker's published verdicts woke since the last call.
@@ -300,7 +307,11 @@ fn answer(st: &mut State, method: &str, path: &str, content_type: &str, body: &[
         _ => return status_error(StatusCode::BAD_REQUEST, "not supported by the fake"),
     };
     let object_name = name.clone().or_else(|| body["metadata"]["name"].as_str().map(String::from)).unwrap_or_default();
-    st.calls.push(Call { verb, resource: resource.clone(), name: object_name });
+    st.calls.push(Call { verb, resource: resource.clone(), name: object_name.clone() });
+    if st.missing.contains(&resource) {
+        return status_error(StatusCode::NOT_FOUND, "the server could not find the requested resource");
+    }
+    let not_found = format!("{resource} \"{object_name}\" not found");
     match verb {
         "create" => match create(st, &collection, body) {
             Ok(v) => (StatusCode::CREATED, v),
@@ -308,7 +319,7 @@ fn answer(st: &mut State, method: &str, path: &str, content_type: &str, body: &[
         },
         "get" => match st.objects.get(&key) {
             Some(v) => (StatusCode::OK, v.clone()),
-            None => status_error(StatusCode::NOT_FOUND, "not found"),
+            None => status_error(StatusCode::NOT_FOUND, &not_found),
         },
         "list" => {
             let items: Vec<Value> =
@@ -322,7 +333,7 @@ fn answer(st: &mut State, method: &str, path: &str, content_type: &str, body: &[
                 }
                 (StatusCode::OK, v)
             }
-            None => status_error(StatusCode::NOT_FOUND, "not found"),
+            None => status_error(StatusCode::NOT_FOUND, &not_found),
         },
         _ => {
             let existing = st.objects.get(&key).cloned();
@@ -352,7 +363,7 @@ fn answer(st: &mut State, method: &str, path: &str, content_type: &str, body: &[
                         Err(code) => status_error(code, "already exists"),
                     };
                 }
-                _ => return status_error(StatusCode::NOT_FOUND, "not found"),
+                _ => return status_error(StatusCode::NOT_FOUND, &not_found),
             };
             (StatusCode::OK, store(st, &collection, next))
         }

@@ -313,6 +313,22 @@ async fn a_firewall_policy_widened_by_hand_is_restored() {
     assert_eq!(from, json!([{"ipBlock": {"cidr": "10.20.0.0/16"}}]));
 }
 
+#[tokio::test]
+async fn report_apis_that_are_not_installed_cost_one_read_each_and_no_write() {
+    let fc = cluster();
+    fc.uninstall("reports");
+    fc.uninstall("policyreports");
+    new_broker(&fc);
+    broker::reconcile(cached_broker(&fc), fc.ctx.clone()).await.unwrap();
+    let reports: Vec<Call> = fc.take_calls().into_iter().filter(|c| c.resource.ends_with("reports")).collect();
+    assert_eq!(reports, vec![call("get", "reports", "moat-plant-a"), call("get", "policyreports", "moat-plant-a")]);
+    // remembered: the next report of the same broker asks nothing
+    let b = cached_broker(&fc);
+    let compliance = b.status.as_ref().unwrap().compliance.clone().unwrap();
+    super::report::write(&fc.ctx, &*b, BROKER, &compliance).await;
+    assert_eq!(fc.take_calls(), vec![]);
+}
+
 fn creds(user: &str) -> String {
     crate::names::credentials_secret(user)
 }

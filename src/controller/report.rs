@@ -31,12 +31,20 @@ pub async fn write<K: Resource<DynamicType = ()>>(ctx: &Context, obj: &K, broker
         // nothing remembered (this operator just started): a report that already says the same
         // is left alone (one read instead of a write per report at every restart)
         let unknown = !ctx.reports.lock().unwrap().contains_key(&key);
-        if unknown
-            && let Ok(Some(existing)) = reports.get_opt(&name).await
-            && same_findings(&serde_json::to_value(&existing).unwrap_or_default(), &body)
-        {
-            ctx.reports.lock().unwrap().insert(key, fingerprint.clone());
-            continue;
+        if unknown {
+            let same = match reports.get(&name).await {
+                Ok(existing) => same_findings(&serde_json::to_value(&existing).unwrap_or_default(), &body),
+                // the API itself is missing (its CRD is not installed), not just this report
+                Err(kube::Error::Api(e)) if e.code == 404 && !e.message.contains(&name) => {
+                    tracing::debug!(kind = api.kind(), "report CRD not installed; skipping the report");
+                    true
+                }
+                Err(_) => false,
+            };
+            if same {
+                ctx.reports.lock().unwrap().insert(key, fingerprint.clone());
+                continue;
+            }
         }
         // strict: a field the installed CRD does not know is an error, not silently pruned
         let params = PatchParams::apply(names::FIELD_MANAGER).force().validation_strict();
