@@ -216,12 +216,35 @@ where
     K: Resource + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
 {
-    let mut seen: std::collections::HashMap<ObjectRef<K>, Option<i64>> = Default::default();
+    news(stream, |o: &K| o.meta().generation)
+}
+
+/// Passes on only objects whose `what` changed since the object was last passed on.
+fn news<K, V>(
+    stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
+    what: fn(&K) -> V,
+) -> impl futures::Stream<Item = Arc<K>> + Send + 'static
+where
+    K: Resource + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+    V: PartialEq + Send + 'static,
+{
+    let mut seen: std::collections::HashMap<ObjectRef<K>, V> = Default::default();
     stream.filter(move |o| {
         let key = ObjectRef::from_obj_with(&**o, Default::default());
-        let changed = seen.insert(key, o.meta().generation) != Some(o.meta().generation);
+        let now = what(o);
+        let changed = seen.get(&key) != Some(&now);
+        if changed {
+            seen.insert(key, now);
+        }
         futures::future::ready(changed)
     })
+}
+
+/// What of a broker asks for a reconcile: its spec, its annotations (administrator requests) and
+/// its deletion; not its status, which only the broker's own reconcile writes.
+fn broker_news(b: &MqttBroker) -> (Option<i64>, Option<std::collections::BTreeMap<String, String>>, bool) {
+    (b.metadata.generation, b.metadata.annotations.clone(), b.metadata.deletion_timestamp.is_some())
 }
 
 /// Runs every controller for `scope` until `shutdown` resolves.
@@ -316,7 +339,8 @@ pub async fn run(
 
     // --- MqttBroker controller: aggregates everything of one broker. Its children wake it
     // through one debounce with a deadline (the runtime's debounce would postpone the broker for
-    // as long as a burst of new users lasts); its own changes wake it at once.
+    // as long as a burst of new users lasts); its own spec and annotations wake it at once, its
+    // status (which only its reconcile writes) not at all.
     type Wake = futures::stream::BoxStream<'static, ObjectRef<MqttBroker>>;
     fn wake<K, I>(handle: ReflectHandle<K>, to_broker: impl Fn(Arc<K>) -> I + Send + 'static) -> Wake
     where
@@ -357,7 +381,7 @@ pub async fn run(
         wake(cms.subscribe(), |o: Arc<ConfigMap>| broker_of_label(&*o)),
     ];
     let children = debounce::debounced(futures::stream::select_all(children), config.debounce, BROKER_MAX_WAIT);
-    let broker_ctl = Controller::for_shared_stream(brokers.subscribe(), stores.brokers.clone())
+    let broker_ctl = Controller::for_shared_stream(news(brokers.subscribe(), broker_news), stores.brokers.clone())
         .with_config(cc.clone().debounce(Duration::ZERO))
         .reconcile_on(children)
         .reconcile_on(wakeups(deleted_rx))
