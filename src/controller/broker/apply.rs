@@ -75,13 +75,14 @@ async fn apply_server_certificate(
 }
 
 /// Whether `secret` is a part of a sharded file (password shards, ACL parts, ledger parts) past
-/// the last part the cache shows: the file grew, nobody deleted it. (A deleted last part looks
-/// the same: it is restored all the same, only not reported as drift.)
+/// the last part the cache shows: the file grew, nobody deleted it. Part 0 always exists once
+/// the broker is established; a deleted last part of several looks like growth (it is restored
+/// all the same, only not reported as drift).
 fn grown_part(broker: &str, secret: &str, seen: &Observed) -> bool {
     ["passwd", "acl", "certs"].iter().any(|what| {
         names::part_index(broker, what, secret).is_some_and(|i| {
             let last = seen.secrets.keys().filter_map(|n| names::part_index(broker, what, n)).max();
-            last.is_none_or(|last| i > last)
+            i > 0 && last.is_none_or(|last| i > last)
         })
     })
 }
