@@ -368,6 +368,34 @@ pub fn watch_catalog(client: Client, config: &Config, ctx: Arc<Context>) -> futu
 }
 
 impl Context {
+    /// The context of the controllers: `stores` fed by the caller, `board` published to by the
+    /// broker controller, the clock `config.clock_offset` ahead, Events as `reporter`.
+    pub fn new(
+        client: Client,
+        config: Config,
+        stores: Stores,
+        metrics: Metrics,
+        reporter: kube::runtime::events::Reporter,
+        board: Board,
+    ) -> Self {
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            clock: Clock::with_offset(config.clock_offset),
+            config,
+            stores,
+            metrics,
+            board,
+            ledgers: Default::default(),
+            rollouts: Default::default(),
+            name_conflicts: Default::default(),
+            drift: Default::default(),
+            files: Default::default(),
+            reports: Default::default(),
+            catalog: CatalogCell::builtin(),
+        }
+    }
+
     /// The security-patch catalog in force.
     pub fn catalog(&self) -> Arc<crate::upgrade::Catalog> {
         self.catalog.0.read().unwrap().clone()

@@ -20,14 +20,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::client::Body;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::Event;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::context::{Board, BoardTriggers, CatalogCell, Clock, Config, Context, Stores};
+use super::context::{Board, BoardTriggers, Config, Context, Stores};
 use crate::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
 use crate::metrics::Metrics;
 
@@ -120,22 +120,7 @@ impl FakeCluster {
         };
         let (board, woken) = Board::new();
         let reporter = Reporter { controller: "moat".into(), instance: None };
-        let ctx = Arc::new(Context {
-            client: client.clone(),
-            clock: Clock::default(),
-            config,
-            stores,
-            metrics: Metrics::default(),
-            recorder: Recorder::new(client, reporter),
-            board,
-            ledgers: Default::default(),
-            rollouts: Default::default(),
-            name_conflicts: Default::default(),
-            drift: Default::default(),
-            files: Default::default(),
-            reports: Default::default(),
-            catalog: CatalogCell::builtin(),
-        });
+        let ctx = Arc::new(Context::new(client, config, stores, Metrics::default(), reporter, board));
         FakeCluster { state, ctx, woken: Mutex::new(woken) }
     }
 

@@ -33,7 +33,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -290,22 +290,7 @@ pub async fn run(
         instance: std::env::var("POD_NAME").ok().or_else(|| std::env::var("HOSTNAME").ok()),
     };
     let (board, board_rx) = context::Board::new();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        clock: Clock::with_offset(config.clock_offset),
-        config: config.clone(),
-        stores: stores.clone(),
-        metrics,
-        recorder: Recorder::new(client.clone(), reporter),
-        board,
-        ledgers: Default::default(),
-        rollouts: Default::default(),
-        name_conflicts: Default::default(),
-        drift: Default::default(),
-        files: Default::default(),
-        reports: Default::default(),
-        catalog: context::CatalogCell::builtin(),
-    });
+    let ctx = Arc::new(Context::new(client.clone(), config.clone(), stores.clone(), metrics, reporter, board));
     let cc = kube::runtime::controller::Config::default().concurrency(config.concurrency).debounce(config.debounce);
 
     // Deletions wake the owner: a deleted managed object is recreated at once (not at the next

@@ -27,10 +27,19 @@ fn new_broker(fc: &FakeCluster) {
     new_broker_with(fc, json!({"version": "2.0.22"}));
 }
 
+/// Creates a `K` named `name` in the test namespace with `spec`.
+fn new_object<K>(fc: &FakeCluster, name: &str, spec: serde_json::Value)
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let obj: K = serde_json::from_value(json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()),
+        "metadata": {"name": name, "namespace": NS}, "spec": spec}))
+    .unwrap();
+    fc.create(&obj);
+}
+
 fn new_broker_with(fc: &FakeCluster, spec: serde_json::Value) {
-    let mut b = MqttBroker::new(BROKER, serde_json::from_value(spec).unwrap());
-    b.metadata.namespace = Some(NS.into());
-    fc.create(&b);
+    new_object::<MqttBroker>(fc, BROKER, spec);
 }
 
 fn new_user(fc: &FakeCluster, name: &str) {
@@ -38,9 +47,7 @@ fn new_user(fc: &FakeCluster, name: &str) {
 }
 
 fn new_user_with(fc: &FakeCluster, name: &str, spec: serde_json::Value) {
-    let mut u = MqttUser::new(name, serde_json::from_value(spec).unwrap());
-    u.metadata.namespace = Some(NS.into());
-    fc.create(&u);
+    new_object::<MqttUser>(fc, name, spec);
 }
 
 fn cached_broker(fc: &FakeCluster) -> Arc<MqttBroker> {
@@ -185,12 +192,7 @@ async fn the_younger_of_two_users_claiming_one_username_gets_no_credential() {
     let fc = cluster();
     settled_broker(&fc).await;
     new_user(&fc, "first");
-    let mut second = MqttUser::new(
-        "second",
-        serde_json::from_value(json!({"brokerRef": {"name": BROKER}, "username": "first"})).unwrap(),
-    );
-    second.metadata.namespace = Some(NS.into());
-    fc.create(&second);
+    new_user_with(&fc, "second", json!({"brokerRef": {"name": BROKER}, "username": "first"}));
     reconcile_user(&fc, "first").await;
     reconcile_user(&fc, "second").await;
     reconcile_broker(&fc).await;
@@ -250,14 +252,12 @@ async fn an_acl_reaches_the_broker_files_and_its_status_once() {
     let fc = cluster();
     settled_broker(&fc).await;
     new_user(&fc, "sensor-17");
-    let mut a = MqttAcl::new(
+    new_object::<MqttAcl>(
+        &fc,
         "sensor-17-telemetry",
-        serde_json::from_value(json!({"brokerRef": {"name": BROKER}, "users": ["sensor-17"],
-            "rules": [{"topic": "plant/b/sensors/sensor-17/telemetry", "access": "Write"}]}))
-        .unwrap(),
+        json!({"brokerRef": {"name": BROKER}, "users": ["sensor-17"],
+            "rules": [{"topic": "plant/b/sensors/sensor-17/telemetry", "access": "Write"}]}),
     );
-    a.metadata.namespace = Some(NS.into());
-    fc.create(&a);
     reconcile_user(&fc, "sensor-17").await;
     let writes = reconcile_broker(&fc).await;
     assert!(writes.contains(&call("apply", "secrets", &format!("{BROKER}-acl-0"))), "{writes:?}");
@@ -284,14 +284,12 @@ async fn an_acl_reaches_the_broker_files_and_its_status_once() {
 async fn a_firewall_policy_widened_by_hand_is_restored() {
     let fc = cluster();
     settled_broker(&fc).await;
-    let mut f = MqttFirewall::new(
+    new_object::<MqttFirewall>(
+        &fc,
         "clients",
-        serde_json::from_value(json!({"brokerRef": {"name": BROKER},
-            "ingress": [{"from": [{"cidr": "10.20.0.0/16"}], "listeners": ["mqtts"]}]}))
-        .unwrap(),
+        json!({"brokerRef": {"name": BROKER},
+            "ingress": [{"from": [{"cidr": "10.20.0.0/16"}], "listeners": ["mqtts"]}]}),
     );
-    f.metadata.namespace = Some(NS.into());
-    fc.create(&f);
     let cached_fw = || fc.ctx.stores.firewalls.get(&ObjectRef::new("clients").within(NS)).unwrap();
     firewall::reconcile(cached_fw(), fc.ctx.clone()).await.unwrap();
     let writes = fc.take_writes();
