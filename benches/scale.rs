@@ -151,21 +151,16 @@ impl Op {
     }
     /// (current RSS, peak RSS) in MiB.
     fn rss(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let kb = |k: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(k))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+        (self.proc_mib("status", "VmRSS:"), self.proc_mib("status", "VmHWM:"))
     }
     /// Anonymous memory (the heap, MiB): RSS less the mapped binary and libraries.
     fn anonymous(&self) -> f64 {
-        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", self.pid())).unwrap_or_default();
-        let kb =
-            rollup.lines().find_map(|l| l.strip_prefix("Anonymous:")?.split_whitespace().next()?.parse::<f64>().ok());
+        self.proc_mib("smaps_rollup", "Anonymous:")
+    }
+    /// A `key: <n> kB` line of `/proc/<pid>/<file>`, in MiB (0 when absent).
+    fn proc_mib(&self, file: &str, key: &str) -> f64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.pid())).unwrap_or_default();
+        let kb = text.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse::<f64>().ok());
         kb.unwrap_or(0.0) / 1024.0
     }
     /// Signals the operator's whole process group (a wrapper's child too).
@@ -223,8 +218,9 @@ fn writes_by_resource(ns: &str) -> BTreeMap<String, usize> {
 
 /// `apiserver_request_total` summed for write verbs on moat's resources (cross-check).
 async fn apiserver_writes(client: &kube::Client) -> f64 {
-    let text = client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap();
-    text.lines()
+    apiserver_metrics(client)
+        .await
+        .lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
         .filter(|l| {
             ["verb=\"POST\"", "verb=\"PATCH\"", "verb=\"PUT\"", "verb=\"DELETE\"", "verb=\"APPLY\""]
@@ -240,6 +236,11 @@ async fn apiserver_writes(client: &kube::Client) -> f64 {
         .sum()
 }
 
+/// The apiserver's `/metrics` text.
+async fn apiserver_metrics(client: &kube::Client) -> String {
+    client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap()
+}
+
 /// Clock ticks per second (the unit of /proc/<pid>/stat times).
 fn clock_ticks() -> f64 {
     let out = Command::new("getconf").arg("CLK_TCK").output().expect("getconf");
@@ -248,8 +249,9 @@ fn clock_ticks() -> f64 {
 
 /// The apiserver's CPU time so far (seconds, its own `process_cpu_seconds_total`).
 async fn apiserver_cpu(client: &kube::Client) -> f64 {
-    let text = client.request_text(http::Request::get("/metrics").body(Vec::new()).unwrap()).await.unwrap();
-    text.lines()
+    apiserver_metrics(client)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix("process_cpu_seconds_total ")?.trim().parse().ok())
         .expect("the apiserver reports process_cpu_seconds_total")
 }
