@@ -219,7 +219,8 @@ where
     news(stream, |o: &K| o.meta().generation)
 }
 
-/// Passes on only objects whose `what` changed since the object was last passed on.
+/// Passes on only objects whose `what` changed since the object was last passed on; an object
+/// recreated under a name seen before (another uid) is always news, however alike.
 fn news<K, V>(
     stream: impl futures::Stream<Item = Arc<K>> + Send + 'static,
     what: fn(&K) -> V,
@@ -229,10 +230,10 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
     V: PartialEq + Send + 'static,
 {
-    let mut seen: std::collections::HashMap<ObjectRef<K>, V> = Default::default();
+    let mut seen: std::collections::HashMap<ObjectRef<K>, (Option<String>, V)> = Default::default();
     stream.filter(move |o| {
         let key = ObjectRef::from_obj_with(&**o, Default::default());
-        let now = what(o);
+        let now = (o.meta().uid.clone(), what(o));
         let changed = seen.get(&key) != Some(&now);
         if changed {
             seen.insert(key, now);
@@ -587,5 +588,35 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Ar
             tracing::warn!(kind = %K::kind(&()), name = %obj.meta().name.as_deref().unwrap_or(""), error = %err, "reconcile failed; retrying");
             Action::requeue(Duration::from_secs(5))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(uid: &str, generation: i64, status: &str) -> Arc<MqttBroker> {
+        let mut b = MqttBroker::new("b", serde_json::from_value(serde_json::json!({"version": "2.0.22"})).unwrap());
+        b.metadata.namespace = Some("ns".into());
+        b.metadata.uid = Some(uid.into());
+        b.metadata.generation = Some(generation);
+        b.status = Some(serde_json::from_value(serde_json::json!({"observedGeneration": status.len()})).unwrap());
+        Arc::new(b)
+    }
+
+    #[tokio::test]
+    async fn a_brokers_news_are_its_spec_and_annotations_and_a_recreated_broker_is_news_too() {
+        let events = vec![
+            broker("one", 1, "a"),
+            broker("one", 1, "ab"), // its own status write: not news
+            broker("one", 2, "ab"),
+            broker("two", 2, "ab"), // deleted and created again, alike but for its uid
+        ];
+        let passed: Vec<(String, i64)> = news(futures::stream::iter(events), broker_news)
+            .map(|b| (b.metadata.uid.clone().unwrap(), b.metadata.generation.unwrap()))
+            .collect()
+            .await;
+        let want = [("one", 1), ("one", 2), ("two", 2)].map(|(u, g)| (u.to_string(), g));
+        assert_eq!(passed, want);
     }
 }
