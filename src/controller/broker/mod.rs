@@ -42,7 +42,11 @@ pub const RENEW_SERVER_ANNOTATION: &str = "mqtt.moat.dev/renew-server-certificat
 
 /// Reconciles one MqttBroker.
 pub async fn reconcile(broker: Arc<MqttBroker>, ctx: Arc<Context>) -> Result<Action> {
-    super::observed_reconcile("MqttBroker", &*broker, &ctx, run(&broker, &ctx)).await
+    let started = std::time::Instant::now();
+    let result = super::observed_reconcile("MqttBroker", &*broker, &ctx, run(&broker, &ctx)).await;
+    let key = (broker.namespace().unwrap_or_default(), broker.name_any());
+    ctx.broker_took.lock().unwrap().insert(key, started.elapsed());
+    result
 }
 
 async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
