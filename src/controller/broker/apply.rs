@@ -74,17 +74,29 @@ async fn apply_server_certificate(
     Ok(1)
 }
 
-/// Whether `secret` is a part of a sharded file (password shards, ACL parts, ledger parts) past
-/// the last part the cache shows: the file grew, nobody deleted it. Part 0 always exists once
-/// the broker is established; a deleted last part of several looks like growth (it is restored
-/// all the same, only not reported as drift).
+/// Whether `secret` is a part of a sharded file (password shards, ACL parts, ledger parts) that
+/// the file grows into now: not part 0 (which always exists once the broker is established), and
+/// past every part count the observed parts' manifests (`"<n> <checksum>"`) announce. A missing
+/// part an observed manifest announces was deleted by someone: drift.
 fn grown_part(broker: &str, secret: &str, seen: &Observed) -> bool {
-    ["passwd", "acl", "certs"].iter().any(|what| {
-        names::part_index(broker, what, secret).is_some_and(|i| {
-            let last = seen.secrets.keys().filter_map(|n| names::part_index(broker, what, n)).max();
-            i > 0 && last.is_none_or(|last| i > last)
-        })
-    })
+    let manifests = seen
+        .secrets
+        .iter()
+        .filter_map(|(n, s)| Some((n.as_str(), crate::controller::secrets::secret_text(s, "manifest")?)));
+    grows_into(broker, secret, manifests)
+}
+
+/// [`grown_part`] over `(name, manifest)` of the observed Secrets.
+fn grows_into<'a>(broker: &str, secret: &str, manifests: impl Iterator<Item = (&'a str, String)>) -> bool {
+    let part = ["passwd", "acl", "certs"]
+        .into_iter()
+        .find_map(|what| names::part_index(broker, what, secret).map(|i| (what, i)));
+    let Some((what, i)) = part else { return false };
+    let announced = manifests
+        .filter(|(n, _)| names::part_index(broker, what, n).is_some())
+        .filter_map(|(_, m)| m.split(' ').next()?.parse::<usize>().ok())
+        .max();
+    i > 0 && announced.is_none_or(|n| i >= n)
 }
 
 /// Writes the decided objects of `broker`.
@@ -102,12 +114,16 @@ pub async fn apply(
     let objects = &decided.objects;
     let mut written: Vec<String> = vec![];
 
-    // 1-3: the broker's Secrets in order (ledger, CA, TLS, passwd, ACL, config)
-    for secret in &objects.secrets {
+    // 1-3: the broker's Secrets in order (ledger, CA, TLS, passwd, ACL, config); parts a sharded
+    // file grows into first (alone they change nothing: a reader waits for every part), so that
+    // a write failing halfway never leaves a manifest announcing a part that is not there
+    let (grown, rest): (Vec<&Secret>, Vec<&Secret>) =
+        objects.secrets.iter().partition(|s| grown_part(&name, &s.name_any(), seen));
+    for (secret, new) in grown.into_iter().map(|s| (s, true)).chain(rest.into_iter().map(|s| (s, false))) {
         let mut s = secret.clone();
         let observed = seen.secrets.get(&s.name_any()).cloned();
         let before = ap.changed;
-        match grown_part(&name, &s.name_any(), seen) {
+        match new {
             true => ap.apply_new(&mut s, observed.as_deref()).await?,
             false => ap.apply(&mut s, observed.as_deref()).await?,
         }
@@ -278,5 +294,25 @@ async fn read_own_writes(s: &Stores, ns: &str, seen: &Observed, written: &[Strin
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grows_into;
+
+    #[test]
+    fn a_part_is_new_only_past_the_count_the_observed_manifests_announce() {
+        let seen = |parts: &[(&'static str, &str)]| parts.iter().map(|(n, m)| (*n, m.to_string())).collect::<Vec<_>>();
+        // two shards of three observed: the third was deleted (drift), a fourth is growth
+        let two_of_three = seen(&[("b-passwd-0", "3 ab"), ("b-passwd-1", "3 ab")]);
+        assert!(!grows_into("b", "b-passwd-2", two_of_three.clone().into_iter()));
+        assert!(grows_into("b", "b-passwd-3", two_of_three.clone().into_iter()));
+        // part 0 is never growth; another file's manifests do not count
+        assert!(!grows_into("b", "b-passwd-0", two_of_three.clone().into_iter()));
+        assert!(grows_into("b", "b-acl-1", two_of_three.into_iter()));
+        // nothing observed, or a manifest that cannot be read: growth (restored, not reported)
+        assert!(grows_into("b", "b-certs-1", std::iter::empty()));
+        assert!(grows_into("b", "b-certs-1", seen(&[("b-certs-0", "x")]).into_iter()));
     }
 }
