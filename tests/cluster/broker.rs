@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
-use moat::crd::MqttBroker;
+use moat::crd::{MqttBroker, MqttUser};
 
 use crate::harness::*;
 
@@ -227,6 +227,53 @@ async fn every_deleted_or_edited_managed_object_is_repaired_within_seconds() {
     })
     .await;
     drift_recorded(&client, &ns.name, "Secret plant-a-config", "data").await;
+}
+
+/// A broker deleted and applied again under the same name (`kubectl delete -f` then `kubectl
+/// apply -f`) comes back: its objects are the new broker's (the old ones garbage-collected, none
+/// adopted), and its users, which kept their credentials Secrets, are Ready again in its new
+/// password file with the passwords they had.
+#[tokio::test]
+async fn a_broker_deleted_and_applied_again_comes_back_with_its_users() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "recreate").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &example("examples/broker-minimal.yaml")).await;
+    apply_yaml(&client, &ns.name, &example("tests/e2e/fixtures/plant-a-users.yaml")).await;
+    let first: MqttBroker = wait_condition(&client, &ns.name, "plant-a", "Ready", "True", T).await;
+    for user in ["alice", "bob"] {
+        wait_condition::<MqttUser>(&client, &ns.name, user, "Ready", "True", T).await;
+    }
+    let credentials = moat::names::credentials_secret("alice");
+    let password = secret_key(&client, &ns.name, &credentials, "password").await;
+
+    let out = kubectl(&["-n", &ns.name, "delete", "mqttbroker", "plant-a", "--wait=true"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for user in ["alice", "bob"] {
+        let u: MqttUser = wait_condition(&client, &ns.name, user, "Ready", "False", T).await;
+        assert_eq!(condition(&u, "Ready").unwrap().1, "BrokerNotFound", "{user}");
+    }
+
+    apply_yaml(&client, &ns.name, &example("examples/broker-minimal.yaml")).await;
+    let second: MqttBroker = wait_condition(&client, &ns.name, "plant-a", "Ready", "True", T).await;
+    assert_ne!(first.metadata.uid, second.metadata.uid);
+    eventually(T, "the StatefulSet and the password shard owned by the new broker", || async {
+        let sts: StatefulSet = get(&client, &ns.name, "plant-a").await?;
+        let shard: Secret = get(&client, &ns.name, "plant-a-passwd-0").await?;
+        (owned_by_broker(&sts, &second) && owned_by_broker(&shard, &second)).then_some(())
+    })
+    .await;
+    for user in ["alice", "bob"] {
+        wait_condition::<MqttUser>(&client, &ns.name, user, "Ready", "True", T).await;
+    }
+    assert!(
+        secret_key(&client, &ns.name, &credentials, "password").await == password,
+        "alice's password was kept (not regenerated)"
+    );
+    let shard = secret_key(&client, &ns.name, "plant-a-passwd-0", "passwd").await;
+    let line = shard.lines().find(|l| l.starts_with("alice:")).expect("alice in the new file");
+    assert!(moat::render::passwd::verify_line(line, &password), "the new file holds alice's password");
 }
 
 #[tokio::test]
