@@ -352,6 +352,7 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
     let floor = create_users(client, &floor_ns.name, names.clone(), false, 16).await;
     let floor_cpu = apiserver_cpu(client).await - floor_cpu;
     drop(floor_ns);
+    settle();
     r.add(
         "convergence",
         "plain client: 1,000 MqttUser creates (16 in flight)",
@@ -758,6 +759,8 @@ async fn section_scale_kinds(r: &mut Report, client: &kube::Client) {
             &format!("{hashes} hashes, {issued} certificates"),
         );
         drop(op);
+        drop(ns);
+        settle();
     }
 }
 
@@ -1020,6 +1023,16 @@ fn write_results(r: &Report) {
     .unwrap();
 }
 
+/// Waits until the test namespaces left by earlier sections (or runs) are gone: deleting 10,000
+/// users and their Secrets keeps the apiserver busy for a while, which the next section would
+/// measure as its own.
+fn settle() {
+    let started = Instant::now();
+    // (fails harmlessly when there is nothing to wait for)
+    let _ = kubectl(&["wait", "--for=delete", "namespace", "-l", "moat-test=true", "--timeout=900s"]);
+    println!("[bench] {:.1} s waiting for earlier test namespaces to be deleted", started.elapsed().as_secs_f64());
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let mut report = Report { figures: vec![] };
@@ -1030,14 +1043,18 @@ fn main() {
     rt.block_on(async {
         setup().await;
         let client = admin().await;
+        settle();
         if run("convergence") {
             section_writes_and_convergence(&mut report, &client).await;
+            settle();
         }
         if run("scale") {
             section_scale(&mut report, &client).await;
+            settle();
         }
         if run("kinds") {
             section_scale_kinds(&mut report, &client).await;
+            settle();
         }
         if run("real") {
             section_real_node(&mut report, &client).await;
