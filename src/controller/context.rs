@@ -318,8 +318,8 @@ pub struct Context {
     pub drift: Mutex<HashMap<(String, String), Vec<crate::crd::broker::DriftRecord>>>,
     /// The files each broker's pods should run and what their agents last said (attestation).
     pub files: Mutex<HashMap<(String, String), crate::plan::files::Memo>>,
-    /// How long each broker's last reconcile took (its children's debounce waits in proportion
-    /// during a burst: see [`super::broker_max_wait`]).
+    /// How long each broker's last reconcile took to observe, plan and apply (its children's
+    /// debounce waits in proportion during a burst: see [`super::broker_max_wait`]).
     pub broker_took: Mutex<HashMap<(String, String), std::time::Duration>>,
     /// Generated Secret names found taken by objects moat did not create, with their holder and
     /// when (namespace, name → holder); retried after [`NAME_CONFLICT_RETRY`].

@@ -42,15 +42,12 @@ pub const RENEW_SERVER_ANNOTATION: &str = "mqtt.moat.dev/renew-server-certificat
 
 /// Reconciles one MqttBroker.
 pub async fn reconcile(broker: Arc<MqttBroker>, ctx: Arc<Context>) -> Result<Action> {
-    let started = std::time::Instant::now();
-    let result = super::observed_reconcile("MqttBroker", &*broker, &ctx, run(&broker, &ctx)).await;
-    let key = (broker.namespace().unwrap_or_default(), broker.name_any());
-    ctx.broker_took.lock().unwrap().insert(key, started.elapsed());
-    result
+    super::observed_reconcile("MqttBroker", &*broker, &ctx, run(&broker, &ctx)).await
 }
 
 async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let now = ctx.clock.now();
+    let started = std::time::Instant::now();
     let owner = broker.controller_owner_ref(&()).expect("stored objects have a uid");
     let seen = Observed::read(&ctx.stores, broker, &owner);
     let (model, windows) = match model(broker) {
@@ -64,6 +61,8 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let rollout = upgrade::latest_state(stored_rollout, ctx.rollouts.lock().unwrap().get(&key).cloned());
     let decided = decide(ctx, &model, &windows, &seen, last_ledger.as_ref(), rollout, catalog, now)?;
     let applied = apply::apply(ctx, broker, &owner, &seen, &decided).await?;
+    // what grows with the broker's users (not its audits): see `super::broker_max_wait`
+    ctx.broker_took.lock().unwrap().insert(key.clone(), started.elapsed());
     ctx.rollouts.lock().unwrap().insert(key.clone(), (now, decided.step.state.clone()));
     let revocations = revocations(ctx, &key, last_ledger.as_ref(), &decided.plan);
     ctx.ledgers.lock().unwrap().insert(key.clone(), decided.plan.ledger.clone());
