@@ -345,14 +345,20 @@ spec:
 }
 
 async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
-    // floor: a plain client writing 1,000 MqttUsers with no operator running
-    let floor_ns = TestNs::new(client, "bench-floor").await;
+    // floor: a plain client writing 1,000 MqttUsers with no operator running, twice (the first
+    // writes to a freshly started apiserver can take several times as long); the faster counts
     let names: Vec<String> = (0..1000).map(|i| format!("u{i:05}")).collect();
-    let floor_cpu = apiserver_cpu(client).await;
-    let floor = create_users(client, &floor_ns.name, names.clone(), false, 16).await;
-    let floor_cpu = apiserver_cpu(client).await - floor_cpu;
-    drop(floor_ns);
-    settle();
+    let mut runs = vec![];
+    for _ in 0..2 {
+        let floor_ns = TestNs::new(client, "bench-floor").await;
+        let cpu = apiserver_cpu(client).await;
+        let took = create_users(client, &floor_ns.name, names.clone(), false, 16).await;
+        runs.push((took, apiserver_cpu(client).await - cpu));
+        drop(floor_ns);
+        settle();
+    }
+    println!("[bench] plain-client floor runs: {:?}", runs.iter().map(|(t, _)| t.as_secs_f64()).collect::<Vec<_>>());
+    let (floor, floor_cpu) = runs.into_iter().min_by_key(|(t, _)| *t).unwrap();
     r.add(
         "convergence",
         "plain client: 1,000 MqttUser creates (16 in flight)",
@@ -360,7 +366,7 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         "s",
         "floor",
         None,
-        "the physical floor on this apiserver",
+        "the physical floor on this apiserver: the faster of two runs",
     );
 
     let ns = TestNs::new(client, "bench-1k").await;
