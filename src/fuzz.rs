@@ -175,7 +175,6 @@ proptest! {
         let views: Vec<UserView> = objects.iter().zip(&users).map(|(u, (_, pw, generated))| UserView {
             user: u,
             password: PasswordLookup::Found { password: Password(pw.clone()), generated: *generated },
-            password_revision: None,
             certificate: None,
             certificate_blocked: None,
         }).collect();

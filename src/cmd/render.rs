@@ -181,13 +181,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     // certificate (the plan is their only issuer), the password and ACL files.
     let views: Vec<UserView> = users
         .iter()
-        .map(|u| UserView {
-            user: u,
-            password: lookup(u),
-            password_revision: None,
-            certificate: None,
-            certificate_blocked: None,
-        })
+        .map(|u| UserView { user: u, password: lookup(u), certificate: None, certificate_blocked: None })
         .collect();
     let plan = plan(PlanInput {
         model: &model,

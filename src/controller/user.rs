@@ -27,12 +27,12 @@ use crate::compliance::{self, UserFacts};
 use crate::crd::{CONDITION_COMPLIANT, CONDITION_READY, CertificateInfo, MqttUser, MqttUserStatus};
 use crate::model::BrokerModel;
 use crate::names;
-use crate::plan::Password;
 use crate::plan::broker::{Cred, Holder, UserOutcome, Verdict};
 use crate::plan::objects::user_secret;
 use crate::plan::user::{
     self as pu, GeneratedCredentials, ROTATED_AT_ANNOTATION, ROTATION_HANDLED_ANNOTATION, StoredCredentials,
 };
+use crate::plan::{Password, PasswordDigest};
 
 /// Finalizer of earlier moat versions (revocation now works from the certificate ledger, with or
 /// without the user object): removed when found.
@@ -83,8 +83,8 @@ struct Observed {
     broker: BrokerState,
     /// The user's credentials Secret, when this user owns it.
     credentials: Option<Arc<Secret>>,
-    /// The resourceVersion of the brought password's Secret (when it may be used).
-    byo_revision: Option<String>,
+    /// The digest of the brought password (when its Secret may be used and holds the key).
+    byo_password: Option<PasswordDigest>,
     owner: OwnerReference,
 }
 
@@ -106,15 +106,11 @@ fn observe(ctx: &Context, user: &MqttUser) -> Observed {
     let owner = user.controller_owner_ref(&()).expect("stored objects have a uid");
     let credentials =
         Stores::get(&ctx.stores.secrets, &ns, &names::credentials_secret(&name)).filter(|s| owned_by(&**s, &owner));
-    let byo_revision = user
-        .spec
-        .authentication
-        .password
-        .as_ref()
-        .and_then(|p| p.secret_ref.as_ref())
-        .and_then(|r| crate::controller::broker::observe::byo_secret(&ctx.stores, &ns, &name, &r.name))
-        .and_then(|s| s.resource_version());
-    Observed { broker, credentials, byo_revision, owner }
+    let byo_password = user.spec.authentication.password.as_ref().and_then(|p| p.secret_ref.as_ref()).and_then(|r| {
+        let s = crate::controller::broker::observe::byo_secret(&ctx.stores, &ns, &name, &r.name)?;
+        secret_text(&s, &r.key).map(|p| Password(p).digest())
+    });
+    Observed { broker, credentials, byo_password, owner }
 }
 
 /// The user's spec, parsed once, and its broker.
@@ -193,7 +189,7 @@ async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
     let now = ctx.clock.now();
     let previous = user.status.clone().unwrap_or_default();
     let seen = observe(ctx, user);
-    let (owner, credentials, byo_revision) = (seen.owner.clone(), seen.credentials.clone(), seen.byo_revision.clone());
+    let (owner, credentials, byo_password) = (seen.owner.clone(), seen.credentials.clone(), seen.byo_password.clone());
     let model = match model(user, seen) {
         Ok(m) => m,
         Err(blocked) => return report_blocked(ctx, user, blocked, &previous, now).await,
@@ -207,14 +203,14 @@ async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
         }
         false => None,
     };
-    let password_revision = generated.as_ref().map_or(byo_revision, |g| g.1.clone());
+    let password = generated.as_ref().map_or(byo_password, |g| Some(g.password.digest()));
     let decided = decide_status(
         user,
         &model,
         broker,
         outcome.as_ref().filter(|o| o.generation == user.metadata.generation),
-        password_revision.as_deref(),
-        generated.as_ref().map(|g| &g.0),
+        password.as_ref(),
+        generated.as_ref(),
         &previous,
         now,
     );
@@ -226,7 +222,7 @@ async fn run(user: &MqttUser, ctx: &Context) -> Result<Action> {
         super::write_status(ctx, user, &previous, &decided.status).await?;
     }
     certificate_metric(ctx, user, &decided.status);
-    let next_rotation = generated.and_then(|(g, _)| pu::next_rotation(g.rotated_at, model.rotate_after));
+    let next_rotation = generated.and_then(|g| pu::next_rotation(g.rotated_at, model.rotate_after));
     Ok(match next_rotation.filter(|t| *t > now) {
         Some(t) => super::wake_at(ctx, t),
         None => Action::await_change(),
@@ -253,8 +249,7 @@ fn certificate_metric(ctx: &Context, user: &MqttUser, status: &MqttUserStatus) {
     ctx.metrics.cert_expiry.get_or_create(&labels).set(t.0.as_second());
 }
 
-/// The generated password: decided from the stored one, written when new or rotated. Returns
-/// the decision and the resourceVersion of the Secret holding it.
+/// The generated password: decided from the stored one, written when new or rotated.
 #[allow(clippy::too_many_arguments)]
 async fn ensure_credentials(
     ctx: &Context,
@@ -265,7 +260,7 @@ async fn ensure_credentials(
     observed: Option<&Secret>,
     previous: &MqttUserStatus,
     now: jiff::Timestamp,
-) -> Result<(GeneratedCredentials, Option<String>)> {
+) -> Result<GeneratedCredentials> {
     let name = user.name_any();
     let g = pu::generated_password(user, broker, &stored_credentials(observed), model.rotate_after, now);
     let mut annotations = BTreeMap::from([(ROTATED_AT_ANNOTATION.to_string(), g.rotated_at.to_string())]);
@@ -281,7 +276,7 @@ async fn ensure_credentials(
         annotations,
     );
     // (a Secret of ours the cache does not show yet is StaleCache: never a second password)
-    let ensured = apply::ensure(ctx, &mut desired, observed, owner, false).await?;
+    apply::ensure(ctx, &mut desired, observed, owner, false).await?;
     // the first password of a new user is not news (one Event per created user would double the
     // API writes of a bulk apply); regenerations and rotations are
     if let Some(why) = g.regenerated
@@ -289,7 +284,7 @@ async fn ensure_credentials(
     {
         ctx.event(user, EventType::Normal, why.reason(), format!("password generated ({why:?})")).await;
     }
-    Ok((g, ensured.resource_version))
+    Ok(g)
 }
 
 /// The status decided for a user.
@@ -306,7 +301,7 @@ fn decide_status(
     model: &UserModel,
     broker: &BrokerModel,
     outcome: Option<&UserOutcome>,
-    password_revision: Option<&str>,
+    password: Option<&PasswordDigest>,
     generated: Option<&GeneratedCredentials>,
     previous: &MqttUserStatus,
     now: jiff::Timestamp,
@@ -350,8 +345,7 @@ fn decide_status(
             },
         ),
         Some(Verdict::Holder(h)) => {
-            let stale =
-                wants_password && h.password == Cred::InEffect && h.password_revision.as_deref() != password_revision;
+            let stale = wants_password && h.password == Cred::InEffect && h.password_digest.as_ref() != password;
             match (&h.password, &h.certificate) {
                 _ if stale => {
                     waiting = true;

@@ -61,9 +61,6 @@ pub struct UserView<'a> {
     pub user: &'a MqttUser,
     /// Its password, when it has password authentication and the password could be read.
     pub password: PasswordLookup,
-    /// The resourceVersion of the Secret the password was read from (reported back in the
-    /// verdict, so the user controller knows which password the broker has in effect).
-    pub password_revision: Option<String>,
     /// The certificate and key in its certificate Secret (only a Secret the user controls).
     pub certificate: Option<Issued>,
     /// Why its certificate Secret cannot be written (its name belongs to another object).
@@ -188,8 +185,9 @@ pub struct Holder {
     pub certificate: Cred,
     /// Opaque id of the password in effect (changes exactly when the password changes).
     pub password_version: Option<String>,
-    /// resourceVersion of the Secret the password in effect was read from.
-    pub password_revision: Option<String>,
+    /// Digest of the password in effect (the user controller compares it with the password it
+    /// sees: the broker has not taken in a new one yet while they differ).
+    pub password_digest: Option<crate::plan::PasswordDigest>,
     /// Another user has the same password.
     pub reused: bool,
     /// The certificate in effect.
@@ -876,7 +874,10 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         let holder = Holder {
             username: username.to_string(),
             password_version: fp.map(|f| f.chars().filter(|c| c.is_ascii_alphanumeric()).take(8).collect()),
-            password_revision: c.view.password_revision.clone().filter(|_| password == Cred::InEffect),
+            password_digest: match &c.view.password {
+                PasswordLookup::Found { password: p, .. } if password == Cred::InEffect => Some(p.digest()),
+                _ => None,
+            },
             reused: shared_passwords.iter().any(|g| g.contains(username)),
             cert: cert_summary.remove(&c.name),
             password,

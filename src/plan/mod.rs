@@ -27,6 +27,26 @@ impl fmt::Debug for Password {
     }
 }
 
+impl Password {
+    /// The password's [`PasswordDigest`].
+    pub fn digest(&self) -> PasswordDigest {
+        use sha2::Digest as _;
+        PasswordDigest(sha2::Sha256::digest(self.0.as_bytes()).into())
+    }
+}
+
+/// SHA-256 of a password: tells whether two reads are the same password (the user controller
+/// asks whether the broker has in effect the password it sees, however its Secret was rewritten).
+/// Held in memory only, never printed: unsalted, it would let a weak password be guessed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PasswordDigest([u8; 32]);
+
+impl fmt::Debug for PasswordDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PasswordDigest([redacted])")
+    }
+}
+
 /// Failures of the plan step (corrupt stored material or an internal invariant).
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -66,4 +86,18 @@ impl PlanError {
 /// Adds a std duration to a timestamp, saturating.
 pub fn after(t: jiff::Timestamp, d: std::time::Duration) -> jiff::Timestamp {
     jiff::SignedDuration::try_from(d).ok().and_then(|d| t.checked_add(d).ok()).unwrap_or(jiff::Timestamp::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Password;
+
+    #[test]
+    fn a_password_and_its_digest_are_never_printed_and_the_digest_tells_passwords_apart() {
+        let (a, b) = (Password("S3cret-one".into()), Password("S3cret-two".into()));
+        assert_eq!(a.digest(), Password("S3cret-one".into()).digest());
+        assert_ne!(a.digest(), b.digest());
+        let printed = format!("{a:?} {:?}", a.digest());
+        assert!(!printed.contains("S3cret") && printed.matches("redacted").count() == 2, "{printed}");
+    }
 }

@@ -79,7 +79,7 @@ mod tests {
                 password: Cred::InEffect,
                 certificate: Cred::NotUsed,
                 password_version: Some(version.into()),
-                password_revision: None,
+                password_digest: None,
                 reused: false,
                 cert: None,
             }),

@@ -27,6 +27,42 @@ fn users_yaml(n: usize) -> String {
         .collect()
 }
 
+/// A credentials Secret edited by hand (a connection hint) is restored, and its user stays Ready
+/// without a status write: the broker still has the same password in effect. (The user controller
+/// compared the Secret's resourceVersion, which the restore changes: Ready went to
+/// WaitingForBroker and back, two status writes for nothing.)
+#[tokio::test]
+async fn a_credentials_secret_restored_after_a_hand_edit_leaves_its_user_ready_without_a_status_write() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "restore").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &std::fs::read_to_string(repo().join("examples/broker-minimal.yaml")).unwrap()).await;
+    apply_yaml(&client, &ns.name, &users_yaml(1)).await;
+    wait_condition::<MqttUser>(&client, &ns.name, "device-0000", "Ready", "True", T).await;
+    wait_quiet(&ns.name, Duration::from_secs(2), T).await;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let name = moat::names::credentials_secret("device-0000");
+    let host = data(&secrets.get(&name).await.unwrap(), "host").expect("a host hint");
+    let before = operator_writes(&ns.name).len();
+    let tamper = serde_json::json!({"stringData": {"host": "elsewhere.example"}});
+    secrets.patch(&name, &PatchParams::default(), &Patch::Merge(&tamper)).await.unwrap();
+    eventually(T, "the hint restored", || async {
+        (data(&secrets.get(&name).await.ok()?, "host")? == host).then_some(())
+    })
+    .await;
+    wait_quiet(&ns.name, Duration::from_secs(3), T).await;
+    let status_writes: Vec<String> = operator_writes(&ns.name)[before..]
+        .iter()
+        .filter(|e| e["objectRef"]["resource"] == "mqttusers" && e["objectRef"]["subresource"] == "status")
+        .map(|e| format!("{} {}", e["verb"], e["objectRef"]["name"]))
+        .collect();
+    assert!(status_writes.is_empty(), "user status written after the restore: {status_writes:?}");
+    let user: MqttUser = get(&client, &ns.name, "device-0000").await.unwrap();
+    assert_eq!(condition(&user, "Ready").map(|c| c.0).as_deref(), Some("True"));
+}
+
 #[tokio::test]
 async fn two_hundred_users_become_ready_and_their_passwords_never_change() {
     setup().await;

@@ -234,25 +234,18 @@ pub fn user_view<'a>(
             .get(&name)
             .filter(|x| controller_uid(&***x).is_some() && controller_uid(&***x) == u.metadata.uid.as_deref())
     };
-    let (password, revision) = match &u.spec.authentication.password {
-        None => (PasswordLookup::NotUsed, None),
+    let password = match &u.spec.authentication.password {
+        None => PasswordLookup::NotUsed,
         Some(p) => match &p.secret_ref {
-            None => match own(names::credentials_secret(&object)) {
-                Some(x) => match secret_text(x, "password") {
-                    Some(pw) => {
-                        (PasswordLookup::Found { password: Password(pw), generated: true }, x.resource_version())
-                    }
-                    None => (PasswordLookup::Missing("credentials not generated yet".into()), None),
-                },
-                None => (PasswordLookup::Missing("credentials not generated yet".into()), None),
+            None => match own(names::credentials_secret(&object)).and_then(|x| secret_text(x, "password")) {
+                Some(pw) => PasswordLookup::Found { password: Password(pw), generated: true },
+                None => PasswordLookup::Missing("credentials not generated yet".into()),
             },
             Some(r) => match byo_secret(s, &ns, &object, &r.name) {
-                None => (PasswordLookup::Missing(byo_unavailable(&object, &r.name)), None),
+                None => PasswordLookup::Missing(byo_unavailable(&object, &r.name)),
                 Some(sec) => match secret_text(&sec, &r.key) {
-                    Some(pw) => {
-                        (PasswordLookup::Found { password: Password(pw), generated: false }, sec.resource_version())
-                    }
-                    None => (PasswordLookup::Missing(format!("Secret {} has no key {}", r.name, r.key)), None),
+                    Some(pw) => PasswordLookup::Found { password: Password(pw), generated: false },
+                    None => PasswordLookup::Missing(format!("Secret {} has no key {}", r.name, r.key)),
                 },
             },
         },
@@ -271,7 +264,7 @@ pub fn user_view<'a>(
             .get(&(ns.clone(), cert_name.clone()))
             .map(|holder| format!("the certificate Secret name {cert_name} is taken by {holder}")),
     };
-    UserView { user: u, password, password_revision: revision, certificate, certificate_blocked }
+    UserView { user: u, password, certificate, certificate_blocked }
 }
 
 /// The Secret a `secretRef` of MqttUser `user` names, only if that Secret opted in for this user:

@@ -65,7 +65,7 @@ fn found(p: &str, generated: bool) -> PasswordLookup {
 }
 
 fn view<'a>(u: &'a MqttUser, password: PasswordLookup, certificate: Option<Issued>) -> UserView<'a> {
-    UserView { user: u, password, password_revision: Some("1".into()), certificate, certificate_blocked: None }
+    UserView { user: u, password, certificate, certificate_blocked: None }
 }
 
 fn run_with(m: &BrokerModel, users: &[UserView], acls: &[&MqttAcl], existing: Existing, at: Timestamp) -> BrokerPlan {
