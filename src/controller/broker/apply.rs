@@ -23,6 +23,7 @@ use super::Decided;
 use super::observe::Observed;
 use crate::controller::apply::{self as ap, Applier, Drift, owned_by};
 use crate::controller::context::{Context, Stores};
+use crate::controller::secrets::secret_text;
 use crate::controller::{Error, Result};
 use crate::crd::MqttBroker;
 use crate::names;
@@ -74,29 +75,35 @@ async fn apply_server_certificate(
     Ok(1)
 }
 
-/// Whether `secret` is a part of a sharded file (password shards, ACL parts, ledger parts) that
-/// the file grows into now: not part 0 (which always exists once the broker is established), and
-/// past every part count the observed parts' manifests (`"<n> <checksum>"`) announce. A missing
-/// part an observed manifest announces was deleted by someone: drift.
-fn grown_part(broker: &str, secret: &str, seen: &Observed) -> bool {
-    let manifests = seen
-        .secrets
-        .iter()
-        .filter_map(|(n, s)| Some((n.as_str(), crate::controller::secrets::secret_text(s, "manifest")?)));
-    grows_into(broker, secret, manifests)
+/// The sharded files of a broker (`<broker>-<what>-<n>`): password shards, ACL parts, ledger parts.
+const SHARDED: [&str; 3] = ["passwd", "acl", "certs"];
+
+/// For each sharded file, the largest part count the observed parts' manifests
+/// (`"<n> <checksum>"`) announce: how many parts the file had when last written.
+fn announced_parts<'a>(
+    broker: &str,
+    manifests: impl Iterator<Item = (&'a str, String)>,
+) -> BTreeMap<&'static str, usize> {
+    let mut announced = BTreeMap::new();
+    for (secret, manifest) in manifests {
+        let Some(what) = SHARDED.into_iter().find(|what| names::part_index(broker, what, secret).is_some()) else {
+            continue;
+        };
+        if let Some(n) = manifest.split(' ').next().and_then(|n| n.parse::<usize>().ok()) {
+            let max = announced.entry(what).or_insert(n);
+            *max = (*max).max(n);
+        }
+    }
+    announced
 }
 
-/// [`grown_part`] over `(name, manifest)` of the observed Secrets.
-fn grows_into<'a>(broker: &str, secret: &str, manifests: impl Iterator<Item = (&'a str, String)>) -> bool {
-    let part = ["passwd", "acl", "certs"]
-        .into_iter()
-        .find_map(|what| names::part_index(broker, what, secret).map(|i| (what, i)));
+/// Whether `secret` is a part of a sharded file that the file grows into now: not part 0 (which
+/// always exists once the broker is established), and past the part count its file's observed
+/// manifests announce. A missing part an observed manifest announces was deleted by someone: drift.
+fn grows_into(broker: &str, secret: &str, announced: &BTreeMap<&'static str, usize>) -> bool {
+    let part = SHARDED.into_iter().find_map(|what| names::part_index(broker, what, secret).map(|i| (what, i)));
     let Some((what, i)) = part else { return false };
-    let announced = manifests
-        .filter(|(n, _)| names::part_index(broker, what, n).is_some())
-        .filter_map(|(_, m)| m.split(' ').next()?.parse::<usize>().ok())
-        .max();
-    i > 0 && announced.is_none_or(|n| i >= n)
+    i > 0 && announced.get(what).is_none_or(|n| i >= *n)
 }
 
 /// Writes the decided objects of `broker`.
@@ -117,8 +124,10 @@ pub async fn apply(
     // 1-3: the broker's Secrets in order (ledger, CA, TLS, passwd, ACL, config); parts a sharded
     // file grows into first (alone they change nothing: a reader waits for every part), so that
     // a write failing halfway never leaves a manifest announcing a part that is not there
+    let manifests = seen.secrets.iter().filter_map(|(n, s)| Some((n.as_str(), secret_text(s, "manifest")?)));
+    let announced = announced_parts(&name, manifests);
     let (grown, rest): (Vec<&Secret>, Vec<&Secret>) =
-        objects.secrets.iter().partition(|s| grown_part(&name, &s.name_any(), seen));
+        objects.secrets.iter().partition(|s| grows_into(&name, &s.name_any(), &announced));
     for (secret, new) in grown.into_iter().map(|s| (s, true)).chain(rest.into_iter().map(|s| (s, false))) {
         let mut s = secret.clone();
         let observed = seen.secrets.get(&s.name_any()).cloned();
@@ -189,8 +198,8 @@ pub async fn apply(
     // 5: what is no longer wanted
     let wanted: Vec<String> = objects.secrets.iter().map(|s| s.name_any()).collect();
     for (sname, s) in &seen.secrets {
-        let surplus = ["passwd", "acl", "certs"].iter().any(|what| names::part_index(&name, what, sname).is_some())
-            && !wanted.contains(sname);
+        let surplus =
+            SHARDED.iter().any(|what| names::part_index(&name, what, sname).is_some()) && !wanted.contains(sname);
         if surplus || *sname == names::legacy_acl_secret(&name) {
             ap::delete_as::<Secret>(ctx, &ns, sname).await?;
             ap.changed += 1;
@@ -299,20 +308,21 @@ async fn read_own_writes(s: &Stores, ns: &str, seen: &Observed, written: &[Strin
 
 #[cfg(test)]
 mod tests {
-    use super::grows_into;
+    use super::{announced_parts, grows_into};
 
     #[test]
     fn a_part_is_new_only_past_the_count_the_observed_manifests_announce() {
-        let seen = |parts: &[(&'static str, &str)]| parts.iter().map(|(n, m)| (*n, m.to_string())).collect::<Vec<_>>();
+        let announced =
+            |parts: &[(&'static str, &str)]| announced_parts("b", parts.iter().map(|(n, m)| (*n, m.to_string())));
         // two shards of three observed: the third was deleted (drift), a fourth is growth
-        let two_of_three = seen(&[("b-passwd-0", "3 ab"), ("b-passwd-1", "3 ab")]);
-        assert!(!grows_into("b", "b-passwd-2", two_of_three.clone().into_iter()));
-        assert!(grows_into("b", "b-passwd-3", two_of_three.clone().into_iter()));
+        let two_of_three = announced(&[("b-passwd-0", "3 ab"), ("b-passwd-1", "3 ab")]);
+        assert!(!grows_into("b", "b-passwd-2", &two_of_three));
+        assert!(grows_into("b", "b-passwd-3", &two_of_three));
         // part 0 is never growth; another file's manifests do not count
-        assert!(!grows_into("b", "b-passwd-0", two_of_three.clone().into_iter()));
-        assert!(grows_into("b", "b-acl-1", two_of_three.into_iter()));
+        assert!(!grows_into("b", "b-passwd-0", &two_of_three));
+        assert!(grows_into("b", "b-acl-1", &two_of_three));
         // nothing observed, or a manifest that cannot be read: growth (restored, not reported)
-        assert!(grows_into("b", "b-certs-1", std::iter::empty()));
-        assert!(grows_into("b", "b-certs-1", seen(&[("b-certs-0", "x")]).into_iter()));
+        assert!(grows_into("b", "b-certs-1", &announced(&[])));
+        assert!(grows_into("b", "b-certs-1", &announced(&[("b-certs-0", "x")])));
     }
 }
