@@ -62,8 +62,12 @@ struct Decided {
 }
 
 impl Decided {
+    fn blocked(ready: Cond, invalid: Option<crate::validate::FieldError>) -> Self {
+        Self { ready, invalid, rule_count: 0, pending_users: vec![] }
+    }
+
     fn not_ready(reason: &str, message: impl Into<String>, invalid: Option<crate::validate::FieldError>) -> Self {
-        Self { ready: Cond::not(CONDITION_READY, reason, message), invalid, rule_count: 0, pending_users: vec![] }
+        Self::blocked(Cond::not(CONDITION_READY, reason, message), invalid)
     }
 }
 
@@ -76,8 +80,7 @@ fn decide(acl: &MqttAcl, seen: &Observed) -> Option<Decided> {
         return Some(Decided::not_ready("InvalidSpec", e.to_string(), Some(e)));
     }
     if !seen.broker_exists {
-        let message = format!("MqttBroker {broker} does not exist in namespace {ns}");
-        return Some(Decided::not_ready("BrokerNotFound", message, None));
+        return Some(Decided::blocked(conditions::broker_not_found(broker, &ns), None));
     }
     let acls = match seen.published.as_deref()? {
         Published::BrokerInvalid(e) => {

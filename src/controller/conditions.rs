@@ -30,6 +30,13 @@ impl Cond {
     }
 }
 
+/// Ready=False, BrokerNotFound: the `brokerRef` of a user, ACL or firewall names no MqttBroker in
+/// its namespace.
+pub fn broker_not_found(broker: &str, namespace: &str) -> Cond {
+    let message = format!("MqttBroker {broker} does not exist in namespace {namespace}");
+    Cond::not(crate::crd::CONDITION_READY, "BrokerNotFound", message)
+}
+
 /// Builds the condition list: each condition keeps its previous `lastTransitionTime` when its
 /// status did not change, so a reconcile that decides the same thing produces an identical list.
 pub fn merge(

@@ -125,9 +125,8 @@ fn status(
             *drifted,
         ),
         Applied::Blocked(Blocked::BrokerMissing) => {
-            let (broker, ns) = (&fw.spec.broker_ref.name, fw.namespace().unwrap_or_default());
-            let message = format!("MqttBroker {broker} does not exist in namespace {ns}");
-            (Cond::not(CONDITION_READY, "BrokerNotFound", message), vec![], false)
+            let ready = conditions::broker_not_found(&fw.spec.broker_ref.name, &fw.namespace().unwrap_or_default());
+            (ready, vec![], false)
         }
         Applied::Blocked(Blocked::InvalidSpec(e)) => {
             (Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()), vec![], false)

@@ -158,19 +158,16 @@ async fn report_blocked(
 ) -> Result<Action> {
     let broker = &user.spec.broker_ref.name;
     let ns = user.namespace().unwrap_or_default();
-    let (reason, message, compliant) = match &blocked {
-        Blocked::InvalidSpec(e) => ("InvalidSpec", e.to_string(), "the spec is invalid"),
-        Blocked::BrokerMissing => (
-            "BrokerNotFound",
-            format!("MqttBroker {broker} does not exist in namespace {ns}"),
-            "no broker to evaluate against",
-        ),
+    let (ready, compliant) = match &blocked {
+        Blocked::InvalidSpec(e) => (Cond::not(CONDITION_READY, "InvalidSpec", e.to_string()), "the spec is invalid"),
+        Blocked::BrokerMissing => (conditions::broker_not_found(broker, &ns), "no broker to evaluate against"),
         Blocked::BrokerInvalid(e) => {
-            ("BrokerInvalid", format!("MqttBroker {broker} is invalid: {e}"), "no broker to evaluate against")
+            let message = format!("MqttBroker {broker} is invalid: {e}");
+            (Cond::not(CONDITION_READY, "BrokerInvalid", message), "no broker to evaluate against")
         }
     };
-    let conds =
-        vec![Cond::not(CONDITION_READY, reason, message), Cond::unknown(CONDITION_COMPLIANT, reason, compliant)];
+    let compliant = Cond::unknown(CONDITION_COMPLIANT, ready.reason.clone(), compliant);
+    let conds = vec![ready, compliant];
     write_conditions(ctx, user, previous, conds, now).await?;
     match blocked {
         Blocked::InvalidSpec(e) => Err(Error::InvalidSpec(e)),
