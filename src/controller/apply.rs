@@ -78,6 +78,50 @@ fn subset_drift(desired: &Value, observed: &Value, path: String) -> Option<Strin
     }
 }
 
+/// The JSON merge patch (RFC 7386) that turns `from` into `to`, or `None` when they are equal:
+/// changed members (objects recursively), removed members as `null`, arrays whole.
+pub fn merge_patch(from: &Value, to: &Value) -> Option<Value> {
+    match (from.as_object(), to.as_object()) {
+        (Some(f), Some(t)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, tv) in t {
+                let changed = match f.get(k) {
+                    Some(fv) if fv.is_object() && tv.is_object() => merge_patch(fv, tv),
+                    Some(fv) if fv == tv => None,
+                    _ => Some(tv.clone()),
+                };
+                if let Some(v) = changed {
+                    patch.insert(k.clone(), v);
+                }
+            }
+            for k in f.keys().filter(|k| !t.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            (!patch.is_empty()).then_some(Value::Object(patch))
+        }
+        _ => (from != to).then(|| to.clone()),
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7386) to `target`, as the API server does.
+pub fn apply_merge_patch(target: &mut Value, patch: &Value) {
+    let Some(p) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let t = target.as_object_mut().expect("made an object");
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            apply_merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
 /// Outcome of [`apply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -403,6 +447,28 @@ mod tests {
     fn numbers_compare_by_value() {
         assert_eq!(drift(&json!({"a": 1}), &json!({"a": 1.0})), None);
         assert!(drift(&json!({"a": 1}), &json!({"a": 2})).is_some());
+    }
+
+    #[test]
+    fn a_merge_patch_carries_only_the_changes_and_turns_one_value_into_the_other() {
+        let from = json!({"a": 1, "gone": {"x": 1}, "nested": {"keep": "k", "change": 1, "drop": true},
+                          "list": [{"id": "A", "passed": true}], "same": [1, 2]});
+        let to = json!({"a": 1, "nested": {"keep": "k", "change": 2}, "list": [{"id": "A", "passed": false}],
+                        "same": [1, 2], "new": "n"});
+        let patch = merge_patch(&from, &to).unwrap();
+        assert_eq!(
+            patch,
+            json!({"gone": null, "nested": {"change": 2, "drop": null}, "list": [{"id": "A", "passed": false}], "new": "n"})
+        );
+        let mut applied = from.clone();
+        apply_merge_patch(&mut applied, &patch);
+        assert_eq!(applied, to);
+        assert_eq!(merge_patch(&to, &to), None);
+        // from nothing: the whole value; to an empty object: every member removed
+        let mut applied = Value::Null;
+        apply_merge_patch(&mut applied, &merge_patch(&Value::Null, &to).unwrap());
+        assert_eq!(applied, to);
+        assert_eq!(merge_patch(&json!({"a": 1}), &json!({})), Some(json!({"a": null})));
     }
 
     #[test]

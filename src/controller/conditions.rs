@@ -75,6 +75,7 @@ pub trait Reported:
     kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
     + Clone
     + serde::de::DeserializeOwned
+    + serde::Serialize
     + std::fmt::Debug
 {
     /// The status type.

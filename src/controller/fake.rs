@@ -3,7 +3,7 @@
 //! controllers read. A test drives one reconcile at a time and asserts on the requests it made:
 //! the planned writes, the status, and that a reconcile with nothing to do writes nothing.
 //!
-//! It answers what the controllers ask (create, server-side apply, status apply, merge patch,
+//! It answers what the controllers ask (create, server-side apply, status merge patch, merge patch,
 //! get, delete, list of nothing) the way the API server does for a sole field manager; it is not
 //! a general API server (no defaulting, no admission, no field ownership), which is what the
 //! real-apiserver tests are for.
@@ -27,6 +27,7 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::apply::apply_merge_patch;
 use super::context::{Board, BoardTriggers, Config, Context, Stores};
 use crate::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
 use crate::metrics::Metrics;
@@ -322,13 +323,26 @@ fn answer(st: &mut State, method: &str, path: &str, content_type: &str, body: &[
         },
         _ => {
             let existing = st.objects.get(&key).cloned();
+            let existing_rv = existing.as_ref().map(|v| v["metadata"]["resourceVersion"].clone());
             let next = match (verb, existing) {
+                // a merge patch of the status may carry a resourceVersion to be current at
+                ("status", Some(_)) | ("merge", Some(_)) if stale(&existing_rv, &body) => {
+                    return (
+                        StatusCode::CONFLICT,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict",
+                               "message": "the object has been modified", "code": 409}),
+                    );
+                }
+                ("status", Some(mut v)) if content_type.contains("merge-patch") => {
+                    apply_merge_patch(&mut v["status"], &body["status"]);
+                    v
+                }
                 ("status", Some(mut v)) => {
                     v["status"] = body["status"].clone();
                     v
                 }
                 ("merge", Some(mut v)) => {
-                    merge(&mut v, &body);
+                    apply_merge_patch(&mut v, &body);
                     v
                 }
                 // server-side apply by the only manager: its fields replace the object's
@@ -355,20 +369,10 @@ fn answer(st: &mut State, method: &str, path: &str, content_type: &str, body: &[
     }
 }
 
-/// JSON merge patch (RFC 7386).
-fn merge(target: &mut Value, patch: &Value) {
-    match (target.as_object_mut(), patch.as_object()) {
-        (Some(t), Some(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        _ => *target = patch.clone(),
-    }
+/// Whether a patch carries a resourceVersion other than the stored object's.
+fn stale(stored: &Option<Value>, patch: &Value) -> bool {
+    let wanted = &patch["metadata"]["resourceVersion"];
+    !wanted.is_null() && stored.as_ref() != Some(wanted)
 }
 
 #[cfg(test)]

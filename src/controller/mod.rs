@@ -488,13 +488,20 @@ pub async fn run(
 }
 
 /// Writes `status` unless it equals `previous` (a reconcile with nothing to report writes
-/// nothing), with server-side apply (field manager `moat`): fields moat no longer sets are
-/// removed, conditions merge by type.
+/// nothing), as a JSON merge patch (field manager `moat`) of what changed since `previous`:
+/// fields moat no longer sets are removed, lists (conditions, checks) are written whole. The
+/// patch carries the resourceVersion `previous` was read at; when the object changed since (the
+/// cache is behind moat's own last write), the live status is read and the patch made against it.
+///
+/// A merge patch costs the API server less than a server-side apply of the same status (measured
+/// on the local control plane: 7.7 against 9.0 ms of CPU per MqttUser status); status writes are
+/// most of what a burst of users costs it.
 pub async fn write_status<K, S>(ctx: &Context, obj: &K, previous: &S, status: &S) -> Result<()>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
+        + serde::Serialize
         + std::fmt::Debug,
     S: serde::Serialize + PartialEq,
 {
@@ -502,19 +509,27 @@ where
         return Ok(());
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let body = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    ctx.metrics.write(&K::kind(&()), "status");
-    api.patch_status(
-        &obj.name_any(),
-        &kube::api::PatchParams::apply(names::FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(&body),
-    )
-    .await?;
-    Ok(())
+    let (kind, name) = (K::kind(&()), obj.name_any());
+    let to = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+    let mut from = serde_json::to_value(previous).map_err(kube::Error::SerdeError)?;
+    let mut at = obj.resource_version();
+    for current in [false, true] {
+        let Some(changes) = apply::merge_patch(&from, &to) else { return Ok(()) };
+        let body = serde_json::json!({"metadata": {"resourceVersion": at}, "status": changes});
+        let params = kube::api::PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() };
+        ctx.metrics.write(&kind, "status");
+        match api.patch_status(&name, &params, &kube::api::Patch::Merge(&body)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && !current => {
+                let live = api.get_status(&name).await?;
+                at = live.resource_version();
+                from = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?["status"].take();
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(Error::StaleCache { kind: kind.into_owned(), name })
 }
 
 /// Wakes the object at `t`, measured from the clock when the reconcile ends: a reconcile that

@@ -155,6 +155,32 @@ async fn a_new_user_costs_one_secret_and_one_status_write_then_nothing() {
 }
 
 #[tokio::test]
+async fn a_status_written_from_a_cache_behind_the_api_is_made_against_the_live_status() {
+    let fc = cluster();
+    settled_broker(&fc).await;
+    new_user(&fc, "sensor-1");
+    reconcile_user(&fc, "sensor-1").await;
+    reconcile_broker(&fc).await;
+    reconcile_user(&fc, "sensor-1").await;
+    let behind = cached_user(&fc, "sensor-1");
+    let previous = behind.status.clone().unwrap();
+    // the API has a status the reconcile's view does not show yet
+    fc.edit::<MqttUser>(NS, "sensor-1", |v| {
+        v["status"]["username"] = json!("written-since");
+        v["status"]["certificateSecret"] = json!("written-since");
+    });
+    fc.take_calls();
+    let next = crate::crd::MqttUserStatus { observed_generation: Some(7), ..previous.clone() };
+    super::write_status(&fc.ctx, &*behind, &previous, &next).await.unwrap();
+
+    // a patch against the stale view is refused; the live status is read and patched instead
+    let verbs: Vec<&str> = fc.take_calls().iter().map(|c| c.verb).collect();
+    assert_eq!(verbs, ["status", "get", "status"]);
+    let stored: MqttUser = fc.get(NS, "sensor-1").unwrap();
+    assert_eq!(serde_json::to_value(stored.status).unwrap(), serde_json::to_value(&next).unwrap());
+}
+
+#[tokio::test]
 async fn a_credentials_secret_changed_by_hand_is_restored_with_its_password() {
     let fc = cluster();
     settled_broker(&fc).await;
