@@ -276,7 +276,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             write(&dir.join("username"), &username, false)?;
         }
     }
-    for (name, outcome) in &plan.verdicts {
+    for (name, outcome) in plan.verdicts.iter() {
         if outcome.verdict.in_effect().is_none() {
             eprintln!("warning: MqttUser {name} is not in effect: {}", outcome.verdict);
         }

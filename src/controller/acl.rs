@@ -159,7 +159,10 @@ mod tests {
 
     fn applied(outcome: AclOutcome) -> Observed {
         let acls = BTreeMap::from([(outcome.name.clone(), outcome)]);
-        Observed { broker_exists: true, published: Some(Arc::new(Published::Applied { users: BTreeMap::new(), acls })) }
+        Observed {
+            broker_exists: true,
+            published: Some(Arc::new(Published::Applied { users: Default::default(), acls })),
+        }
     }
 
     fn outcome(generation: i64, pending: &[&str]) -> AclOutcome {

@@ -210,7 +210,7 @@ pub enum Published {
     /// The plan's outcomes, applied.
     Applied {
         /// Verdict per MqttUser name.
-        users: BTreeMap<String, crate::plan::broker::UserOutcome>,
+        users: Arc<BTreeMap<String, crate::plan::broker::UserOutcome>>,
         /// Outcome per MqttAcl name.
         acls: BTreeMap<String, crate::plan::broker::AclOutcome>,
     },
@@ -252,7 +252,7 @@ impl Board {
         // stored before anyone is woken (a woken controller reads the new verdicts), and not
         // copied: at 10,000 users every copy of the verdicts is megabytes at the burst's peak
         let previous = self.published.lock().unwrap().insert(key, next.clone());
-        let empty = Published::Applied { users: BTreeMap::new(), acls: BTreeMap::new() };
+        let empty = Published::Applied { users: Default::default(), acls: BTreeMap::new() };
         let previous = previous.as_deref().unwrap_or(&empty);
         if previous == &*next {
             return;
@@ -265,7 +265,7 @@ impl Board {
             (_, Published::Applied { users: nu, acls: na }) => (None, None, Some(nu), Some(na)),
             _ => (None, None, None, None),
         };
-        for name in changed(pu, nu) {
+        for name in changed(pu.map(|u| &**u), nu.map(|u| &**u)) {
             let _ = self.users.send(ObjectRef::new(&name).within(namespace));
         }
         for name in changed(pa, na) {

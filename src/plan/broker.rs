@@ -6,6 +6,7 @@
 //! and never decide username conflicts or password strength again.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -360,7 +361,7 @@ pub struct BrokerPlan {
     /// The fingerprint key.
     pub fingerprint_key: Vec<u8>,
     /// Verdict per MqttUser (by object name).
-    pub verdicts: BTreeMap<String, UserOutcome>,
+    pub verdicts: Arc<BTreeMap<String, UserOutcome>>,
     /// The client certificate of every user with a certificate in effect (by object name).
     pub client_certs: BTreeMap<String, ClientCert>,
     /// Password file shards.
@@ -999,7 +1000,7 @@ pub fn plan(input: PlanInput<'_>) -> Result<BrokerPlan, PlanError> {
         crl_pem,
         crl_next_update,
         fingerprint_key,
-        verdicts,
+        verdicts: Arc::new(verdicts),
         client_certs,
         shards,
         hashes_computed: assembly.hashes_computed,
