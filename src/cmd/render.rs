@@ -243,8 +243,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("MqttFirewall {}: {e}", f.name_any()))?,
         );
     }
-    for s in objs.user_secrets.values() {
-        push(s);
+    for (_, s) in objects::user_secrets(&model, &plan) {
+        push(&s);
     }
     if let Some(c) = &objs.server_certificate {
         push(c);

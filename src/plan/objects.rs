@@ -60,8 +60,6 @@ pub struct BrokerObjects {
     pub secrets: Vec<Secret>,
     /// The public trust bundle.
     pub ca_bundle: ConfigMap,
-    /// Users' certificate Secrets, by MqttUser name (each owned by its user).
-    pub user_secrets: BTreeMap<String, Secret>,
     /// The broker's ServiceAccount.
     pub service_account: ServiceAccount,
     /// The client Service.
@@ -143,21 +141,6 @@ pub fn broker_objects(
         "config",
         BTreeMap::from([("mosquitto.conf".into(), plan.config.text.clone())]),
     ));
-    let user_secrets = plan
-        .client_certs
-        .iter()
-        .map(|(user, cert)| {
-            let s = user_secret(
-                model,
-                user,
-                names::certificate_secret(user),
-                CLIENT_CERTIFICATE_COMPONENT,
-                super::user::certificate_data(model, &cert.issued, &plan.trust_bundle()),
-                BTreeMap::new(),
-            );
-            (user.clone(), s)
-        })
-        .collect();
     let params = WorkloadParams {
         agent_image: inputs.agent_image.to_string(),
         version: inputs.version.to_string(),
@@ -171,7 +154,6 @@ pub fn broker_objects(
     Ok(BrokerObjects {
         secrets,
         ca_bundle: ca_bundle(model, plan),
-        user_secrets,
         service_account: workload::service_account(model),
         service: network::service(model, &ranges),
         headless: network::headless_service(model),
@@ -181,6 +163,23 @@ pub fn broker_objects(
         statefulset: workload::statefulset(model, &params),
         pdb: workload::pod_disruption_budget(model),
         server_certificate: server_certificate(model),
+    })
+}
+
+/// Users' certificate Secrets, by MqttUser name (each owned by its user), made one at a time as
+/// they are taken: 10,000 of them made at once were ~35 MB at the peak of a burst.
+pub fn user_secrets<'a>(model: &'a BrokerModel, plan: &'a BrokerPlan) -> impl Iterator<Item = (String, Secret)> + 'a {
+    let trust_bundle = plan.trust_bundle();
+    plan.client_certs.iter().map(move |(user, cert)| {
+        let s = user_secret(
+            model,
+            user,
+            names::certificate_secret(user),
+            CLIENT_CERTIFICATE_COMPONENT,
+            super::user::certificate_data(model, &cert.issued, &trust_bundle),
+            BTreeMap::new(),
+        );
+        (user.clone(), s)
     })
 }
 

@@ -110,6 +110,7 @@ fn grows_into(broker: &str, secret: &str, announced: &BTreeMap<&'static str, usi
 pub async fn apply(
     ctx: &Context,
     broker: &MqttBroker,
+    model: &crate::model::BrokerModel,
     owner: &OwnerReference,
     seen: &Observed,
     decided: &Decided,
@@ -142,14 +143,11 @@ pub async fn apply(
     }
     // users' certificate Secrets, each owned by its user, several at a time
     let users: BTreeMap<String, &crate::crd::MqttUser> = seen.users.iter().map(|u| (u.name_any(), &**u)).collect();
-    let jobs: Vec<(Secret, Option<Arc<Secret>>, OwnerReference)> = objects
-        .user_secrets
-        .iter()
-        .filter_map(|(user, desired)| {
-            let owner = users.get(user)?.controller_owner_ref(&())?;
-            Some((desired.clone(), seen.labelled.get(&desired.name_any()).cloned(), owner))
-        })
-        .collect();
+    let jobs = crate::plan::objects::user_secrets(model, &decided.plan).filter_map(|(user, desired)| {
+        let owner = users.get(&user)?.controller_owner_ref(&())?;
+        let observed = seen.labelled.get(&desired.name_any()).cloned();
+        Some((desired, observed, owner))
+    });
     let writes: Vec<(String, Result<ap::Ensured>)> = futures::stream::iter(jobs)
         .map(|(mut desired, observed, owner)| async move {
             let r = ap::ensure(ctx, &mut desired, observed.as_deref(), &owner, false).await;
@@ -211,7 +209,7 @@ pub async fn apply(
         let is_cert =
             s.labels().get("app.kubernetes.io/component").map(String::as_str) == Some(CLIENT_CERTIFICATE_COMPONENT);
         let user = s.labels().get(names::USER_LABEL);
-        let kept = user.is_some_and(|u| objects.user_secrets.contains_key(u));
+        let kept = user.is_some_and(|u| decided.plan.client_certs.contains_key(u));
         let users_own = user
             .and_then(|u| users.get(u))
             .and_then(|u| u.controller_owner_ref(&()))

@@ -60,7 +60,7 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     let stored_rollout = broker.status.as_ref().and_then(|s| s.upgrade.as_ref()).and_then(RolloutState::from_status);
     let rollout = upgrade::latest_state(stored_rollout, ctx.rollouts.lock().unwrap().get(&key).cloned());
     let decided = decide(ctx, &model, &windows, &seen, last_ledger.as_ref(), rollout, catalog, now)?;
-    let applied = apply::apply(ctx, broker, &owner, &seen, &decided).await?;
+    let applied = apply::apply(ctx, broker, &model, &owner, &seen, &decided).await?;
     // what grows with the broker's users (not its audits): see `super::broker_max_wait`
     ctx.broker_took.lock().unwrap().insert(key.clone(), started.elapsed());
     ctx.rollouts.lock().unwrap().insert(key.clone(), (now, decided.step.state.clone()));
