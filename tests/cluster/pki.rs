@@ -140,3 +140,34 @@ async fn certificates_are_owned_renewed_when_due_and_revoked_on_deletion() {
     .await;
     drop(op);
 }
+
+/// Status writes are merge patches of what changed: a field moat no longer sets must still leave
+/// the live status (server-side apply removed it by ownership; a merge patch needs its `null`).
+#[tokio::test]
+async fn a_user_that_drops_certificate_authentication_loses_the_certificate_fields_of_its_status() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "pki-drop").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    let read = |f: &str| std::fs::read_to_string(repo().join(f)).unwrap();
+    apply_yaml(&client, &ns.name, &read("examples/broker-production.yaml")).await;
+    let both =
+        read("examples/user-certificate.yaml").replace("  authentication:\n", "  authentication:\n    password: {}\n");
+    apply_yaml(&client, &ns.name, &both).await;
+    let user: MqttUser = wait_condition(&client, &ns.name, "gateway-1", "Ready", "True", T).await;
+    let status = user.status.unwrap();
+    assert!(status.certificate.is_some() && status.certificate_secret.is_some(), "{status:?}");
+
+    let users: Api<MqttUser> = Api::namespaced(client.clone(), &ns.name);
+    let drop = serde_json::json!({"spec": {"authentication": {"certificate": null}}});
+    users.patch("gateway-1", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&drop)).await.unwrap();
+    let status = eventually(T, "the certificate fields gone from the live status", || async {
+        let u = users.get("gateway-1").await.ok()?;
+        let ready = condition(&u, "Ready").is_some_and(|c| c.0 == "True");
+        let s = u.status?;
+        (ready && s.observed_generation == u.metadata.generation && s.certificate.is_none()).then_some(s)
+    })
+    .await;
+    assert_eq!(status.certificate_secret, None, "{status:?}");
+    assert_eq!(status.authentication.as_deref(), Some("Password"), "{status:?}");
+}
