@@ -513,14 +513,15 @@ where
     let to = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
     let mut from = serde_json::to_value(previous).map_err(kube::Error::SerdeError)?;
     let mut at = obj.resource_version();
-    for current in [false, true] {
+    // first against the cached status, then (after a conflict) against the live one
+    for against_live in [false, true] {
         let Some(changes) = apply::merge_patch(&from, &to) else { return Ok(()) };
         let body = serde_json::json!({"metadata": {"resourceVersion": at}, "status": changes});
         let params = kube::api::PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() };
         ctx.metrics.write(&kind, "status");
         match api.patch_status(&name, &params, &kube::api::Patch::Merge(&body)).await {
             Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 409 && !current => {
+            Err(kube::Error::Api(e)) if e.code == 409 && !against_live => {
                 let live = api.get_status(&name).await?;
                 at = live.resource_version();
                 from = serde_json::to_value(&live).map_err(kube::Error::SerdeError)?["status"].take();
