@@ -513,11 +513,11 @@ where
     let to = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
     let mut from = serde_json::to_value(previous).map_err(kube::Error::SerdeError)?;
     let mut at = obj.resource_version();
+    let params = kube::api::PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() };
     // first against the cached status, then (after a conflict) against the live one
     for against_live in [false, true] {
         let Some(changes) = apply::merge_patch(&from, &to) else { return Ok(()) };
         let body = serde_json::json!({"metadata": {"resourceVersion": at}, "status": changes});
-        let params = kube::api::PatchParams { field_manager: Some(names::FIELD_MANAGER.into()), ..Default::default() };
         ctx.metrics.write(&kind, "status");
         match api.patch_status(&name, &params, &kube::api::Patch::Merge(&body)).await {
             Ok(_) => return Ok(()),

@@ -142,9 +142,9 @@ pub async fn apply(
         }
     }
     // users' certificate Secrets, each owned by its user, several at a time
-    let users: BTreeMap<String, &crate::crd::MqttUser> = seen.users.iter().map(|u| (u.name_any(), &**u)).collect();
+    let users = seen.users_by_name();
     let jobs = crate::plan::objects::user_secrets(model, &decided.plan).filter_map(|(user, desired)| {
-        let owner = users.get(&user)?.controller_owner_ref(&())?;
+        let owner = users.get(user.as_str())?.controller_owner_ref(&())?;
         let observed = seen.labelled.get(&desired.name_any()).cloned();
         Some((desired, observed, owner))
     });
@@ -211,7 +211,7 @@ pub async fn apply(
         let user = s.labels().get(names::USER_LABEL);
         let kept = user.is_some_and(|u| decided.plan.client_certs.contains_key(u));
         let users_own = user
-            .and_then(|u| users.get(u))
+            .and_then(|u| users.get(u.as_str()))
             .and_then(|u| u.controller_owner_ref(&()))
             .is_some_and(|o| owned_by(&**s, &o));
         if is_cert && !kept && users_own {

@@ -305,11 +305,12 @@ async fn events(ctx: &Context, broker: &MqttBroker, seen: &Observed, decided: &D
         ctx.metrics.certificates_issued.get_or_create(&crate::metrics::KindLabels { kind: "server".into() }).inc();
         ctx.event(broker, EventType::Normal, reason, format!("server certificate issued ({})", r.as_str())).await;
     }
-    // by name: a burst of 10,000 new certificate users would otherwise scan every user per user
-    let users: std::collections::HashMap<&str, &crate::crd::MqttUser> =
-        seen.users.iter().filter_map(|u| Some((u.metadata.name.as_deref()?, &**u))).collect();
-    for (user, cert) in &plan.client_certs {
-        let Some(r) = cert.renewal else { continue };
+    let issued: Vec<(&String, crate::pki::RenewReason)> =
+        plan.client_certs.iter().filter_map(|(user, cert)| Some((user, cert.renewal?))).collect();
+    // by name, and only when certificates were issued: a burst of 10,000 new certificate users
+    // would otherwise scan every user per user
+    let users = if issued.is_empty() { Default::default() } else { seen.users_by_name() };
+    for (user, r) in issued {
         ctx.metrics.certificates_issued.get_or_create(&crate::metrics::KindLabels { kind: "client".into() }).inc();
         let Some(u) = users.get(user.as_str()) else { continue };
         // a new user's first certificate is not news (one Event per user would double the writes

@@ -55,6 +55,11 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// The broker's MqttUsers by object name.
+    pub fn users_by_name(&self) -> std::collections::HashMap<&str, &MqttUser> {
+        self.users.iter().filter_map(|u| Some((u.metadata.name.as_deref()?, &**u))).collect()
+    }
+
     /// Reads the caches for `broker`.
     pub fn read(s: &Stores, broker: &MqttBroker, owner: &OwnerReference) -> Observed {
         let ns = broker.namespace().unwrap_or_default();
