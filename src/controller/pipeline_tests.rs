@@ -83,6 +83,15 @@ async fn settled_broker(fc: &FakeCluster) {
     settle(fc).await;
 }
 
+/// A settled broker and one password user, reconciled until the user is Ready.
+async fn ready_user(fc: &FakeCluster, name: &str) {
+    settled_broker(fc).await;
+    new_user(fc, name);
+    reconcile_user(fc, name).await;
+    reconcile_broker(fc).await;
+    reconcile_user(fc, name).await;
+}
+
 async fn settle(fc: &FakeCluster) {
     reconcile_broker(fc).await;
     reconcile_broker(fc).await;
@@ -157,11 +166,7 @@ async fn a_new_user_costs_one_secret_and_one_status_write_then_nothing() {
 #[tokio::test]
 async fn a_status_written_from_a_cache_behind_the_api_is_made_against_the_live_status() {
     let fc = cluster();
-    settled_broker(&fc).await;
-    new_user(&fc, "sensor-1");
-    reconcile_user(&fc, "sensor-1").await;
-    reconcile_broker(&fc).await;
-    reconcile_user(&fc, "sensor-1").await;
+    ready_user(&fc, "sensor-1").await;
     let behind = cached_user(&fc, "sensor-1");
     let previous = behind.status.clone().unwrap();
     // the API has a status the reconcile's view does not show yet
@@ -183,11 +188,7 @@ async fn a_status_written_from_a_cache_behind_the_api_is_made_against_the_live_s
 #[tokio::test]
 async fn a_credentials_secret_changed_by_hand_is_restored_with_its_password() {
     let fc = cluster();
-    settled_broker(&fc).await;
-    new_user(&fc, "sensor-1");
-    reconcile_user(&fc, "sensor-1").await;
-    reconcile_broker(&fc).await;
-    reconcile_user(&fc, "sensor-1").await;
+    ready_user(&fc, "sensor-1").await;
     let before: Secret = fc.get(NS, &creds("sensor-1")).unwrap();
     fc.woken_users();
 

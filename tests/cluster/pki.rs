@@ -15,9 +15,13 @@ fn text(s: &Secret, key: &str) -> String {
     String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
 }
 
+fn example(f: &str) -> String {
+    std::fs::read_to_string(repo().join(f)).unwrap()
+}
+
 async fn apply_examples(client: &kube::Client, ns: &str) {
     for f in ["examples/broker-production.yaml", "examples/user-certificate.yaml", "examples/user-password.yaml"] {
-        apply_yaml(client, ns, &std::fs::read_to_string(repo().join(f)).unwrap()).await;
+        apply_yaml(client, ns, &example(f)).await;
     }
 }
 
@@ -149,10 +153,9 @@ async fn a_user_that_drops_certificate_authentication_loses_the_certificate_fiel
     let client = admin().await;
     let ns = TestNs::new(&client, "pki-drop").await;
     let _op = Operator::start(&ns.name, OperatorOpts::default());
-    let read = |f: &str| std::fs::read_to_string(repo().join(f)).unwrap();
-    apply_yaml(&client, &ns.name, &read("examples/broker-production.yaml")).await;
-    let both =
-        read("examples/user-certificate.yaml").replace("  authentication:\n", "  authentication:\n    password: {}\n");
+    apply_yaml(&client, &ns.name, &example("examples/broker-production.yaml")).await;
+    let both = example("examples/user-certificate.yaml")
+        .replace("  authentication:\n", "  authentication:\n    password: {}\n");
     apply_yaml(&client, &ns.name, &both).await;
     let user: MqttUser = wait_condition(&client, &ns.name, "gateway-1", "Ready", "True", T).await;
     let status = user.status.unwrap();
