@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, Patch, PatchParams};
-use moat::crd::{MqttBroker, MqttFirewall, MqttUser};
+use moat::crd::{MqttAcl, MqttBroker, MqttFirewall, MqttUser};
 
 use crate::harness::*;
 
@@ -217,6 +217,74 @@ spec:
         let b: MqttBroker = get(&client, &ns.name, "plant-b").await?;
         let c = b.status?.compliance?.checks.into_iter().find(|c| c.id == "MOAT-FW-001")?;
         (!c.passed && c.message.contains("allow-everything")).then_some(())
+    })
+    .await;
+}
+
+/// Red team: taking access away is deleting an object. A deleted MqttAcl's grants leave the
+/// broker's ACL file, and a deleted MqttUser with a brought password (moat made no Secret for it
+/// whose deletion would tell) leaves the password file, at once: not at the broker's next audit,
+/// an hour later by default.
+#[tokio::test]
+async fn deleting_an_acl_or_a_brought_password_user_takes_its_access_away_at_once() {
+    setup().await;
+    let client = admin().await;
+    let ns = TestNs::new(&client, "takeaway").await;
+    let _op = Operator::start(&ns.name, OperatorOpts::default());
+    apply_yaml(&client, &ns.name, &file("examples/broker-minimal.yaml")).await;
+    let yaml = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: dashboard-password
+  labels: {mqtt.moat.dev/watch: "true"}
+  annotations: {mqtt.moat.dev/password-for: dashboard}
+stringData: {password: "c0rrect-Horse-battery-staple-Plant-A"}
+---
+apiVersion: mqtt.moat.dev/v1alpha1
+kind: MqttUser
+metadata: {name: dashboard}
+spec:
+  brokerRef: {name: plant-a}
+  authentication: {password: {secretRef: {name: dashboard-password, key: password}}}
+---
+apiVersion: mqtt.moat.dev/v1alpha1
+kind: MqttAcl
+metadata: {name: dashboard-read}
+spec:
+  brokerRef: {name: plant-a}
+  users: [dashboard]
+  rules: [{topic: plant/a/#, access: Read}]
+"#;
+    apply_yaml(&client, &ns.name, yaml).await;
+    wait_condition::<MqttAcl>(&client, &ns.name, "dashboard-read", "Ready", "True", T).await;
+    let granted = || async {
+        let file = acl_file(&client, &ns.name, "plant-a").await?;
+        Some(moat::render::acl::parse(&file).ok()?.users.contains_key("dashboard"))
+    };
+    let in_passwd = || async {
+        let shards = passwd_shards(&client, &ns.name, "plant-a").await;
+        let text: String = shards
+            .iter()
+            .filter_map(|s| s.data.as_ref()?.get("passwd").map(|p| String::from_utf8_lossy(&p.0).into_owned()))
+            .collect();
+        user_lines(&text).iter().any(|l| l.starts_with("dashboard:"))
+    };
+    eventually(T, "the ACL file grants dashboard", || async { granted().await.filter(|g| *g) }).await;
+    assert!(in_passwd().await, "dashboard is in the password file");
+
+    // well within the audit interval (1h), and longer than any debounce (at most 20 s); each
+    // deletion made once the operator has settled (no reconcile pending that would pick it up)
+    const AT_ONCE: Duration = Duration::from_secs(25);
+    let settled = Duration::from_secs(3);
+    wait_quiet(&ns.name, settled, T).await;
+    Api::<MqttAcl>::namespaced(client.clone(), &ns.name).delete("dashboard-read", &Default::default()).await.unwrap();
+    eventually(AT_ONCE, "the deleted ACL's grant gone from the ACL file", || async { granted().await.filter(|g| !*g) })
+        .await;
+    wait_quiet(&ns.name, settled, T).await;
+    Api::<MqttUser>::namespaced(client.clone(), &ns.name).delete("dashboard", &Default::default()).await.unwrap();
+    eventually(AT_ONCE, "the deleted user gone from the password file", || async {
+        (!in_passwd().await).then_some(())
     })
     .await;
 }
