@@ -502,6 +502,19 @@ pub async fn run(
             }
         }
     };
+    // A brought password's Secret deleted (or no longer opted in): its users lose the password
+    // at once, on the broker and in their status.
+    let password_gone = {
+        let (s, utx, btx) = (stores.clone(), user_del_tx.clone(), member_gone_tx.clone());
+        move |secret: &Secret| {
+            for u in user::users_referencing(&s, secret) {
+                let _ = utx.send(ObjectRef::from_obj(&*u));
+                if let Some(ns) = u.namespace() {
+                    let _ = btx.send(ObjectRef::new(&u.spec.broker_ref.name).within(&ns));
+                }
+            }
+        }
+    };
     let watched_cfg = watcher::Config::default().labels(&format!("{}=true", names::WATCH_LABEL));
     let drivers = futures::future::join_all(vec![
         brokers.drive(api(&client, &scope), watcher::Config::default(), broker_deleted),
@@ -509,7 +522,7 @@ pub async fn run(
         acls.drive(api(&client, &scope), watcher::Config::default(), member_gone!(MqttAcl)),
         firewalls.drive(api(&client, &scope), watcher::Config::default(), member_gone!(MqttFirewall)),
         secrets.drive_lean(api(&client, &scope), managed(), owned_delete!(), lean::secret),
-        watched.drive(api(&client, &scope), watched_cfg, |_| {}),
+        watched.drive(api(&client, &scope), watched_cfg, password_gone),
         sts.drive(api(&client, &scope), managed(), owned_delete!()),
         svcs.drive(api(&client, &scope), managed(), owned_delete!()),
         nps.drive(api(&client, &scope), watcher::Config::default(), owned_delete!()),

@@ -223,10 +223,10 @@ spec:
 
 /// Red team: taking access away is deleting an object. A deleted MqttAcl's grants leave the
 /// broker's ACL file, and a deleted MqttUser with a brought password (moat made no Secret for it
-/// whose deletion would tell) leaves the password file, at once: not at the broker's next audit,
-/// an hour later by default.
+/// whose deletion would tell) or a user whose brought password's Secret is deleted leaves the
+/// password file, at once: not at the broker's next audit, an hour later by default.
 #[tokio::test]
-async fn deleting_an_acl_or_a_brought_password_user_takes_its_access_away_at_once() {
+async fn deleting_an_acl_a_brought_password_user_or_its_secret_takes_access_away_at_once() {
     setup().await;
     let client = admin().await;
     let ns = TestNs::new(&client, "takeaway").await;
@@ -255,6 +255,21 @@ spec:
   brokerRef: {name: plant-a}
   users: [dashboard]
   rules: [{topic: plant/a/#, access: Read}]
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: carol-password
+  labels: {mqtt.moat.dev/watch: "true"}
+  annotations: {mqtt.moat.dev/password-for: carol}
+stringData: {password: "an0ther-Horse-battery-staple-Plant-A"}
+---
+apiVersion: mqtt.moat.dev/v1alpha1
+kind: MqttUser
+metadata: {name: carol}
+spec:
+  brokerRef: {name: plant-a}
+  authentication: {password: {secretRef: {name: carol-password, key: password}}}
 "#;
     apply_yaml(&client, &ns.name, yaml).await;
     wait_condition::<MqttAcl>(&client, &ns.name, "dashboard-read", "Ready", "True", T).await;
@@ -262,16 +277,21 @@ spec:
         let file = acl_file(&client, &ns.name, "plant-a").await?;
         Some(moat::render::acl::parse(&file).ok()?.users.contains_key("dashboard"))
     };
-    let in_passwd = || async {
-        let shards = passwd_shards(&client, &ns.name, "plant-a").await;
-        let text: String = shards
-            .iter()
-            .filter_map(|s| s.data.as_ref()?.get("passwd").map(|p| String::from_utf8_lossy(&p.0).into_owned()))
-            .collect();
-        user_lines(&text).iter().any(|l| l.starts_with("dashboard:"))
+    let in_passwd = |user: &'static str| {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let shards = passwd_shards(&client, &ns, "plant-a").await;
+            let text: String = shards
+                .iter()
+                .filter_map(|s| s.data.as_ref()?.get("passwd").map(|p| String::from_utf8_lossy(&p.0).into_owned()))
+                .collect();
+            user_lines(&text).iter().any(|l| l.starts_with(&format!("{user}:")))
+        }
     };
+    wait_condition::<MqttUser>(&client, &ns.name, "carol", "Ready", "True", T).await;
     eventually(T, "the ACL file grants dashboard", || async { granted().await.filter(|g| *g) }).await;
-    assert!(in_passwd().await, "dashboard is in the password file");
+    assert!(in_passwd("dashboard").await && in_passwd("carol").await, "both users are in the password file");
 
     // well within the audit interval (1h), and longer than any debounce (at most 20 s); each
     // deletion made once the operator has settled (no reconcile pending that would pick it up)
@@ -284,7 +304,15 @@ spec:
     wait_quiet(&ns.name, settled, T).await;
     Api::<MqttUser>::namespaced(client.clone(), &ns.name).delete("dashboard", &Default::default()).await.unwrap();
     eventually(AT_ONCE, "the deleted user gone from the password file", || async {
-        (!in_passwd().await).then_some(())
+        (!in_passwd("dashboard").await).then_some(())
     })
     .await;
+    // the brought password's Secret deleted: no password, no login (invalid means closed)
+    wait_quiet(&ns.name, settled, T).await;
+    Api::<Secret>::namespaced(client.clone(), &ns.name).delete("carol-password", &Default::default()).await.unwrap();
+    eventually(AT_ONCE, "the user whose password Secret was deleted gone from the password file", || async {
+        (!in_passwd("carol").await).then_some(())
+    })
+    .await;
+    wait_condition::<MqttUser>(&client, &ns.name, "carol", "Ready", "False", AT_ONCE).await;
 }
