@@ -265,6 +265,47 @@ where
     })
 }
 
+/// A user, ACL or firewall: an object of one broker.
+trait Member: ResourceExt {
+    /// The name of its broker (in its namespace).
+    fn broker_name(&self) -> &str;
+
+    /// Its broker.
+    fn broker(&self) -> Option<ObjectRef<MqttBroker>> {
+        Some(ObjectRef::new(self.broker_name()).within(&self.namespace()?))
+    }
+}
+
+impl Member for MqttUser {
+    fn broker_name(&self) -> &str {
+        &self.spec.broker_ref.name
+    }
+}
+
+impl Member for MqttAcl {
+    fn broker_name(&self) -> &str {
+        &self.spec.broker_ref.name
+    }
+}
+
+impl Member for MqttFirewall {
+    fn broker_name(&self) -> &str {
+        &self.spec.broker_ref.name
+    }
+}
+
+/// Sends the broker of each object it is called with on `tx`.
+fn to_broker<K: Member>(
+    tx: &tokio::sync::mpsc::UnboundedSender<ObjectRef<MqttBroker>>,
+) -> impl Fn(&K) + Send + 'static {
+    let tx = tx.clone();
+    move |o| {
+        if let Some(b) = o.broker() {
+            let _ = tx.send(b);
+        }
+    }
+}
+
 /// What of a user its broker's plan reads: its spec, its deletion, and when its password was set
 /// (the password-rotation check). Not the rest of its status, which the user controller writes
 /// from the broker's own verdict: in a burst, the users' Ready writes kept waking the broker.
@@ -351,16 +392,6 @@ pub async fn run(
     // one reconcile, not one per object): its credentials and grants leave the broker's files
     // at once, whether or not moat made an object for it whose deletion would tell.
     let (member_gone_tx, member_gone_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<MqttBroker>>();
-    macro_rules! member_gone {
-        ($kind:ty) => {{
-            let tx = member_gone_tx.clone();
-            move |o: &$kind| {
-                if let Some(ns) = o.namespace() {
-                    let _ = tx.send(ObjectRef::new(&o.spec.broker_ref.name).within(&ns));
-                }
-            }
-        }};
-    }
     macro_rules! owned_delete {
         () => {{
             let f = owned_deleted.clone();
@@ -384,26 +415,18 @@ pub async fn run(
     {
         changes.flat_map(move |o| futures::stream::iter(to_broker(o))).boxed()
     }
-    let by_ref = |name: &str, ns: Option<String>| ns.map(|ns| ObjectRef::new(name).within(&ns));
     let s = stores.clone();
     let s2 = stores.clone();
     let children: Vec<Wake> = vec![
         // of users, ACLs and firewalls only what the broker reads (their status writes follow
         // from its own verdicts), and their deletions (the subscriptions do not carry those)
-        wake(news(users.subscribe(), user_news_for_broker), move |u: Arc<MqttUser>| {
-            by_ref(&u.spec.broker_ref.name, u.namespace())
-        }),
-        wake(spec_changes(acls.subscribe()), move |a: Arc<MqttAcl>| by_ref(&a.spec.broker_ref.name, a.namespace())),
-        wake(spec_changes(firewalls.subscribe()), move |f: Arc<MqttFirewall>| {
-            by_ref(&f.spec.broker_ref.name, f.namespace())
-        }),
+        wake(news(users.subscribe(), user_news_for_broker), |u: Arc<MqttUser>| u.broker()),
+        wake(spec_changes(acls.subscribe()), |a: Arc<MqttAcl>| a.broker()),
+        wake(spec_changes(firewalls.subscribe()), |f: Arc<MqttFirewall>| f.broker()),
         wakeups(member_gone_rx).boxed(),
         wake(secrets.subscribe(), |o: Arc<Secret>| broker_of_label(&*o)),
         wake(watched.subscribe(), move |o: Arc<Secret>| {
-            user::users_referencing(&s, &o)
-                .into_iter()
-                .filter_map(|u| u.namespace().map(|ns| ObjectRef::new(&u.spec.broker_ref.name).within(&ns)))
-                .collect::<Vec<_>>()
+            user::users_referencing(&s, &o).into_iter().filter_map(|u| u.broker()).collect::<Vec<_>>()
         }),
         wake(sts.subscribe(), |o: Arc<StatefulSet>| broker_of_label(&*o)),
         wake(svcs.subscribe(), |o: Arc<Service>| broker_of_label(&*o)),
@@ -505,22 +528,20 @@ pub async fn run(
     // A brought password's Secret deleted (or no longer opted in): its users lose the password
     // at once, on the broker and in their status.
     let password_gone = {
-        let (s, utx, btx) = (stores.clone(), user_del_tx.clone(), member_gone_tx.clone());
+        let (s, utx, broker) = (stores.clone(), user_del_tx.clone(), to_broker::<MqttUser>(&member_gone_tx));
         move |secret: &Secret| {
             for u in user::users_referencing(&s, secret) {
                 let _ = utx.send(ObjectRef::from_obj(&*u));
-                if let Some(ns) = u.namespace() {
-                    let _ = btx.send(ObjectRef::new(&u.spec.broker_ref.name).within(&ns));
-                }
+                broker(&u);
             }
         }
     };
     let watched_cfg = watcher::Config::default().labels(&format!("{}=true", names::WATCH_LABEL));
     let drivers = futures::future::join_all(vec![
         brokers.drive(api(&client, &scope), watcher::Config::default(), broker_deleted),
-        users.drive_lean(api(&client, &scope), watcher::Config::default(), member_gone!(MqttUser), lean::user),
-        acls.drive(api(&client, &scope), watcher::Config::default(), member_gone!(MqttAcl)),
-        firewalls.drive(api(&client, &scope), watcher::Config::default(), member_gone!(MqttFirewall)),
+        users.drive_lean(api(&client, &scope), watcher::Config::default(), to_broker(&member_gone_tx), lean::user),
+        acls.drive(api(&client, &scope), watcher::Config::default(), to_broker(&member_gone_tx)),
+        firewalls.drive(api(&client, &scope), watcher::Config::default(), to_broker(&member_gone_tx)),
         secrets.drive_lean(api(&client, &scope), managed(), owned_delete!(), lean::secret),
         watched.drive(api(&client, &scope), watched_cfg, password_gone),
         sts.drive(api(&client, &scope), managed(), owned_delete!()),
