@@ -306,6 +306,8 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     let mut objects = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
     let mut ready = std::collections::HashSet::new();
+    // where the time goes: when each tenth of the objects was Ready (printed, not a figure)
+    let mut timeline = vec![];
     let wait = async {
         while ready.len() < n {
             let o = objects.next().await.expect("the watch ended").expect("watch error");
@@ -314,9 +316,14 @@ where
                 true => ready.insert(name),
                 false => ready.remove(&name),
             };
+            if ready.len() * 10 >= (timeline.len() + 1) * n {
+                timeline.push(format!("{:.1}", start.elapsed().as_secs_f64()));
+            }
         }
     };
-    if tokio::time::timeout(timeout, wait).await.is_err() {
+    let done = tokio::time::timeout(timeout, wait).await;
+    println!("[bench] {n} {}: a tenth more Ready at {} s", K::kind(&()), timeline.join(", "));
+    if done.is_err() {
         panic!("only {} of {n} {} Ready after {timeout:?}", ready.len(), K::kind(&()));
     }
     start.elapsed()
@@ -472,8 +479,9 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         .count();
     r.add("hashing", "password-file Secret updates during the 1,000-user burst", shard_updates as f64, "updates", "a handful", Some(shard_updates <= 20), &format!("each may trigger one agent reload; the agent coalesces updates within 3 s; {passwd_writes} Secret writes in total"));
 
-    // no-op resync of 1,000 users: poke every user (an annotation, no spec change: each user
-    // and the broker reconcile; a broker change alone no longer requeues its users)
+    // no-op resync of 1,000 users: poke every user and the broker (an annotation, no spec
+    // change: each user and the broker reconcile; a broker change alone no longer requeues its
+    // users, and a user's annotations are no news to its broker)
     let before = op.metrics();
     let hashes_before = sum_counter(&before, "moat_password_hashes_total");
     let user_reconciles = sum_counter(&before, USER_RECONCILES);
@@ -490,6 +498,10 @@ async fn section_writes_and_convergence(r: &mut Report, client: &kube::Client) {
         .collect()
         .await;
     assert!(poked.iter().all(|p| p.is_ok()), "poking the users failed");
+    Api::<MqttBroker>::namespaced(client.clone(), &ns.name)
+        .patch("bench", &PatchParams::default(), &Patch::Merge(&poke))
+        .await
+        .expect("poking the broker");
     // measured once the resync has run: the broker and the 1,000 users reconciled since the poke
     let deadline = Instant::now() + RESYNC_TIMEOUT;
     loop {
@@ -545,7 +557,8 @@ async fn section_scale(r: &mut Report, client: &kube::Client) {
     let names: Vec<String> = (0..10_000).map(|i| format!("d{i:05}")).collect();
     let (cpu_before, op_cpu_before) = (apiserver_cpu(client).await, op.cpu());
     let start = Instant::now();
-    create_users(client, &ns.name, names, false, 16).await;
+    let created = create_users(client, &ns.name, names, false, 16).await;
+    println!("[bench] 10,000 MqttUsers created in {:.1} s; then:", created.as_secs_f64());
     wait_ready(client, &ns.name, 10_000, Duration::from_secs(1800)).await;
     let all_ready = start.elapsed().as_secs_f64();
     let (api_cpu, op_cpu) = (apiserver_cpu(client).await - cpu_before, op.cpu() - op_cpu_before);
