@@ -34,7 +34,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -122,25 +122,39 @@ where
 }
 
 /// A shared reflector: its store, subscriptions for controllers, and the future that drives it.
+///
+/// Subscribers get each object the watch applied, as the store had it right then. (kube's
+/// `ReflectHandle` looks an object up when the subscriber reads it; when it was deleted in
+/// between, it answered `Pending` without asking to be woken, and the subscription stalled until
+/// something else woke the controller's task.) Like kube's, a full subscription holds the watch
+/// back: nothing is lost.
 struct Shared<K: Resource + Clone + 'static>
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     store: Store<K>,
     writer: Option<reflector::store::Writer<K>>,
+    subscribers: Vec<tokio::sync::mpsc::Sender<Arc<K>>>,
 }
+
+/// Objects a subscription may hold before it holds the watch back.
+const SUBSCRIPTION_BUFFER: usize = 1024;
 
 impl<K> Shared<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     fn new() -> Self {
-        let (store, writer) = reflector::store_shared(1024);
-        Self { store, writer: Some(writer) }
+        let (store, writer) = reflector::store();
+        Self { store, writer: Some(writer), subscribers: vec![] }
     }
 
-    fn subscribe(&self) -> ReflectHandle<K> {
-        self.writer.as_ref().expect("subscribe before driving").subscribe().expect("shared store")
+    /// Every object the watch applies from now on (all of them again after each full list).
+    fn subscribe(&mut self) -> impl futures::Stream<Item = Arc<K>> + Send + 'static {
+        assert!(self.writer.is_some(), "subscribe before driving");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(SUBSCRIPTION_BUFFER);
+        self.subscribers.push(tx);
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 
     /// The future that keeps the store in sync (managed fields stripped to save memory);
@@ -162,24 +176,50 @@ where
         on_delete: impl Fn(&K) + Send + 'static,
         lean: fn(&mut K),
     ) -> futures::future::BoxFuture<'static, ()> {
+        let events = watcher(api, wc).default_backoff().modify(move |o: &mut K| {
+            o.meta_mut().managed_fields = None;
+            if let Some(a) = o.meta_mut().annotations.as_mut() {
+                a.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+            lean(o);
+        });
+        self.drive_events(events, on_delete)
+    }
+
+    /// The future that keeps the store in sync with `events`.
+    fn drive_events(
+        &mut self,
+        events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+        on_delete: impl Fn(&K) + Send + 'static,
+    ) -> futures::future::BoxFuture<'static, ()> {
         let writer = self.writer.take().expect("drive once");
-        watcher(api, wc)
-            .default_backoff()
-            .modify(move |o: &mut K| {
-                o.meta_mut().managed_fields = None;
-                if let Some(a) = o.meta_mut().annotations.as_mut() {
-                    a.remove("kubectl.kubernetes.io/last-applied-configuration");
-                }
-                lean(o);
-            })
-            .reflect_shared(writer)
+        let subscribers = Arc::new(std::mem::take(&mut self.subscribers));
+        let store = self.store.clone();
+        reflector::reflector(writer, events)
             .for_each(move |ev| {
-                match &ev {
-                    Ok(watcher::Event::Delete(o)) => on_delete(o),
-                    Err(e) => tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)"),
-                    _ => {}
+                // the store already holds what the event says
+                let applied = match &ev {
+                    Ok(watcher::Event::Apply(o)) => store.get(&ObjectRef::from_obj(o)).into_iter().collect(),
+                    Ok(watcher::Event::InitDone) => store.state(),
+                    Ok(watcher::Event::Delete(o)) => {
+                        on_delete(o);
+                        vec![]
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, kind = %K::kind(&()), "watch error (retrying)");
+                        vec![]
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => vec![],
+                };
+                let subscribers = subscribers.clone();
+                async move {
+                    for o in applied {
+                        for s in subscribers.iter() {
+                            // a subscriber gone (its controller stopped) is no reason to stop
+                            let _ = s.send(o.clone()).await;
+                        }
+                    }
                 }
-                futures::future::ready(())
             })
             .boxed()
     }
@@ -761,6 +801,39 @@ mod tests {
         ];
         let passed = news(futures::stream::iter(events), user_news_for_broker).count().await;
         assert_eq!(passed, 5);
+    }
+
+    /// A subscriber sees every object that was applied, even when one of them is deleted before
+    /// the subscriber reads it (kube's `ReflectHandle` then answered `Pending` without asking to
+    /// be woken, and the subscription stalled until something else woke its task).
+    #[tokio::test]
+    async fn a_subscription_goes_on_past_an_object_deleted_before_it_was_read() {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let cm = |name: &str| {
+            let mut c = ConfigMap::default();
+            c.metadata.name = Some(name.into());
+            c.metadata.namespace = Some("ns".into());
+            c
+        };
+        let events = vec![
+            watcher::Event::Init,
+            watcher::Event::InitApply(cm("a")),
+            watcher::Event::InitDone,
+            watcher::Event::Apply(cm("b")),
+            watcher::Event::Delete(cm("b")),
+            watcher::Event::Apply(cm("c")),
+        ];
+        let mut shared = Shared::<ConfigMap>::new();
+        let seen = shared.subscribe();
+        // the watch is done with all of it before the subscriber reads anything
+        shared.drive_events(futures::stream::iter(events.into_iter().map(Ok)), |_| {}).await;
+        let names: Vec<String> = tokio::time::timeout(Duration::from_secs(1), seen.take(3).collect::<Vec<_>>())
+            .await
+            .expect("the subscription stalled")
+            .iter()
+            .map(|c| c.name_any())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 
     #[test]
