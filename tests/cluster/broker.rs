@@ -99,10 +99,18 @@ async fn a_broker_becomes_ready_with_hardened_owned_objects_and_a_no_op_reconcil
     // longer than one reconcile can take: the audit of a kwok pod (no real address) runs into
     // every attack's 3 s timeout, three canary logins one after another, then the 2 s attestation.
     let before = wait_quiet(&ns.name, Duration::from_secs(12), T).await;
+    let status = |b: Option<MqttBroker>| serde_json::to_string_pretty(&b.unwrap().status).unwrap();
+    let status_before = status(get(&client, &ns.name, "plant-a").await);
     poke(&client, &op, &ns.name, "plant-a").await;
     poke(&client, &op, &ns.name, "plant-a").await;
     let after = operator_writes(&ns.name);
-    assert_eq!(after.len(), before, "writes during no-op reconciles: {:#?}", &after[before..]);
+    let written: Vec<&serde_json::Value> = after[before..].iter().map(|w| &w["objectRef"]).collect();
+    assert_eq!(
+        after.len(),
+        before,
+        "writes during no-op reconciles: {written:#?}; broker status before:\n{status_before}\nafter:\n{}",
+        status(get(&client, &ns.name, "plant-a").await)
+    );
 }
 
 /// Waits until the broker's status records drift of `object` matching `change` (durable: the

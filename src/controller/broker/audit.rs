@@ -1,9 +1,11 @@
 //! Audit: whether one is due, and the active probe of every broker pod (each replica is an
 //! independent broker, so each is probed on its own IP).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
@@ -50,9 +52,7 @@ pub async fn run(
     let due = previous.is_none_or(|t| now >= crate::plan::after(t, model.durations.audit_interval))
         || previous_status.observed_generation != broker.metadata.generation
         || asked.is_some_and(|a| previous_status.audit_request.as_ref() != Some(a))
-        || previous.is_some_and(|t| {
-            seen.pods.iter().any(|p| ready_since(p).is_some_and(|r| unprobed(r, t, &previous_status)))
-        });
+        || previous.is_some_and(|t| pod_unprobed(&seen.pods, t, &previous_status));
     let probes = if due && ctx.config.active_probe && model.spec.security.active_probe {
         let outsider = ctx.config.outsider.as_ref();
         let (mut probes, mut outside) = tokio::join!(
@@ -73,6 +73,12 @@ pub async fn run(
     Audit { due, probes, previous }
 }
 
+/// Whether one of `pods` may not have been seen serving by the audit at `audited`, which led to
+/// `status`: the next reconcile audits again.
+pub fn pod_unprobed(pods: &[Arc<Pod>], audited: Timestamp, status: &crate::crd::MqttBrokerStatus) -> bool {
+    pods.iter().any(|p| ready_since(p).is_some_and(|r| unprobed(r, audited, status)))
+}
+
 /// Whether a pod Ready since `ready` may not have been seen serving by the audit at `audited`.
 /// Both times have whole seconds: Ready in the audit's own second is ambiguous, and counts only
 /// when that audit left a check Unknown (so a passing audit is not repeated).
@@ -83,7 +89,7 @@ fn unprobed(ready: Timestamp, audited: Timestamp, previous: &crate::crd::MqttBro
 }
 
 /// When `pod` last became Ready (None while it is not Ready).
-fn ready_since(pod: &k8s_openapi::api::core::v1::Pod) -> Option<Timestamp> {
+fn ready_since(pod: &Pod) -> Option<Timestamp> {
     let c = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
     c.last_transition_time.as_ref().map(|t| t.0)
 }

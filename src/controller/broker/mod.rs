@@ -97,7 +97,7 @@ async fn run(broker: &MqttBroker, ctx: &Context) -> Result<Action> {
     tracing::debug!(broker = %model.name, namespace = %model.namespace, "reconciled broker");
     Ok(match files.as_ref().is_some_and(|f| f.following(now)) {
         true => Action::requeue(attest::RECHECK),
-        false => super::wake_at(ctx, next_wake(&model, &windows, &decided, &status, now)),
+        false => super::wake_at(ctx, next_wake(&model, &windows, &seen, &decided, &status, now)),
     })
 }
 
@@ -338,12 +338,18 @@ async fn events(ctx: &Context, broker: &MqttBroker, seen: &Observed, decided: &D
 fn next_wake(
     model: &BrokerModel,
     windows: &[upgrade::Window],
+    seen: &Observed,
     decided: &Decided,
     status: &status::Output,
     now: Timestamp,
 ) -> Timestamp {
     let interval = model.durations.audit_interval;
     let mut next = vec![crate::plan::after(status.audit_time.unwrap_or(now), interval)];
+    // a pod became Ready within the second of this audit, which left a check Unknown: the audit
+    // is due again, and nothing else may come to wake the broker for it
+    if status.audit_time.is_some_and(|t| audit::pod_unprobed(&seen.pods, t, &status.status)) {
+        next.push(crate::plan::after(now, Duration::from_secs(1)));
+    }
     next.extend(decided.plan.next_event);
     if decided
         .step
