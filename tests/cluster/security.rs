@@ -221,10 +221,11 @@ spec:
     .await;
 }
 
-/// Red team: taking access away is deleting an object. A deleted MqttAcl's grants leave the
-/// broker's ACL file, and a deleted MqttUser with a brought password (moat made no Secret for it
-/// whose deletion would tell) or a user whose brought password's Secret is deleted leaves the
-/// password file, at once: not at the broker's next audit, an hour later by default.
+/// Red team: taking access away is deleting an object. At once (not at the broker's next audit,
+/// an hour later by default): a deleted MqttAcl's grants leave the broker's ACL file; a deleted
+/// MqttUser with a brought password (moat made no Secret for it whose deletion would tell)
+/// leaves the password file; so does a user whose brought password's Secret stops opting in
+/// (and comes back when it opts in again) or is deleted.
 #[tokio::test]
 async fn deleting_an_acl_a_brought_password_user_or_its_secret_takes_access_away_at_once() {
     setup().await;
@@ -307,9 +308,22 @@ spec:
         (!in_passwd("dashboard").await).then_some(())
     })
     .await;
-    // the brought password's Secret deleted: no password, no login (invalid means closed)
+    // the brought password's Secret no longer opted in (its label taken away: it leaves moat's
+    // watch), then opted in again, then deleted: no password, no login (invalid means closed)
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns.name);
+    let opt_in = |v: Option<&str>| serde_json::json!({"metadata": {"labels": {"mqtt.moat.dev/watch": v}}});
     wait_quiet(&ns.name, settled, T).await;
-    Api::<Secret>::namespaced(client.clone(), &ns.name).delete("carol-password", &Default::default()).await.unwrap();
+    secrets.patch("carol-password", &PatchParams::default(), &Patch::Merge(&opt_in(None))).await.unwrap();
+    eventually(AT_ONCE, "the user whose password Secret opted out gone from the password file", || async {
+        (!in_passwd("carol").await).then_some(())
+    })
+    .await;
+    wait_condition::<MqttUser>(&client, &ns.name, "carol", "Ready", "False", AT_ONCE).await;
+    secrets.patch("carol-password", &PatchParams::default(), &Patch::Merge(&opt_in(Some("true")))).await.unwrap();
+    wait_condition::<MqttUser>(&client, &ns.name, "carol", "Ready", "True", AT_ONCE).await;
+    assert!(in_passwd("carol").await, "carol is back in the password file");
+    wait_quiet(&ns.name, settled, T).await;
+    secrets.delete("carol-password", &Default::default()).await.unwrap();
     eventually(AT_ONCE, "the user whose password Secret was deleted gone from the password file", || async {
         (!in_passwd("carol").await).then_some(())
     })
