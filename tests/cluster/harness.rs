@@ -470,6 +470,17 @@ pub fn operator_writes(ns: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// YAML of an MqttUser `user` of broker plant-a whose password is brought in Secret `secret`
+/// (opted in for that user), and of that Secret.
+pub fn brought_password_user(user: &str, secret: &str, password: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {secret}\n  labels: {{mqtt.moat.dev/watch: \"true\"}}\n  \
+         annotations: {{mqtt.moat.dev/password-for: {user}}}\nstringData: {{password: \"{password}\"}}\n---\n\
+         apiVersion: mqtt.moat.dev/v1alpha1\nkind: MqttUser\nmetadata: {{name: {user}}}\nspec:\n  brokerRef: {{name: plant-a}}\n  \
+         authentication: {{password: {{secretRef: {{name: {secret}}}}}}}\n---\n"
+    )
+}
+
 /// The lines of a password file that belong to MqttUsers: moat's two canary logins (in every
 /// broker's file while attestation is on) are left out, after checking that they are there.
 pub fn user_lines(passwd: &str) -> Vec<&str> {

@@ -233,22 +233,7 @@ async fn deleting_an_acl_a_brought_password_user_or_its_secret_takes_access_away
     let ns = TestNs::new(&client, "takeaway").await;
     let _op = Operator::start(&ns.name, OperatorOpts::default());
     apply_yaml(&client, &ns.name, &file("examples/broker-minimal.yaml")).await;
-    let yaml = r#"
-apiVersion: v1
-kind: Secret
-metadata:
-  name: dashboard-password
-  labels: {mqtt.moat.dev/watch: "true"}
-  annotations: {mqtt.moat.dev/password-for: dashboard}
-stringData: {password: "c0rrect-Horse-battery-staple-Plant-A"}
----
-apiVersion: mqtt.moat.dev/v1alpha1
-kind: MqttUser
-metadata: {name: dashboard}
-spec:
-  brokerRef: {name: plant-a}
-  authentication: {password: {secretRef: {name: dashboard-password, key: password}}}
----
+    let acl = r#"
 apiVersion: mqtt.moat.dev/v1alpha1
 kind: MqttAcl
 metadata: {name: dashboard-read}
@@ -256,23 +241,11 @@ spec:
   brokerRef: {name: plant-a}
   users: [dashboard]
   rules: [{topic: plant/a/#, access: Read}]
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: carol-password
-  labels: {mqtt.moat.dev/watch: "true"}
-  annotations: {mqtt.moat.dev/password-for: carol}
-stringData: {password: "an0ther-Horse-battery-staple-Plant-A"}
----
-apiVersion: mqtt.moat.dev/v1alpha1
-kind: MqttUser
-metadata: {name: carol}
-spec:
-  brokerRef: {name: plant-a}
-  authentication: {password: {secretRef: {name: carol-password, key: password}}}
 "#;
-    apply_yaml(&client, &ns.name, yaml).await;
+    let yaml = brought_password_user("dashboard", "dashboard-password", "c0rrect-Horse-battery-staple-Plant-A")
+        + &brought_password_user("carol", "carol-password", "an0ther-Horse-battery-staple-Plant-A")
+        + acl;
+    apply_yaml(&client, &ns.name, &yaml).await;
     wait_condition::<MqttAcl>(&client, &ns.name, "dashboard-read", "Ready", "True", T).await;
     let granted = || async {
         let file = acl_file(&client, &ns.name, "plant-a").await?;

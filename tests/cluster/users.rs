@@ -130,38 +130,9 @@ async fn a_weak_brought_password_is_refused_and_a_rotated_one_is_followed() {
     let ns = TestNs::new(&client, "byo").await;
     let _op = Operator::start(&ns.name, OperatorOpts::default());
     apply_yaml(&client, &ns.name, &std::fs::read_to_string(repo().join("examples/broker-minimal.yaml")).unwrap()).await;
-    let yaml = r#"
-apiVersion: v1
-kind: Secret
-metadata:
-  name: weak-pw
-  labels: {mqtt.moat.dev/watch: "true"}
-  annotations: {mqtt.moat.dev/password-for: weakling}
-stringData: {password: "password123"}
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: good-pw
-  labels: {mqtt.moat.dev/watch: "true"}
-  annotations: {mqtt.moat.dev/password-for: dashboard}
-stringData: {password: "Tr0ub4dor-and-3-more-Words!"}
----
-apiVersion: mqtt.moat.dev/v1alpha1
-kind: MqttUser
-metadata: {name: weakling}
-spec:
-  brokerRef: {name: plant-a}
-  authentication: {password: {secretRef: {name: weak-pw}}}
----
-apiVersion: mqtt.moat.dev/v1alpha1
-kind: MqttUser
-metadata: {name: dashboard}
-spec:
-  brokerRef: {name: plant-a}
-  authentication: {password: {secretRef: {name: good-pw}}}
-"#;
-    apply_yaml(&client, &ns.name, yaml).await;
+    let yaml = brought_password_user("weakling", "weak-pw", "password123")
+        + &brought_password_user("dashboard", "good-pw", "Tr0ub4dor-and-3-more-Words!");
+    apply_yaml(&client, &ns.name, &yaml).await;
     let weak: MqttUser = wait_condition(&client, &ns.name, "weakling", "Ready", "False", T).await;
     let good: MqttUser = wait_condition(&client, &ns.name, "dashboard", "Ready", "True", T).await;
     let weak = eventually(T, "WeakPassword reason", || {
